@@ -1,0 +1,5 @@
+"""`python -m refad` runs the CLI (also under torchrun)."""
+
+from refad.cli.main import app
+
+app()

@@ -1,0 +1,172 @@
+"""The `refad` command: train, test, predict, demo.
+
+Every user-facing failure (bad data, config, checkpoint, full disk) is printed as one line
+`error: ...` on stderr with exit status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from refad.errors import RefadError
+
+app = typer.Typer(
+    help="Unified industrial anomaly detection (RLR, UniAD, CRAD) on one honest pipeline.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn RefadError into a one-line message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RefadError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted; the last finished epoch is saved (use --resume)")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _csv_ints(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise RefadError(f"--levels: expected comma-separated integers, got {text!r}") from None
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
+
+
+@app.command()
+@user_errors
+def train(
+    out: Annotated[Path, typer.Option(help="Run folder to create (or resume).")],
+    data: Annotated[str, typer.Option(help="Dataset layout: mvtec, visa or folder.")] = "mvtec",
+    root: Annotated[Path | None, typer.Option(help="Dataset root (mvtec, visa).")] = None,
+    categories: Annotated[str | None, typer.Option(help="Comma-separated; default all.")] = None,
+    normal_dir: Annotated[Path | None, typer.Option(help="Folder layout: normal images.")] = None,
+    anomalous_dir: Annotated[Path | None, typer.Option(help="Folder layout: test defects.")] = None,
+    mask_dir: Annotated[Path | None, typer.Option(help="Folder layout: defect masks.")] = None,
+    test_normal_dir: Annotated[Path | None, typer.Option(help="Folder layout: test normals.")] = None,
+    method: Annotated[str, typer.Option(help="rlr (more in later releases).")] = "rlr",
+    backbone: Annotated[str | None, typer.Option(help="timm model name.")] = None,
+    levels: Annotated[str | None, typer.Option(help="timm out_indices, e.g. 2,3.")] = None,
+    weights: Annotated[str | None, typer.Option(help="auto, none, or a .pth/.safetensors.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input size in pixels.")] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    per_category: Annotated[bool, typer.Option(help="One model per category.")] = False,
+    feature_cache: Annotated[Path | None, typer.Option(help="Folder to cache features.")] = None,
+    val_fraction: Annotated[float | None, typer.Option(help="Normal images held out.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="section.field=value")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Train one model (unified: all categories) and save it to OUT."""
+    from refad.api import build_config, fit
+
+    config = build_config(
+        method=method, data=data, root=root, categories=_csv(categories), normal_dir=normal_dir,
+        anomalous_dir=anomalous_dir, mask_dir=mask_dir, test_normal_dir=test_normal_dir,
+        backbone=backbone, levels=_csv_ints(levels), weights=weights, image_size=image_size,
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, per_category=per_category,
+        feature_cache=feature_cache, val_fraction=val_fraction, device=device, overrides=set_,
+    )
+    results = fit(config, out, resume=resume, progress=progress)
+    for r in results:
+        console.print(f"{r.name}: {r.epochs} epochs, final loss {r.final_loss:.4f}, "
+                      f"{r.seconds:.0f} s")
+    console.print(f"run saved in {out}")
+
+
+@app.command()
+@user_errors
+def test(
+    run: Annotated[Path, typer.Option(help="Run folder written by `refad train`.")],
+    root: Annotated[Path | None, typer.Option(help="Override the dataset root.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda.")] = None,
+    batch_size: Annotated[int, typer.Option()] = 16,
+    metrics: Annotated[str, typer.Option(help="exact or binned.")] = "exact",
+    progress: Annotated[bool, typer.Option()] = True,
+) -> None:
+    """Evaluate a run on its test split: seven metrics per category and the mean."""
+    from refad.engine.evaluate import evaluate, markdown_table
+    from refad.engine.run import open_run
+
+    data = None
+    if root is not None:
+        data = open_run(run, "cpu").config.data.model_copy(update={"root": str(root)})
+    result = evaluate(run, device, data, batch_size, metrics, progress)
+    console.print(markdown_table(result), highlight=False)
+    console.print(f"written: {run / 'metrics.json'}, {run / 'metrics.md'}")
+
+
+@app.command()
+@user_errors
+def predict(
+    run: Annotated[Path, typer.Option(help="Run folder written by `refad train`.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Images and/or folders.")],
+    out: Annotated[Path, typer.Option(help="Where heatmaps and the summary go.")],
+    category: Annotated[str | None, typer.Option(help="Per-category runs: which model.")] = None,
+    device: Annotated[str | None, typer.Option()] = None,
+    batch_size: Annotated[int, typer.Option()] = 8,
+) -> None:
+    """Score images; write heatmaps, overlays and predictions.json/.csv."""
+    from refad.engine.predict import predict as run_predict
+
+    report = run_predict(run, inputs, out, device, category, batch_size)
+    for p in report.predictions:
+        verdict = "" if p.anomalous is None else (" ANOMALOUS" if p.anomalous else " normal")
+        console.print(f"{p.score:.4f}{verdict}  {p.path}", highlight=False)
+    console.print(f"{len(report.predictions)} images scored; results in {out}")
+    if report.failures:
+        for line in report.failures:
+            err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for demo data and run.")] = Path("refad-demo"),
+    epochs: Annotated[int, typer.Option()] = 30,
+    image_size: Annotated[int, typer.Option()] = 128,
+    device: Annotated[str, typer.Option()] = "auto",
+    progress: Annotated[bool, typer.Option()] = True,
+) -> None:
+    """Offline demo: generate synthetic products, train RLR on Lite2, evaluate, draw heatmaps."""
+    from refad.api import run_demo
+
+    run_demo(out, epochs=epochs, image_size=image_size, device=device, progress=progress,
+             echo=lambda s: console.print(s, highlight=False))
+
+
+def main() -> None:  # pragma: no cover - console entry point alias
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,232 @@
+"""Training: cached backbone features in, one checkpoint per epoch out, resumable.
+
+The backbone is frozen and no image augmentation is used, so each training image goes through
+the backbone once (feature cache); every step then draws fresh jitter on the cached features.
+Randomness comes from generators seeded by (seed, epoch), so a resumed run replays exactly the
+batches and noise an uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from refad.backbones import FeatureCache, FeatureExtractor, compute_features, feature_cache_key
+from refad.config import RunConfig
+from refad.data import ImageDataset, Sample, samples_fingerprint
+from refad.engine.calibrate import calibrate
+from refad.engine.checkpoint import (
+    CheckpointMeta,
+    has_checkpoint,
+    load_model,
+    load_optimizer,
+    read_meta,
+    save_checkpoint,
+    spec_to_dict,
+)
+from refad.engine.device import resolve_device
+from refad.engine.units import group_units, load_split, split_validation, unit_dir
+from refad.errors import ConfigError
+from refad.models.base import FeatureSpec, ReconstructionModel
+from refad.models.registry import build_model, method_config
+
+CONFIG_FILE = "config.json"
+
+
+@dataclass
+class UnitResult:
+    name: str
+    epochs: int
+    final_loss: float
+    seconds: float
+
+
+def build_extractor(config: RunConfig, device: torch.device) -> FeatureExtractor:
+    b = config.backbone
+    weights = None if b.weights == "none" else b.weights
+    return FeatureExtractor(
+        b.name, levels=b.levels, weights=weights, aggregate_kernel=b.aggregate_kernel
+    ).to(device)
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    """A generator whose stream depends only on (seed, epoch): the basis of exact resume."""
+    g = torch.Generator(device=device)
+    g.manual_seed(seed * 1_000_003 + epoch)
+    return g
+
+
+def extract_features(
+    extractor: FeatureExtractor,
+    samples: list[Sample],
+    config: RunConfig,
+    device: torch.device,
+    cache: FeatureCache,
+    progress: bool,
+) -> list[torch.Tensor]:
+    """Backbone levels of `samples` (N, C, H, W), computed once and cached by content key."""
+    size = config.data.image_size
+    dataset = ImageDataset(samples, size, extractor.mean, extractor.std)
+    key = feature_cache_key(extractor, samples_fingerprint(samples), size)
+    return cache.get_or_compute(
+        key,
+        lambda: compute_features(
+            extractor,
+            dataset,
+            batch_size=config.train.feature_batch_size,
+            device=device,
+            num_workers=config.data.num_workers,
+            progress=progress,
+        ),
+    )
+
+
+def make_optimizer(model: ReconstructionModel, config: RunConfig) -> torch.optim.Optimizer:
+    t = config.train
+    params = model.parameter_groups(t.lr) if hasattr(model, "parameter_groups") else None
+    params = params or [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    cls = torch.optim.Adam if t.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def lr_factor(config: RunConfig, epoch: int) -> float:
+    """Step schedule: x lr_gamma from `lr_step_epoch` on (0-based epoch index)."""
+    step = config.train.lr_step_epoch
+    return config.train.lr_gamma if step is not None and epoch >= step else 1.0
+
+
+def train_unit(
+    name: str,
+    levels: list[torch.Tensor],
+    calib_levels: list[torch.Tensor],
+    calib_source: str,
+    config: RunConfig,
+    extractor: FeatureExtractor,
+    run_dir: Path,
+    device: torch.device,
+    resume: bool,
+    progress: bool,
+) -> UnitResult:
+    """Train one model on cached levels, checkpointing every epoch; calibrate at the end."""
+    t = config.train
+    spec = FeatureSpec(
+        levels=tuple(extractor.levels),
+        channels=tuple(lvl.shape[1] for lvl in levels),
+        shapes=tuple((lvl.shape[2], lvl.shape[3]) for lvl in levels),
+        image_size=config.data.image_size,
+    )
+    folder = unit_dir(run_dir, name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(t.seed)
+        model = build_model(config.method, spec, config.model).to(device)
+    optimizer = make_optimizer(model, config)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    history: list[dict[str, float]] = []
+    start = 0
+    if resume and has_checkpoint(folder):
+        loaded, meta = load_model(folder, device)
+        model.load_state_dict(loaded.state_dict())
+        load_optimizer(folder, optimizer, meta)
+        history, start = list(meta.history), meta.epoch
+    backbone_info = {
+        "name": extractor.name,
+        "levels": list(extractor.levels),
+        "weights_id": extractor.weights_id,
+        "aggregate_kernel": config.backbone.aggregate_kernel,
+        "mean": list(extractor.mean),
+        "std": list(extractor.std),
+        "image_size": config.data.image_size,
+    }
+    model_cfg = method_config(config.method, config.model).model_dump()
+    n = levels[0].shape[0]
+    bar = tqdm(
+        range(start, t.epochs), desc=f"train {name}", unit="epoch", disable=not progress,
+        initial=start, total=t.epochs,
+    )
+    t_start = time.perf_counter()
+    loss_value = history[-1]["loss"] if history else float("nan")
+    for epoch in bar:
+        model.train()
+        for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = base * lr_factor(config, epoch)
+        order = torch.randperm(n, generator=epoch_generator(t.seed, epoch, torch.device("cpu")))
+        noise = epoch_generator(t.seed, epoch, device)
+        tic, total, seen = time.perf_counter(), 0.0, 0
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(t.seed * 7919 + epoch)  # dropout (UniAD) draws from here
+            for s in range(0, n, t.batch_size):
+                idx = order[s : s + t.batch_size]
+                batch = [lvl[idx].to(device, non_blocking=True) for lvl in levels]
+                loss = model.loss(batch, generator=noise)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if t.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                optimizer.step()
+                total += loss.item() * len(idx)
+                seen += len(idx)
+        seconds = time.perf_counter() - tic
+        loss_value = total / seen
+        history.append({"epoch": epoch + 1, "loss": loss_value, "seconds": seconds})
+        bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{seen / seconds:.1f}")
+        meta = CheckpointMeta(
+            method=config.method, epoch=epoch + 1, epochs=t.epochs, spec=spec_to_dict(spec),
+            backbone=backbone_info, model_config=model_cfg, history=history,
+        )
+        save_checkpoint(folder, model, meta, optimizer)
+    meta = read_meta(folder)
+    if meta.calibration is None:
+        meta.calibration = calibrate(
+            model, calib_levels, device, t.feature_batch_size, t.threshold_quantile, calib_source
+        )
+        save_checkpoint(folder, model, meta, optimizer)
+    return UnitResult(name, t.epochs, loss_value, time.perf_counter() - t_start)
+
+
+def prepare_run_dir(config: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
+    """Create the run folder and its config.json; on resume, the saved config is authoritative."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / CONFIG_FILE
+    if resume:
+        if not cfg_path.is_file():
+            raise ConfigError(f"{run_dir}: nothing to resume (no {CONFIG_FILE})")
+        return RunConfig.load(cfg_path)
+    if cfg_path.exists():
+        raise ConfigError(
+            f"{run_dir}: already holds a run; use --resume to continue it or choose another --out"
+        )
+    method_config(config.method, config.model)  # fail before any work on a bad model section
+    config.save(cfg_path)
+    return config
+
+
+def fit(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> list[UnitResult]:
+    """Train a run (unified or per category) into `run_dir`. Returns one result per unit."""
+    run_dir = Path(run_dir)
+    config = prepare_run_dir(config, run_dir, resume)
+    device = resolve_device(config.device)
+    extractor = build_extractor(config, device)
+    samples = load_split(config.data, "train")
+    train_samples, val_samples = split_validation(
+        samples, config.train.val_fraction, config.train.seed
+    )
+    cache_dir = Path(config.train.feature_cache) if config.train.feature_cache else None
+    cache = FeatureCache(cache_dir)
+    results = []
+    val_units = group_units(config, val_samples) if val_samples else {}
+    for name, unit_samples in group_units(config, train_samples).items():
+        levels = extract_features(extractor, unit_samples, config, device, cache, progress)
+        if name in val_units:
+            calib = extract_features(extractor, val_units[name], config, device, cache, progress)
+            source = "validation-normal"
+        else:
+            calib, source = levels, "train-normal"
+        results.append(
+            train_unit(name, levels, calib, source, config, extractor, run_dir, device, resume,
+                       progress)
+        )
+    return results

@@ -1,0 +1,65 @@
+"""The contract every reconstruction method fulfils, so the engine treats them all alike.
+
+A method turns the frozen backbone's feature levels into its own *targets* (RLR keeps levels
+apart, UniAD resizes and concatenates them, ...), reconstructs the targets, defines its training
+loss, and owns its scoring rules (pixel map and image score). Adding a method means one new
+module implementing this class plus a preset; the engine does not change.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What the backbone delivers: timm level indices, channels and token grid per level."""
+
+    levels: tuple[int, ...]
+    channels: tuple[int, ...]
+    shapes: tuple[tuple[int, int], ...]
+    image_size: int
+
+
+@dataclass
+class Scores:
+    """Output of scoring: the pixel map used for pixel metrics and the image score."""
+
+    maps: torch.Tensor  # (B, S, S) at the input resolution
+    image: torch.Tensor  # (B,)
+
+
+class ReconstructionModel(nn.Module, ABC):
+    """Base class of the methods. Subclasses set `method` and implement the abstract members."""
+
+    method: ClassVar[str]
+
+    def __init__(self, spec: FeatureSpec, config: Any) -> None:
+        super().__init__()
+        self.spec = spec
+        self.config = config
+
+    @abstractmethod
+    def targets(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Backbone levels (B, C_l, H_l, W_l) -> what this method reconstructs."""
+
+    @abstractmethod
+    def reconstruct(
+        self, targets: list[torch.Tensor], generator: torch.Generator | None = None
+    ) -> list[torch.Tensor]:
+        """Reconstruct targets; in training mode the method's input jitter is drawn."""
+
+    @abstractmethod
+    def loss(
+        self, levels: list[torch.Tensor], generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Scalar training loss for a batch of backbone levels."""
+
+    @abstractmethod
+    def score(self, levels: list[torch.Tensor]) -> Scores:
+        """Pixel anomaly maps at the input size and image scores (no jitter)."""

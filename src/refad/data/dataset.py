@@ -1,0 +1,114 @@
+"""Torch view of a list of samples: decoded, resized, normalised tensors plus their ground truth."""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from refad.data.images import read_image_rgb, read_mask
+from refad.data.samples import Sample
+from refad.errors import ConfigError, DataError
+
+_FINGERPRINT_VERSION = "refad-samples-v1"
+
+
+def _channel_triplet(name: str, values: Sequence[float]) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float32).reshape(-1)
+    if arr.shape != (3,) or not np.all(np.isfinite(arr)):
+        raise ConfigError(f"{name}: need 3 finite numbers (R, G, B), got {list(values)!r}")
+    return arr
+
+
+class ImageDataset(Dataset):
+    """Images resized to ``size`` x ``size`` (PIL bilinear) and normalised per channel.
+
+    ``mean`` / ``std`` are in the 0..1 pixel scale (ImageNet: 0.485.. / 0.229..). Masks are
+    binarised at their full resolution first, then resized with NEAREST, so they stay in {0, 1}.
+    Holds only paths and numbers, so it pickles into DataLoader worker processes.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError(f"size: must be a positive integer, got {size!r}")
+        self.samples: tuple[Sample, ...] = tuple(samples)
+        self.size = size
+        self.mean = _channel_triplet("mean", mean)
+        self.std = _channel_triplet("std", std)
+        if np.any(self.std <= 0):
+            raise ConfigError(f"std: every value must be > 0, got {list(std)!r}")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _image_tensor(self, rgb: np.ndarray) -> torch.Tensor:
+        side = self.size
+        resized = Image.fromarray(rgb).resize((side, side), Image.Resampling.BILINEAR)
+        arr = np.asarray(resized, dtype=np.float32) / 255.0
+        arr = (arr - self.mean) / self.std
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+    def _mask_tensor(self, sample: Sample, hw: tuple[int, int]) -> torch.Tensor:
+        side = self.size
+        if sample.mask is None:
+            return torch.zeros((1, side, side), dtype=torch.float32)
+        full = read_mask(sample.mask, hw, image=sample.image, label_map=sample.mask_is_label_map)
+        small = Image.fromarray(full.astype(np.uint8) * 255).resize(
+            (side, side), Image.Resampling.NEAREST
+        )
+        arr = (np.asarray(small) > 127).astype(np.float32)
+        return torch.from_numpy(arr[None])
+
+    def __getitem__(self, i: int) -> dict:
+        index = operator.index(i)
+        if index < 0:
+            index += len(self.samples)
+        if not 0 <= index < len(self.samples):
+            raise IndexError(f"index {i} out of range for {len(self.samples)} samples")
+        sample = self.samples[index]
+        rgb = read_image_rgb(sample.image)
+        return {
+            "image": self._image_tensor(rgb),
+            "mask": self._mask_tensor(sample, (rgb.shape[0], rgb.shape[1])),
+            "label": int(sample.label),
+            "category": sample.category,
+            "path": str(sample.image),
+            "index": index,
+        }
+
+
+def _file_key(path: Path) -> str:
+    try:
+        st = Path(path).stat()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot stat file ({type(exc).__name__})") from None
+    return f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def samples_fingerprint(samples: Sequence[Sample]) -> str:
+    """SHA-256 hex of every sample's (path, size, mtime_ns, label, category, defect, mask file).
+
+    Order-sensitive on purpose: cached features are stored in sample order. Changes whenever a
+    file is replaced or touched, so a stale feature cache is never reused.
+    """
+    digest = hashlib.sha256(_FINGERPRINT_VERSION.encode())
+    for s in samples:
+        mask_key = _file_key(s.mask) if s.mask is not None else "-"
+        line = (
+            f"{_file_key(s.image)}\t{s.label}\t{s.category}\t{s.defect}\t{mask_key}"
+            f"\t{int(s.mask_is_label_map)}\n"
+        )
+        digest.update(line.encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()

@@ -1,0 +1,166 @@
+"""Decode images and ground-truth masks from disk into plain numpy arrays.
+
+Files are decoded by their content (PIL picks the format from the magic bytes, so BMP data behind a
+``.png`` name works) and every failure becomes a one-line :class:`DataError` naming the file.
+
+Conversions, chosen so that every supported file maps to one well-defined RGB uint8 picture:
+
+* ``1`` (1-bit), ``L`` (grey), ``P`` (palette), ``CMYK``, ``YCbCr``, ``RGBX``... -> PIL's RGB
+  conversion.
+* ``RGBA`` / ``LA`` / ``PA``: the alpha channel is DROPPED (colour values kept as stored, no
+  compositing). This is what OpenCV-based inspection pipelines see, and it keeps the pixels of a
+  product photo unchanged when a tool merely added an opaque alpha plane.
+* 16-bit grey (``I;16*``) and 32-bit integer (``I``) grey: scaled from the 16-bit range 0..65535 to
+  0..255 with rounding (values outside 0..65535 in ``I`` images are clipped first).
+* Float (``F``) images have no agreed range and are refused.
+
+EXIF orientation is NOT applied: masks are drawn on the stored pixels, so images must stay aligned
+with them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from refad.errors import DataError
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm"}
+)
+"""Suffixes (lower case) that folder listings treat as images; decoding never trusts them."""
+
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+
+
+def is_image_file(path: Path) -> bool:
+    """True for a visible regular file whose suffix is a known image suffix (case-insensitive)."""
+    return (
+        not path.name.startswith(".")
+        and path.suffix.lower() in IMAGE_EXTENSIONS
+        and path.is_file()
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _open(path: Path, *, decode: bool) -> Image.Image:
+    """Open ``path`` with PIL (format from content); with ``decode`` force a full pixel decode."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file")
+    try:
+        img = Image.open(path)
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not an image file (format not recognised)") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot open image ({_one_line(exc)})") from None
+    if decode:
+        try:
+            img.load()
+        except Exception as exc:  # PIL plugins raise many types (OSError, SyntaxError, ...)
+            img.close()
+            raise DataError(f"{path}: corrupt or truncated image ({_one_line(exc)})") from None
+    return img
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image read from its header only (cheap; does not validate the pixel data)."""
+    with _open(path, decode=False) as img:
+        width, height = img.size
+    return height, width
+
+
+def _sixteen_bit_to_uint8(img: Image.Image) -> np.ndarray:
+    values = np.asarray(img).astype(np.int64)
+    values = np.clip(values, 0, 65535)
+    return ((values * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _to_rgb_array(img: Image.Image, path: Path) -> np.ndarray:
+    mode = img.mode
+    if mode == "RGB":
+        return np.asarray(img, dtype=np.uint8).copy()
+    if mode == "P" and "transparency" in img.info:
+        mode = "PA"  # same route as alpha images (PIL warns on a direct P -> RGB here)
+    if mode in _SIXTEEN_BIT_MODES:
+        grey = _sixteen_bit_to_uint8(img)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode == "F":
+        raise DataError(f"{path}: unsupported image mode F (32-bit float has no defined range)")
+    try:
+        if mode in _ALPHA_MODES:  # keep the stored colour, drop the alpha plane
+            return np.asarray(img.convert("RGBA"), dtype=np.uint8)[:, :, :3].copy()
+        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path}: unsupported image mode {mode} ({_one_line(exc)})") from None
+
+
+def read_image_rgb(path: Path) -> np.ndarray:
+    """Decode ``path`` fully and return it as an (H, W, 3) uint8 RGB array (see module doc)."""
+    path = Path(path)
+    with _open(path, decode=True) as img:
+        return _to_rgb_array(img, path)
+
+
+def _mask_to_bool(img: Image.Image, path: Path, label_map: bool) -> np.ndarray:
+    """Binarise a decoded mask: > half of its value range, or != 0 for label maps."""
+    mode = img.mode
+    if label_map:
+        if mode in ("RGB", "RGBA", "CMYK", "RGBX"):
+            values = np.asarray(img.convert("RGB")).max(axis=2)
+        elif mode in ("LA", "PA"):
+            values = np.asarray(img)[:, :, 0]
+        else:  # palette masks hold label indices; grey/16-bit hold label values
+            values = np.asarray(img)
+        return values != 0
+    if mode == "1":
+        return np.asarray(img, dtype=bool).copy()
+    if mode in _SIXTEEN_BIT_MODES:
+        return np.asarray(img).astype(np.int64) > 32767
+    if mode == "F":
+        return np.asarray(img, dtype=np.float32) > 0.5
+    if mode == "L":
+        return np.asarray(img, dtype=np.uint8) > 127
+    if mode == "LA":
+        return np.asarray(img, dtype=np.uint8)[:, :, 0] > 127
+    try:  # colour masks (RGB, RGBA, P, CMYK...): a pixel is set when any colour channel is
+        rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path}: unsupported mask mode {mode} ({_one_line(exc)})") from None
+    return rgb.max(axis=2) > 127
+
+
+def read_mask(
+    path: Path,
+    expected_hw: tuple[int, int],
+    *,
+    image: Path | None = None,
+    label_map: bool = False,
+) -> np.ndarray:
+    """Decode a ground-truth mask to an (H, W) bool array, checking it matches its image's size.
+
+    Binarised at > 0.5 of the value range (> 127 for 8-bit, > 32767 for 16-bit, 1-bit as is; a
+    colour mask counts a pixel when any channel passes) so soft anti-aliased edges do not grow the
+    defect. ``label_map=True`` is for masks that store label indices (VisA's release: 0 background,
+    1, 2, ... defect regions), where any non-zero value is a defect. ``image`` only serves to name
+    the image in the size-mismatch error.
+    """
+    path = Path(path)
+    with _open(path, decode=True) as img:
+        mask = _mask_to_bool(img, path, label_map)
+    expected = (int(expected_hw[0]), int(expected_hw[1]))
+    if mask.shape != expected:
+        got = f"{mask.shape[1]}x{mask.shape[0]}"
+        want = f"{expected[1]}x{expected[0]}"
+        owner = f"image {image}" if image is not None else "its image"
+        raise DataError(f"{path}: mask size {got} (WxH) differs from {owner} size {want}")
+    return mask

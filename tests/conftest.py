@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny generated dataset and a tiny trained run (built once per session)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from refad.config import RunConfig, apply_overrides
+from refad.data import make_demo_dataset
+from refad.presets import preset
+
+TINY_MODEL = ['model.num_layers=1', 'model.hidden_dims=[32, 64]', 'model.num_heads=4']
+
+
+def tiny_config(root: Path, *extra: str, epochs: int = 2) -> RunConfig:
+    """RLR on a random-init Lite2 at 64 px with a one-layer, narrow model: seconds to train."""
+    return apply_overrides(
+        preset("rlr"),
+        [
+            f"data.root={root}",
+            "data.image_size=64",
+            "backbone.name=tf_efficientnet_lite2",
+            "backbone.weights=none",
+            f"train.epochs={epochs}",
+            "train.batch_size=4",
+            "device=cpu",
+            *TINY_MODEL,
+            *extra,
+        ],
+    )
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("demo") / "data"
+    make_demo_dataset(root, n_train=6, n_test_good=3, n_test_defect=3, size=64, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from refad.engine.train import fit
+
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    fit(tiny_config(demo_root), run, progress=False)
+    return run

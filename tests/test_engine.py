@@ -1,0 +1,170 @@
+"""Engine: training, checkpoints, resume, determinism, evaluation, prediction."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from refad.engine import checkpoint as ckpt
+from refad.engine.evaluate import evaluate
+from refad.engine.predict import predict
+from refad.engine.run import open_run
+from refad.engine.train import fit
+from refad.errors import CheckpointError, ConfigError, RefadError
+from refad.metrics import METRIC_NAMES
+from conftest import tiny_config
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model.safetensors"))
+
+
+def test_run_folder_contents(trained_run: Path) -> None:
+    meta = json.loads((trained_run / "checkpoint.json").read_text())
+    assert meta["epoch"] == 2 and len(meta["history"]) == 2
+    assert meta["backbone"]["name"] == "tf_efficientnet_lite2"
+    assert meta["backbone"]["mean"] == [0.5, 0.5, 0.5]
+    assert meta["calibration"]["source"] == "train-normal"
+    cfg = json.loads((trained_run / "config.json").read_text())
+    assert cfg["method"] == "rlr" and cfg["backbone"]["levels"] == [2, 3]
+
+
+def test_cpu_training_is_deterministic(demo_root: Path, trained_run: Path, tmp_path: Path) -> None:
+    fit(tiny_config(demo_root), tmp_path / "again", progress=False)
+    a, b = weights(trained_run), weights(tmp_path / "again")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_reaches_the_same_result(
+    demo_root: Path, trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "interrupted"
+    real_save = ckpt.save_checkpoint
+    calls = {"n": 0}
+
+    def crash_after_first_epoch(*args, **kwargs):
+        real_save(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("refad.engine.train.save_checkpoint", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_config(demo_root), run, progress=False)
+    assert json.loads((run / "checkpoint.json").read_text())["epoch"] == 1
+    monkeypatch.setattr("refad.engine.train.save_checkpoint", real_save)
+    fit(tiny_config(demo_root), run, resume=True, progress=False)
+    a, b = weights(trained_run), weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_existing_run_is_not_overwritten(demo_root: Path, trained_run: Path) -> None:
+    with pytest.raises(ConfigError, match="already holds a run"):
+        fit(tiny_config(demo_root), trained_run, progress=False)
+
+
+def test_reload_gives_identical_scores(trained_run: Path) -> None:
+    run = open_run(trained_run, "cpu")
+    model, _ = run.model("unified")
+    again, _ = ckpt.load_model(trained_run, torch.device("cpu"))
+    x = torch.randn(2, 3, 64, 64)
+    a = model.score(run.extractor(x))
+    b = again.score(run.extractor(x))
+    assert torch.equal(a.maps, b.maps) and torch.equal(a.image, b.image)
+
+
+def test_evaluate_writes_all_metrics(trained_run: Path, demo_root: Path) -> None:
+    result = evaluate(trained_run, device="cpu", progress=False)
+    assert set(result["categories"]) == {p.name for p in demo_root.iterdir() if p.is_dir()}
+    for metrics in [*result["categories"].values(), result["mean"]]:
+        for name in METRIC_NAMES:
+            assert 0.0 <= metrics[name] <= 1.0
+    table = (trained_run / "metrics.md").read_text()
+    assert "I-AUROC" in table and "AU-PRO" in table and "**mean**" in table
+    saved = json.loads((trained_run / "metrics.json").read_text())
+    assert saved["mean"] == pytest.approx(result["mean"])
+
+
+def test_predict_keeps_going_past_a_corrupt_file(
+    trained_run: Path, demo_root: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    good = sorted(demo_root.glob("*/test/*/*.png"))[:3]
+    for i, p in enumerate(good):
+        (folder / f"img{i}.png").write_bytes(p.read_bytes())
+    (folder / "broken.png").write_bytes(good[0].read_bytes()[:200])
+    report = predict(trained_run, [folder], tmp_path / "preds", device="cpu")
+    assert len(report.predictions) == 3
+    assert len(report.failures) == 1 and "broken.png" in report.failures[0]
+    for p in report.predictions:
+        assert Path(p.heatmap).is_file() and Path(p.overlay).is_file()
+        assert p.anomalous is not None  # the run is calibrated on normal training images
+    summary = json.loads((tmp_path / "preds" / "predictions.json").read_text())
+    assert len(summary["predictions"]) == 3 and summary["failures"] == report.failures
+    assert (tmp_path / "preds" / "predictions.csv").read_text().count("\n") == 4
+
+
+def test_checkpoint_of_another_model_is_refused(trained_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    meta = json.loads((copy / "checkpoint.json").read_text())
+    meta["model_config"]["hidden_dims"] = [64, 64]
+    (copy / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="model.safetensors.*shape"):
+        ckpt.load_model(copy, torch.device("cpu"))
+    meta["method"] = "uniad"
+    (copy / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises((CheckpointError, ConfigError)):
+        ckpt.load_model(copy, torch.device("cpu"))
+    (copy / "model.safetensors").write_bytes(b"\x00" * 64)
+    meta["method"] = "rlr"
+    meta["model_config"]["hidden_dims"] = [32, 64]
+    (copy / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        ckpt.load_model(copy, torch.device("cpu"))
+
+
+def test_pickle_checkpoint_is_not_a_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "checkpoint.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        ckpt.read_meta(tmp_path)
+
+
+def test_disk_full_keeps_previous_checkpoint(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    before = (copy / "model.safetensors").read_bytes()
+    model, meta = ckpt.load_model(copy, torch.device("cpu"))
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("refad.engine.io.os.replace", full)
+    with pytest.raises(RefadError, match="model.safetensors: cannot write .No space left"):
+        ckpt.save_checkpoint(copy, model, meta)
+    assert (copy / "model.safetensors").read_bytes() == before
+    assert not list(copy.glob(".*.tmp"))
+
+
+def test_bad_config_values_are_one_line_errors(demo_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="train.epochs"):
+        tiny_config(demo_root, "train.epochs=0")
+    with pytest.raises(ConfigError, match="model: attention"):
+        fit(tiny_config(demo_root, "model.attention=foo"), tmp_path / "x", progress=False)
+    with pytest.raises(ConfigError, match="levels"):
+        tiny_config(demo_root, "backbone.levels=[7]")
+    with pytest.raises(ConfigError, match="bogus"):
+        tiny_config(demo_root, "train.bogus=1")

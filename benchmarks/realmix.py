@@ -105,7 +105,7 @@ def heatmap_montage(run_dir: Path, data_root: Path, out_png: Path, device: torch
     model, meta = run.model("unified")
     calib = meta.calibration or {}
     tiles = []
-    for category, group in by_category(load_split(run.config.data, "test")).items():
+    for group in by_category(load_split(run.config.data, "test")).values():
         bad = [s for s in group if s.label == 1][:2]
         for s in bad:
             img = np.asarray(Image.fromarray(read_image_rgb(s.image)).resize((160, 160)))

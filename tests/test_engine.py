@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 from safetensors.torch import load_file
 
 from refad.engine import checkpoint as ckpt
@@ -17,7 +18,6 @@ from refad.engine.run import open_run
 from refad.engine.train import fit
 from refad.errors import CheckpointError, ConfigError, RefadError
 from refad.metrics import METRIC_NAMES
-from conftest import tiny_config
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:

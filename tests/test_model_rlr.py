@@ -19,7 +19,10 @@ def small(**kw) -> RLRConfig:
 
 def features(batch: int = 2) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return [torch.randn(batch, c, h, w, generator=g) for c, (h, w) in zip(SPEC.channels, SPEC.shapes)]
+    return [
+        torch.randn(batch, c, h, w, generator=g)
+        for c, (h, w) in zip(SPEC.channels, SPEC.shapes, strict=True)
+    ]
 
 
 def test_default_widths_follow_level_index() -> None:
@@ -28,7 +31,8 @@ def test_default_widths_follow_level_index() -> None:
     widths = [lvl.out_proj.in_features for lvl in model.levels]
     assert widths == [128, 256, 512]
     assert [lvl.window for lvl in model.levels] == [11, 7, 5]
-    assert [tuple(lvl.reference.shape) for lvl in model.levels] == [(4096, 32), (1024, 40), (256, 72)]
+    shapes = [tuple(lvl.reference.shape) for lvl in model.levels]
+    assert shapes == [(4096, 32), (1024, 40), (256, 72)]
 
 
 def test_reconstruction_shapes_and_scores() -> None:

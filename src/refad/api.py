@@ -1,7 +1,8 @@
 """The Python API: the same capabilities as the CLI.
 
     from refad import api
-    cfg = api.build_config(method="rlr", data="mvtec", root="/data/mvtec", backbone="tf_efficientnet_lite2")
+    cfg = api.build_config(method="rlr", data="mvtec", root="/data/mvtec",
+                           backbone="tf_efficientnet_lite2")
     api.fit(cfg, "runs/rlr")
     result = api.evaluate("runs/rlr")
     report = api.predict("runs/rlr", ["img.png"], "preds/")

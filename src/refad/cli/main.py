@@ -67,7 +67,9 @@ def train(
     normal_dir: Annotated[Path | None, typer.Option(help="Folder layout: normal images.")] = None,
     anomalous_dir: Annotated[Path | None, typer.Option(help="Folder layout: test defects.")] = None,
     mask_dir: Annotated[Path | None, typer.Option(help="Folder layout: defect masks.")] = None,
-    test_normal_dir: Annotated[Path | None, typer.Option(help="Folder layout: test normals.")] = None,
+    test_normal_dir: Annotated[
+        Path | None, typer.Option(help="Folder layout: test normals.")
+    ] = None,
     method: Annotated[str, typer.Option(help="rlr (more in later releases).")] = "rlr",
     backbone: Annotated[str | None, typer.Option(help="timm model name.")] = None,
     levels: Annotated[str | None, typer.Option(help="timm out_indices, e.g. 2,3.")] = None,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from refad.errors import CheckpointError
@@ -77,7 +77,9 @@ def save_checkpoint(
     if optimizer is not None:
         tensors, groups = _flatten_optimizer(optimizer)
         opt_tag = dict(tag, param_groups=json.dumps(groups))
-        write_atomic(unit_dir / OPTIMIZER_FILE, lambda p: save_file(tensors, str(p), metadata=opt_tag))
+        write_atomic(
+            unit_dir / OPTIMIZER_FILE, lambda p: save_file(tensors, str(p), metadata=opt_tag)
+        )
     write_text_atomic(unit_dir / META_FILE, json.dumps(asdict(meta), indent=2) + "\n")
 
 
@@ -106,7 +108,7 @@ def _load_tensors(path: Path, meta: CheckpointMeta) -> dict[str, torch.Tensor]:
         tensors = load_file(str(path))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing") from None
-    except (SafetensorsError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     if tag.get("method") != meta.method:
         raise CheckpointError(

@@ -16,7 +16,9 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"device: {name!r} is not a device name (auto, cpu, cuda, cuda:N)") from None
+        raise ConfigError(
+            f"device: {name!r} is not a device name (auto, cpu, cuda, cuda:N)"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device: {name!r} requested but no CUDA GPU is available")
     return device

@@ -29,9 +29,11 @@ from refad.engine.checkpoint import (
     spec_to_dict,
 )
 from refad.engine.device import resolve_device
+from refad.engine.distributed import DistContext, init_distributed
 from refad.engine.units import group_units, load_split, split_validation, unit_dir
 from refad.errors import ConfigError
 from refad.models.base import FeatureSpec, ReconstructionModel
+from refad.models.blocks.jitter import BatchShard
 from refad.models.registry import build_model, method_config
 
 CONFIG_FILE = "config.json"
@@ -110,8 +112,14 @@ def train_unit(
     device: torch.device,
     resume: bool,
     progress: bool,
+    dctx: DistContext | None = None,
 ) -> UnitResult:
-    """Train one model on cached levels, checkpointing every epoch; calibrate at the end."""
+    """Train one model on cached levels, checkpointing every epoch; calibrate at the end.
+
+    Under torchrun every rank runs this with the same data; each takes its shard of every
+    global batch (see `refad.engine.distributed`) and only rank 0 writes files.
+    """
+    dctx = dctx or DistContext()
     t = config.train
     spec = FeatureSpec(
         levels=tuple(extractor.levels),
@@ -147,6 +155,7 @@ def train_unit(
         range(start, t.epochs), desc=f"train {name}", unit="epoch", disable=not progress,
         initial=start, total=t.epochs,
     )
+    params = [p for p in model.parameters() if p.requires_grad]
     t_start = time.perf_counter()
     loss_value = history[-1]["loss"] if history else float("nan")
     for epoch in bar:
@@ -160,31 +169,70 @@ def train_unit(
             torch.manual_seed(t.seed * 7919 + epoch)  # dropout (UniAD) draws from here
             for s in range(0, n, t.batch_size):
                 idx = order[s : s + t.batch_size]
-                batch = [lvl[idx].to(device, non_blocking=True) for lvl in levels]
-                loss = model.loss(batch, generator=noise)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if dctx.active:
+                    total += _sharded_step(model, levels, idx, noise, device, dctx, params)
+                else:
+                    batch = [lvl[idx].to(device, non_blocking=True) for lvl in levels]
+                    loss = model.loss(batch, generator=noise)
+                    loss.backward()
+                    total += loss.item() * len(idx)
                 if t.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
                 optimizer.step()
-                total += loss.item() * len(idx)
                 seen += len(idx)
         seconds = time.perf_counter() - tic
-        loss_value = total / seen
+        loss_value = dctx.sum_scalar(total, device) / seen if dctx.active else total / seen
         history.append({"epoch": epoch + 1, "loss": loss_value, "seconds": seconds})
         bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{seen / seconds:.1f}")
         meta = CheckpointMeta(
             method=config.method, epoch=epoch + 1, epochs=t.epochs, spec=spec_to_dict(spec),
             backbone=backbone_info, model_config=model_cfg, history=history,
         )
-        save_checkpoint(folder, model, meta, optimizer)
-    meta = read_meta(folder)
-    if meta.calibration is None:
-        meta.calibration = calibrate(
-            model, calib_levels, device, t.feature_batch_size, t.threshold_quantile, calib_source
-        )
-        save_checkpoint(folder, model, meta, optimizer)
+        if dctx.is_main:
+            save_checkpoint(folder, model, meta, optimizer)
+    if dctx.is_main:
+        meta = read_meta(folder)
+        if meta.calibration is None:
+            meta.calibration = calibrate(
+                model, calib_levels, device, t.feature_batch_size, t.threshold_quantile,
+                calib_source,
+            )
+            save_checkpoint(folder, model, meta, optimizer)
+    dctx.barrier()
     return UnitResult(name, t.epochs, loss_value, time.perf_counter() - t_start)
+
+
+def _sharded_step(
+    model: ReconstructionModel,
+    levels: list[torch.Tensor],
+    idx: torch.Tensor,
+    noise: torch.Generator,
+    device: torch.device,
+    dctx: DistContext,
+    params: list[torch.nn.Parameter],
+) -> float:
+    """Forward/backward this rank's rows of a global batch; returns the rows' summed loss.
+
+    The local mean loss is weighted by the rank's share of the batch, so the gradients summed
+    over ranks equal the gradient of the global batch's mean loss.
+    """
+    start, stop = dctx.shard(len(idx))
+    local = idx[start:stop]
+    value = 0.0
+    if len(local):
+        batch = [lvl[local].to(device, non_blocking=True) for lvl in levels]
+        loss = model.loss(batch, generator=BatchShard(noise, start, len(idx)))
+        (loss * (len(local) / len(idx))).backward()
+        value = loss.item() * len(local)
+    else:  # this rank drew nothing in a small last batch; the noise stream must still advance
+        model.loss([lvl[idx[:1]].to(device) for lvl in levels],
+                   generator=BatchShard(noise, 0, len(idx))).detach()
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    dctx.sum_gradients(params)
+    return value
 
 
 def prepare_run_dir(config: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
@@ -204,11 +252,21 @@ def prepare_run_dir(config: RunConfig, run_dir: Path, resume: bool) -> RunConfig
     return config
 
 
-def fit(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> list[UnitResult]:
-    """Train a run (unified or per category) into `run_dir`. Returns one result per unit."""
+def fit(
+    config: RunConfig, run_dir: Path, resume: bool = False, progress: bool = True
+) -> list[UnitResult]:
+    """Train a run (unified or per category) into `run_dir`. Returns one result per unit.
+
+    Under torchrun (WORLD_SIZE > 1) this joins the process group and trains data-parallel.
+    """
     run_dir = Path(run_dir)
-    config = prepare_run_dir(config, run_dir, resume)
-    device = resolve_device(config.device)
+    dctx, device = init_distributed(resolve_device(config.device))
+    if dctx.is_main:
+        config = prepare_run_dir(config, run_dir, resume)
+    dctx.barrier()
+    if not dctx.is_main:
+        config = RunConfig.load(run_dir / CONFIG_FILE)
+    progress = progress and dctx.is_main
     extractor = build_extractor(config, device)
     samples = load_split(config.data, "train")
     train_samples, val_samples = split_validation(
@@ -220,6 +278,7 @@ def fit(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool =
     val_units = group_units(config, val_samples) if val_samples else {}
     for name, unit_samples in group_units(config, train_samples).items():
         levels = extract_features(extractor, unit_samples, config, device, cache, progress)
+        dctx.barrier()
         if name in val_units:
             calib = extract_features(extractor, val_units[name], config, device, cache, progress)
             source = "validation-normal"
@@ -227,6 +286,6 @@ def fit(config: RunConfig, run_dir: Path, resume: bool = False, progress: bool =
             calib, source = levels, "train-normal"
         results.append(
             train_unit(name, levels, calib, source, config, extractor, run_dir, device, resume,
-                       progress)
+                       progress, dctx)
         )
     return results

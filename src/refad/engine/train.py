@@ -151,46 +151,31 @@ def train_unit(
     }
     model_cfg = method_config(config.method, config.model).model_dump()
     n = levels[0].shape[0]
+    steps = -(-n // t.batch_size)
     bar = tqdm(
-        range(start, t.epochs), desc=f"train {name}", unit="epoch", disable=not progress,
-        initial=start, total=t.epochs,
+        total=t.epochs * steps, initial=start * steps, desc=f"train {name}", unit="batch",
+        disable=not progress,
     )
     params = [p for p in model.parameters() if p.requires_grad]
     t_start = time.perf_counter()
     loss_value = history[-1]["loss"] if history else float("nan")
-    for epoch in bar:
+    for epoch in range(start, t.epochs):
         model.train()
         for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = base * lr_factor(config, epoch)
-        order = torch.randperm(n, generator=epoch_generator(t.seed, epoch, torch.device("cpu")))
-        noise = epoch_generator(t.seed, epoch, device)
-        tic, total, seen = time.perf_counter(), 0.0, 0
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(t.seed * 7919 + epoch)  # dropout (UniAD) draws from here
-            for s in range(0, n, t.batch_size):
-                idx = order[s : s + t.batch_size]
-                optimizer.zero_grad(set_to_none=True)
-                if dctx.active:
-                    total += _sharded_step(model, levels, idx, noise, device, dctx, params)
-                else:
-                    batch = [lvl[idx].to(device, non_blocking=True) for lvl in levels]
-                    loss = model.loss(batch, generator=noise)
-                    loss.backward()
-                    total += loss.item() * len(idx)
-                if t.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-                optimizer.step()
-                seen += len(idx)
-        seconds = time.perf_counter() - tic
-        loss_value = dctx.sum_scalar(total, device) / seen if dctx.active else total / seen
-        history.append({"epoch": epoch + 1, "loss": loss_value, "seconds": seconds})
-        bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{seen / seconds:.1f}")
+        tic = time.perf_counter()
+        loss_value = _train_epoch(model, optimizer, params, levels, config, epoch, device, dctx,
+                                  bar)
+        history.append(
+            {"epoch": epoch + 1, "loss": loss_value, "seconds": time.perf_counter() - tic}
+        )
         meta = CheckpointMeta(
             method=config.method, epoch=epoch + 1, epochs=t.epochs, spec=spec_to_dict(spec),
             backbone=backbone_info, model_config=model_cfg, history=history,
         )
         if dctx.is_main:
             save_checkpoint(folder, model, meta, optimizer)
+    bar.close()
     if dctx.is_main:
         meta = read_meta(folder)
         if meta.calibration is None:
@@ -201,6 +186,45 @@ def train_unit(
             save_checkpoint(folder, model, meta, optimizer)
     dctx.barrier()
     return UnitResult(name, t.epochs, loss_value, time.perf_counter() - t_start)
+
+
+def _train_epoch(
+    model: ReconstructionModel,
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    levels: list[torch.Tensor],
+    config: RunConfig,
+    epoch: int,
+    device: torch.device,
+    dctx: DistContext,
+    bar: tqdm,
+) -> float:
+    """One pass over the cached levels in the (seed, epoch) order; returns the mean loss."""
+    t = config.train
+    n = levels[0].shape[0]
+    order = torch.randperm(n, generator=epoch_generator(t.seed, epoch, torch.device("cpu")))
+    noise = epoch_generator(t.seed, epoch, device)
+    tic, total, seen = time.perf_counter(), 0.0, 0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(t.seed * 7919 + epoch)  # dropout (UniAD) draws from here
+        for s in range(0, n, t.batch_size):
+            idx = order[s : s + t.batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            if dctx.active:
+                total += _sharded_step(model, levels, idx, noise, device, dctx, params)
+            else:
+                batch = [lvl[idx].to(device, non_blocking=True) for lvl in levels]
+                loss = model.loss(batch, generator=noise)
+                loss.backward()
+                total += loss.item() * len(idx)
+            if t.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+            optimizer.step()
+            seen += len(idx)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{total / seen:.4f}",
+                            img_s=f"{seen / (time.perf_counter() - tic):.1f}", refresh=False)
+    return dctx.sum_scalar(total, device) / seen if dctx.active else total / seen
 
 
 def _sharded_step(

@@ -7,10 +7,14 @@ from typing import Any
 from refad.config_base import StrictModel
 from refad.errors import ConfigError
 from refad.models.base import FeatureSpec, ReconstructionModel
+from refad.models.crad import CRAD, CRADConfig
 from refad.models.rlr import RLR, RLRConfig
+from refad.models.uniad import UniAD, UniADConfig
 
 METHODS: dict[str, tuple[type[ReconstructionModel], type[StrictModel]]] = {
     "rlr": (RLR, RLRConfig),
+    "uniad": (UniAD, UniADConfig),
+    "crad": (CRAD, CRADConfig),
 }
 
 

@@ -8,13 +8,13 @@ token's window, so the network cannot copy a token (or its anomaly) to its own o
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from pydantic import Field
+from torch import nn
 
 from refad.config_base import StrictModel
 from refad.errors import ConfigError
@@ -24,13 +24,17 @@ from refad.models.blocks import (
     TokenEmbedding,
     feature_jitter,
     neighbourhood_mask,
+    window_index_table,
     window_size_for,
+    windowed_attention,
 )
 from refad.models.scoring import gaussian_blur, max_score, mse_cosine_map, upsample_maps
 
 # Paper Table 3 ablations. "rlr" is the method; the others are the rows of the table.
 AttentionKind = Literal["rlr", "lca", "mlka", "cross", "self"]
 ATTENTION_KINDS: tuple[str, ...] = ("rlr", "lca", "mlka", "cross", "self")
+# How the masked attentions are computed; both give the same maps (see RLRConfig).
+AttentionImpl = Literal["fast", "reference"]
 
 
 class RLRConfig(StrictModel):
@@ -46,6 +50,27 @@ class RLRConfig(StrictModel):
     windows: dict[int, int] = Field(default_factory=lambda: {16: 5, 32: 7, 64: 11})
     jitter_scale: float = Field(4.0, ge=0)
     gaussian_sigma: float = Field(4.0, ge=0)
+    # "integer": the authors' table (integer positions, x half first); "normalised": DETR form
+    position_embedding: Literal["integer", "normalised"] = "integer"
+    # "fast": LCA over each query's p x p window only (N*p^2 instead of N^2), MLKA with a cached
+    # additive mask. "reference": plain masked dense SDPA, the test oracle. Same parameters and
+    # the same maps (to float32 rounding); the choice is not part of the model's math.
+    attention_impl: AttentionImpl = "fast"
+
+
+class WindowMasks(NamedTuple):
+    """The masks of one level's forward pass, built once per shape and device (never per call).
+
+    `inside`: (N, N) bool, True where the key lies in the query's window (reference path).
+    `index`/`valid`: (N, P) window gather table (fast LCA). `outside_bias`: (N, N) additive mask,
+    -inf inside the window and 0 outside, in the attention's compute dtype (fast MLKA); None
+    when the fast path does not need it.
+    """
+
+    inside: torch.Tensor
+    index: torch.Tensor
+    valid: torch.Tensor
+    outside_bias: torch.Tensor | None
 
 
 class RLRLayer(nn.Module):
@@ -54,6 +79,7 @@ class RLRLayer(nn.Module):
     def __init__(self, dim: int, num_heads: int, ffn_ratio: int, config: RLRConfig) -> None:
         super().__init__()
         self.kind = config.attention
+        self.impl = config.attention_impl
         self.alpha = config.alpha
         self.residual = config.residual
         if self.kind in ("rlr", "lca", "cross", "self"):
@@ -66,26 +92,43 @@ class RLRLayer(nn.Module):
         )
         self.norm2 = nn.LayerNorm(dim)
 
-    def attend(
-        self, y: torch.Tensor, ref: torch.Tensor, window: torch.Tensor
-    ) -> torch.Tensor:
-        """The attention part of the layer, by ablation kind. `window`: (N, N) bool."""
+    def local_cross(self, y: torch.Tensor, ref: torch.Tensor, masks: WindowMasks) -> torch.Tensor:
+        """LCA: queries from y, keys and values from the reference inside each window."""
+        if self.impl == "reference":
+            return self.lca(y, ref, ref, masks.inside)
+        return windowed_attention(self.lca, y, ref, ref, masks.index, masks.valid)
+
+    def masked_key(self, y: torch.Tensor, ref: torch.Tensor, masks: WindowMasks) -> torch.Tensor:
+        """MLKA: keys from the reference, values from y, only from OUTSIDE each window."""
+        if self.impl == "reference" or masks.outside_bias is None:
+            return self.mlka(y, ref, y, ~masks.inside)
+        return self.mlka(y, ref, y, masks.outside_bias)
+
+    def attend(self, y: torch.Tensor, ref: torch.Tensor, masks: WindowMasks) -> torch.Tensor:
+        """The attention part of the layer, by ablation kind."""
         if self.kind == "self":
             return self.lca(y, y, y)
         if self.kind == "cross":
             return self.lca(y, ref, ref)
         if self.kind == "lca":
-            return self.lca(y, ref, ref, window)
+            return self.local_cross(y, ref, masks)
         if self.kind == "mlka":
-            return self.mlka(y, ref, y, ~window)
-        return self.alpha * self.lca(y, ref, ref, window) + self.mlka(y, ref, y, ~window)
+            return self.masked_key(y, ref, masks)
+        return self.alpha * self.local_cross(y, ref, masks) + self.masked_key(y, ref, masks)
 
-    def forward(self, y: torch.Tensor, ref: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-        z = self.attend(y, ref, window)
+    def forward(self, y: torch.Tensor, ref: torch.Tensor, masks: WindowMasks) -> torch.Tensor:
+        z = self.attend(y, ref, masks)
         if self.residual:
             z = z + y
         z = self.norm1(z)
         return self.norm2(z + self.ffn(z))
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype attention runs in for input x: the autocast dtype when autocast is on."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
 
 
 class RLRLevel(nn.Module):
@@ -96,25 +139,55 @@ class RLRLevel(nn.Module):
     ) -> None:
         super().__init__()
         self.height, self.width, self.window = height, width, window
-        self.input_embed = TokenEmbedding(channels, dim, height, width)
+        pos = config.position_embedding
+        self.input_embed = TokenEmbedding(channels, dim, height, width, pos)
         self.reference = nn.Parameter(torch.randn(height * width, channels))
-        self.reference_embed = TokenEmbedding(channels, dim, height, width)
+        self.reference_embed = TokenEmbedding(channels, dim, height, width, pos)
         self.layers = nn.ModuleList(
             RLRLayer(dim, config.num_heads, config.ffn_ratio, config)
             for _ in range(config.num_layers)
         )
         self.out_norm = nn.LayerNorm(dim)
         self.out_proj = nn.Linear(dim, channels)
+        # Shape-derived tables: non-persistent buffers (not in the state_dict), built here once.
         self.register_buffer(
             "window_mask", neighbourhood_mask(height, width, window), persistent=False
         )
+        index, valid = window_index_table(height, width, window)
+        self.register_buffer("window_index", index, persistent=False)
+        self.register_buffer("window_valid", valid, persistent=False)
+        self.needs_outside_bias = config.attention_impl == "fast" and config.attention in (
+            "rlr",
+            "mlka",
+        )
+        self._bias_cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> RLRLevel:
+        self._bias_cache = {}  # device/dtype moves invalidate the cached additive masks
+        return super()._apply(fn, recurse)
+
+    def outside_bias(self, dtype: torch.dtype) -> torch.Tensor:
+        """Additive MLKA mask (0 outside the window, -inf inside), cached per device and dtype."""
+        key = (self.window_mask.device, dtype)
+        bias = self._bias_cache.get(key)
+        if bias is None:
+            bias = torch.zeros(self.window_mask.shape, device=key[0], dtype=dtype)
+            bias.masked_fill_(self.window_mask, float("-inf"))
+            self._bias_cache[key] = bias
+        return bias
+
+    def masks(self, y: torch.Tensor) -> WindowMasks:
+        """This forward's masks for embedded tokens y (picks the cached bias dtype)."""
+        bias = self.outside_bias(_compute_dtype(y)) if self.needs_outside_bias else None
+        return WindowMasks(self.window_mask, self.window_index, self.window_valid, bias)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, C) input tokens -> (B, N, C) reconstruction."""
         y = self.input_embed(tokens)
         ref = self.reference_embed(self.reference.to(tokens.dtype))[None]  # once per forward
+        masks = self.masks(y)
         for layer in self.layers:
-            y = layer(y, ref, self.window_mask)
+            y = layer(y, ref, masks)
         return self.out_proj(self.out_norm(y))
 
 
@@ -146,6 +219,23 @@ class RLR(ReconstructionModel):
             window = window_size_for(max(h, w), config.windows)
             self.levels.append(RLRLevel(c, h, w, d, window, config))
 
+    def with_attention_impl(self, impl: AttentionImpl) -> RLR:
+        """A copy with the same weights, device and mode, computing attention by `impl`.
+
+        The fast and reference paths share every parameter, so this is how the fast path is
+        checked against the plain masked one (tests, benchmarks).
+        """
+        config = self.config.model_copy(update={"attention_impl": impl})
+        copy = RLR(self.spec, config)
+        param = next(self.parameters())
+        copy.to(device=param.device, dtype=param.dtype)
+        copy.load_state_dict(self.state_dict())
+        buffers = dict(copy.named_buffers())
+        with torch.no_grad():  # non-persistent tables too (e.g. an imported positional table)
+            for name, buf in self.named_buffers():
+                buffers[name].copy_(buf)
+        return copy.train(self.training)
+
     def targets(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
         return levels
 
@@ -173,7 +263,16 @@ class RLR(ReconstructionModel):
 
     def score(self, levels: list[torch.Tensor]) -> Scores:
         targets = self.targets(levels)
-        recs = self.reconstruct(targets)
+        return self.score_reconstruction(targets, self.reconstruct(targets))
+
+    def score_reconstruction(
+        self, targets: list[torch.Tensor], recs: list[torch.Tensor]
+    ) -> Scores:
+        """Maps and image scores from targets and their reconstructions.
+
+        Split from `score` so a fast path can reconstruct under autocast and still score in
+        float32 (the Gaussian filter and the max are sensitive to bf16 rounding).
+        """
         size = self.spec.image_size
         maps = torch.stack(
             [

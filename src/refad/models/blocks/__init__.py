@@ -2,14 +2,41 @@
 
 from refad.models.blocks.attention import MultiHeadAttention
 from refad.models.blocks.embedding import TokenEmbedding, sine_position_embedding_2d
-from refad.models.blocks.jitter import feature_jitter
+from refad.models.blocks.features import concat_on_grid, grid_index
+from refad.models.blocks.jitter import BatchShard, Noise, draw_normal, draw_uniform, feature_jitter
+from refad.models.blocks.local_attention import (
+    local_attention,
+    window_index_table,
+    windowed_attention,
+)
 from refad.models.blocks.masks import neighbourhood_mask, window_size_for
+from refad.models.blocks.mobilenet import MobileBottleneck, SqueezeExcite
+from refad.models.blocks.positions import (
+    LearnedPositionEmbedding2d,
+    integer_sine_position_embedding_2d,
+)
+from refad.models.blocks.transformer import PostNormEncoderLayer, feed_forward
 
 __all__ = [
+    "BatchShard",
+    "Noise",
+    "draw_normal",
+    "draw_uniform",
+    "LearnedPositionEmbedding2d",
+    "MobileBottleneck",
     "MultiHeadAttention",
+    "PostNormEncoderLayer",
+    "SqueezeExcite",
     "TokenEmbedding",
+    "concat_on_grid",
     "feature_jitter",
+    "feed_forward",
+    "grid_index",
+    "integer_sine_position_embedding_2d",
+    "local_attention",
     "neighbourhood_mask",
     "sine_position_embedding_2d",
+    "window_index_table",
     "window_size_for",
+    "windowed_attention",
 ]

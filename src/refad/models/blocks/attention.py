@@ -30,9 +30,21 @@ class MultiHeadAttention(nn.Module):
         self.v_proj = nn.Linear(dim, dim)
         self.out_proj = nn.Linear(dim, dim)
         self.dropout = dropout
-        for lin in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
-            nn.init.xavier_uniform_(lin.weight)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise as torch.nn.MultiheadAttention does (what the authors' code uses).
+
+        Its packed (3d, d) input projection is xavier-uniform over fan_in + fan_out = 4d, so
+        each of q/k/v gets bound sqrt(6 / 4d); input biases and the output bias start at zero,
+        the output weight keeps nn.Linear's default.
+        """
+        dim = self.q_proj.in_features
+        bound = (6.0 / (4 * dim)) ** 0.5
+        for lin in (self.q_proj, self.k_proj, self.v_proj):
+            nn.init.uniform_(lin.weight, -bound, bound)
             nn.init.zeros_(lin.bias)
+        nn.init.zeros_(self.out_proj.bias)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape

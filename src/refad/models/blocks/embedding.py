@@ -19,7 +19,8 @@ def sine_position_embedding_2d(
     """Fixed (H*W, dim) embedding: the first half of the channels encodes y, the second half x.
 
     Positions 1..H (and 1..W) are normalised to (0, 2*pi]; each half holds dim/4 frequencies,
-    interleaved as sin, cos. This is the DETR-style form that the RLR and UniAD code use.
+    interleaved as sin, cos (the DETR form). The RLR authors' code uses another table
+    (`integer_sine_position_embedding_2d`: integer positions, x first); see TokenEmbedding.
     """
     if dim % 4 != 0:
         raise ValueError(f"positional embedding width must be divisible by 4, got {dim}")
@@ -42,20 +43,33 @@ def sine_position_embedding_2d(
     return torch.cat((ey, ex), dim=2).reshape(height * width, dim).to(dtype)
 
 
+def position_table(kind: str, height: int, width: int, dim: int) -> torch.Tensor:
+    """Fixed (H*W, dim) sine table by name: "integer" (RLR authors' code) or "normalised"."""
+    if kind == "integer":
+        from refad.models.blocks.positions import integer_sine_position_embedding_2d
+
+        return integer_sine_position_embedding_2d(height, width, dim)
+    if kind == "normalised":
+        return sine_position_embedding_2d(height, width, dim)
+    raise ValueError(f"unknown positional table {kind!r} (integer, normalised)")
+
+
 class TokenEmbedding(nn.Module):
     """Project C backbone channels to d model channels (1x1, i.e. per token) and add positions.
 
-    The positional table is a non-persistent buffer: it is derived from the shape, so it is
-    not part of a checkpoint and follows the module to whatever device the caller chooses.
+    The projection weight is kaiming-normal (fan_in); its bias keeps PyTorch's default init,
+    as the authors' 1x1 Conv1d does. The positional table is a non-persistent buffer derived
+    from the shape, so it is not part of a checkpoint and follows the module's device.
     """
 
-    def __init__(self, in_channels: int, dim: int, height: int, width: int) -> None:
+    def __init__(
+        self, in_channels: int, dim: int, height: int, width: int, positions: str = "integer"
+    ) -> None:
         super().__init__()
         self.proj = nn.Linear(in_channels, dim)
         nn.init.kaiming_normal_(self.proj.weight, mode="fan_in")
-        nn.init.zeros_(self.proj.bias)
         self.register_buffer(
-            "pos", sine_position_embedding_2d(height, width, dim), persistent=False
+            "pos", position_table(positions, height, width, dim), persistent=False
         )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,165 @@
+"""Train and evaluate several methods on one dataset; write one side-by-side table.
+
+Each method starts from its own preset (backbone, levels, input size, schedule); what the
+caller passes in `base` (the dataset, and any shared override such as a smaller backbone) is
+applied to every method alike, `method_overrides` to one method only. Every run folder is a
+normal refad run (`OUT/<method>/`), so each can be re-evaluated or used for prediction alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from refad.config import RunConfig, apply_overrides
+from refad.engine.evaluate import METRIC_LABELS, evaluate
+from refad.engine.io import write_text_atomic
+from refad.engine.train import CONFIG_FILE, fit
+from refad.errors import ConfigError
+from refad.metrics import METRIC_NAMES
+from refad.models.registry import method_config
+from refad.presets import PRESETS, preset
+
+# RunConfig parts that describe the dataset/run, not the method: taken from a RunConfig base.
+SHARED_TRAIN_FIELDS = ("mode", "feature_cache", "val_fraction", "threshold_quantile",
+                       "feature_batch_size")
+
+
+def method_run_config(
+    method: str,
+    base: Mapping[str, Any] | RunConfig | None,
+    overrides: Sequence[str] = (),
+) -> RunConfig:
+    """The RunConfig of one method in a comparison.
+
+    `base` as a mapping: keyword arguments of `refad.api.build_config` (without `method`),
+    applied on top of the method's preset. `base` as a RunConfig: its data section, device and
+    the method-independent training fields (mode, feature cache, validation split, ...) replace
+    the preset's; everything method-specific stays the preset's. `overrides` come last.
+    """
+    if method not in PRESETS:
+        raise ConfigError(f"unknown method {method!r}; available: {', '.join(sorted(PRESETS))}")
+    if isinstance(base, RunConfig):
+        cfg = preset(method)
+        train = cfg.train.model_copy(
+            update={f: getattr(base.train, f) for f in SHARED_TRAIN_FIELDS}
+        )
+        cfg = cfg.model_copy(update={"data": base.data, "device": base.device, "train": train})
+        cfg = apply_overrides(cfg, list(overrides))
+    else:
+        from refad.api import build_config
+
+        kwargs = dict(base or {})
+        if "method" in kwargs:
+            raise ConfigError("compare: give the methods as a list, not base['method']")
+        extra = list(kwargs.pop("overrides", None) or [])
+        cfg = build_config(method=method, overrides=extra + list(overrides), **kwargs)
+    method_config(cfg.method, cfg.model)  # fail before any training
+    return cfg
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def comparison_markdown(result: dict[str, Any]) -> str:
+    """Mean metrics per method (one row each), then per-category I-AUROC / P-AUROC."""
+    methods = result["methods"]
+    lines = [
+        f"# Comparison on {result['dataset']} - last-epoch models, metrics in percent",
+        "",
+        "| method | backbone | levels | size | epochs | train s | "
+        + " | ".join(METRIC_LABELS[m] for m in METRIC_NAMES)
+        + " |",
+        "|---|---|---|---:|---:|---:|" + "---:|" * len(METRIC_NAMES),
+    ]
+    for name, r in methods.items():
+        cells = [
+            name, r["backbone"], ",".join(str(v) for v in r["levels"]), str(r["image_size"]),
+            str(r["epochs"]), f"{r['train_seconds']:.0f}",
+        ]
+        cells += [_fmt(r["mean"][m]) for m in METRIC_NAMES]
+        lines.append("| " + " | ".join(cells) + " |")
+    categories = sorted({c for r in methods.values() for c in r["categories"]})
+    lines += [
+        "",
+        "Per category, I-AUROC / P-AUROC:",
+        "",
+        "| category | " + " | ".join(methods) + " |",
+        "|---|" + "---:|" * len(methods),
+    ]
+    for cat in categories:
+        cells = []
+        for r in methods.values():
+            m = r["categories"].get(cat)
+            cells.append("n/a" if m is None else f"{_fmt(m['i_auroc'])} / {_fmt(m['p_auroc'])}")
+        lines.append(f"| {cat} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def compare(
+    methods: Sequence[str],
+    base: Mapping[str, Any] | RunConfig | None,
+    out_dir: Path | str,
+    method_overrides: Mapping[str, Sequence[str]] | None = None,
+    overrides: Sequence[str] = (),
+    resume: bool = False,
+    metrics_mode: str = "exact",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train + evaluate each method into `out_dir/<method>`; write comparison.{md,json}.
+
+    Every configuration is built and validated before the first run starts. With `resume`,
+    a method whose run folder exists continues (or, if complete, is only re-evaluated).
+    Returns the content of comparison.json.
+    """
+    methods = list(dict.fromkeys(methods))
+    if not methods:
+        raise ConfigError("compare: no methods given")
+    per_method = dict(method_overrides or {})
+    unknown = sorted(set(per_method) - set(methods))
+    if unknown:
+        raise ConfigError(f"compare: overrides for {unknown[0]!r}, which is not compared")
+    configs = {
+        m: method_run_config(m, base, list(overrides) + list(per_method.get(m, ())))
+        for m in methods
+    }
+    out_dir = Path(out_dir)
+    if not resume:
+        taken = [m for m in methods if (out_dir / m / CONFIG_FILE).exists()]
+        if taken:
+            raise ConfigError(
+                f"{out_dir / taken[0]}: already holds a run; use resume or another output folder"
+            )
+    data = next(iter(configs.values())).data
+    dataset = f"{data.kind} ({data.root or data.normal_dir})"
+    rows: dict[str, Any] = {}
+    for name, cfg in configs.items():
+        run_dir = out_dir / name
+        tic = time.perf_counter()
+        fit(cfg, run_dir, resume=resume and (run_dir / CONFIG_FILE).exists(), progress=progress)
+        train_seconds = time.perf_counter() - tic
+        metrics = evaluate(
+            run_dir, batch_size=batch_size, metrics_mode=metrics_mode, progress=progress
+        )
+        rows[name] = {
+            "method": cfg.method,
+            "run_dir": str(run_dir),
+            "backbone": cfg.backbone.name,
+            "levels": list(cfg.backbone.levels),
+            "image_size": cfg.data.image_size,
+            "epochs": cfg.train.epochs,
+            "train_seconds": train_seconds,
+            "eval_seconds": metrics["seconds"],
+            "mean": metrics["mean"],
+            "categories": metrics["categories"],
+        }
+    result = {"dataset": dataset, "metrics_mode": metrics_mode, "methods": rows}
+    write_text_atomic(out_dir / "comparison.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out_dir / "comparison.md", comparison_markdown(result))
+    return result

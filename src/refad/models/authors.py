@@ -1,0 +1,608 @@
+"""Import the checkpoints written by the authors' public code (RLR, UniAD, CRAD).
+
+Sources (read for their structure and key names; see docs/methods.md for the full tables):
+- RLR   hlr7999/RLR        `trainer.py` saves {"state_dict": [one state_dict per level], ...}
+- UniAD zhiyuanyou/UniAD   `tools/train_val.py` saves {"state_dict": DDP model state_dict, ...}
+- CRAD  tae-mo/CRAD        same saver as UniAD (MobileNetV3-bottleneck version of the model)
+
+Files are opened with `torch.load(..., weights_only=True)`: nothing is unpickled but tensors,
+plain containers and numbers. The authors' files also carry training metadata that the plain
+weights-only loader rejects, so a short, fixed allowlist is added for the duration of the load:
+numpy scalars/arrays (their metric values) and `easydict.EasyDict` (their config), the latter
+rebuilt as a plain `OrderedDict` - no code from either package runs. Any other object is refused
+with a `CheckpointError` naming the file.
+
+The authors' backbone weights (UniAD/CRAD store them under `backbone.*`) are ignored: the
+reconstruction network is imported for the backbone refad is configured with, which must give
+the same features for the reconstruction to mean the same thing.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import pickle
+import re
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from refad.errors import CheckpointError, ConfigError
+from refad.models.base import FeatureSpec, ReconstructionModel
+from refad.models.blocks import integer_sine_position_embedding_2d
+from refad.models.registry import METHODS, build_model
+
+if TYPE_CHECKING:
+    from refad.backbones import FeatureExtractor
+    from refad.config import RunConfig
+
+# The RLR config field/value that selects the authors' integer-position sine table, used when
+# refad's RLRConfig offers it (then the table survives a save/reload). Without it the table is
+# set on the loaded model's buffers only, and `write_imported_run` refuses to write the run.
+RLR_POSITION_OPTION: tuple[str, str] = ("position_embedding", "integer")
+AUTHORS_METHODS: tuple[str, ...] = ("rlr", "uniad", "crad")
+
+Tensor = torch.Tensor
+StateDict = dict[str, Tensor]
+
+
+# ----------------------------------------------------------------------------------- loading
+
+
+def _metadata_globals() -> list[Any]:
+    """Inert globals found in the authors' files besides tensors (see the module docstring)."""
+    import numpy as np
+
+    allowed: list[Any] = [np.ndarray, np.dtype, (collections.OrderedDict, "easydict.EasyDict")]
+    core = getattr(np, "_core", None) or np.core
+    for name in ("scalar", "_reconstruct"):
+        fn = getattr(core.multiarray, name)
+        allowed += [(fn, f"numpy.core.multiarray.{name}"), (fn, f"numpy._core.multiarray.{name}")]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        allowed += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
+    return allowed
+
+
+def _unpickling_problem(exc: Exception) -> tuple[bool, str]:
+    """(refused_object, one-line detail) from torch's multi-line weights-only error."""
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return True, f"global {found.group(1)}"
+    found = re.search(r"(Can only [^\n]*)", text)
+    if found:
+        return True, found.group(1)[:200]
+    found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    lines = text.strip().splitlines()
+    return False, (found.group(1) if found else lines[0] if lines else type(exc).__name__)[:200]
+
+
+def load_authors_file(path: Path | str) -> Any:
+    """torch.load a file weights-only (plus the metadata allowlist); one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with torch.serialization.safe_globals(_metadata_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused, detail = _unpickling_problem(exc)
+        if refused:
+            raise CheckpointError(
+                f"{path}: refused, holds an object other than tensors and plain data "
+                f"({detail}); refad loads weights only"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({detail})") from None
+    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        lines = str(exc).strip().splitlines()
+        detail = lines[0][:200] if lines else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({detail})") from None
+
+
+def _as_state_dict(obj: Any, where: str) -> StateDict:
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{where}: expected a non-empty dict of tensors")
+    for key, value in obj.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"{where}: entry {key!r} is a {type(value).__name__}, not a tensor"
+            )
+    return dict(obj)
+
+
+def state_dicts_of(obj: Any, method: str, where: str) -> list[StateDict]:
+    """The authors' state_dict(s) inside a loaded file: RLR a list (one per level), else one."""
+    inner = obj["state_dict"] if isinstance(obj, Mapping) and "state_dict" in obj else obj
+    if method == "rlr":
+        if isinstance(inner, Mapping):  # a single level's model saved on its own
+            inner = [inner]
+        if not isinstance(inner, list | tuple) or not inner:
+            raise CheckpointError(f"{where}: expected a list of per-level state_dicts for RLR")
+        return [_as_state_dict(sd, f"{where} [level {i}]") for i, sd in enumerate(inner)]
+    return [_as_state_dict(inner, where)]
+
+
+# ----------------------------------------------------------------------------------- mapping
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Authors' key (regex, full match) -> refad key template; `qkv` splits a packed in_proj."""
+
+    pattern: str
+    target: str
+    qkv: bool = False
+    transform: Callable[[Tensor], Tensor] | None = None
+
+
+def _squeeze_last(t: Tensor) -> Tensor:
+    return t.squeeze(-1)  # Conv1d(k=1) weight (out, in, 1) -> Linear weight (out, in)
+
+
+RLR_RULES: tuple[Rule, ...] = (
+    Rule(r"embedding\.project_embedding\.project\.weight", "input_embed.proj.weight",
+         transform=_squeeze_last),
+    Rule(r"embedding\.project_embedding\.project\.bias", "input_embed.proj.bias"),
+    Rule(r"ref_mca", "reference", transform=lambda t: t.reshape(t.shape[-2], t.shape[-1])),
+    Rule(r"ref_mca_embedding\.project_embedding\.project\.weight",
+         "reference_embed.proj.weight", transform=_squeeze_last),
+    Rule(r"ref_mca_embedding\.project_embedding\.project\.bias", "reference_embed.proj.bias"),
+    Rule(r"encoder\.encode_layers\.(\d+)\.mca\.in_proj_(weight|bias)",
+         r"layers.\1.lca.{}_proj.\2", qkv=True),
+    Rule(r"encoder\.encode_layers\.(\d+)\.mca\.out_proj\.(weight|bias)",
+         r"layers.\1.lca.out_proj.\2"),
+    Rule(r"encoder\.encode_layers\.(\d+)\.nsa\.in_proj_(weight|bias)",
+         r"layers.\1.mlka.{}_proj.\2", qkv=True),
+    Rule(r"encoder\.encode_layers\.(\d+)\.nsa\.out_proj\.(weight|bias)",
+         r"layers.\1.mlka.out_proj.\2"),
+    Rule(r"encoder\.encode_layers\.(\d+)\.(norm1|norm2)\.(weight|bias)", r"layers.\1.\2.\3"),
+    Rule(r"encoder\.encode_layers\.(\d+)\.ffn\.fc1\.(weight|bias)", r"layers.\1.ffn.0.\2"),
+    Rule(r"encoder\.encode_layers\.(\d+)\.ffn\.fc2\.(weight|bias)", r"layers.\1.ffn.2.\2"),
+    Rule(r"encoder\.norm\.(weight|bias)", r"out_norm.\1"),
+    Rule(r"projection\.(weight|bias)", r"out_proj.\1"),
+)
+
+_ENC = r"transformer\.encoder\.layers\.(\d+)\."
+_DEC = r"transformer\.decoder\.layers\.(\d+)\."
+_WB = r"(weight|bias)"
+_UNIAD_ATTN = {"self_attn": "memory_attn", "multihead_attn": "previous_attn"}
+UNIAD_RULES: tuple[Rule, ...] = (
+    Rule(rf"input_proj\.{_WB}", r"net.input_proj.\1"),
+    Rule(rf"output_proj\.{_WB}", r"net.output_proj.\1"),
+    Rule(r"pos_embed\.row_embed\.weight", "net.pos_embed.rows"),
+    Rule(r"pos_embed\.col_embed\.weight", "net.pos_embed.cols"),
+    Rule(rf"{_ENC}self_attn\.in_proj_{_WB}", r"net.encoder.\1.attn.{}_proj.\2", qkv=True),
+    Rule(rf"{_ENC}self_attn\.out_proj\.{_WB}", r"net.encoder.\1.attn.out_proj.\2"),
+    Rule(rf"{_ENC}linear1\.{_WB}", r"net.encoder.\1.ffn.0.\2"),
+    Rule(rf"{_ENC}linear2\.{_WB}", r"net.encoder.\1.ffn.3.\2"),
+    Rule(rf"{_ENC}(norm1|norm2)\.{_WB}", r"net.encoder.\1.\2.\3"),
+    Rule(rf"{_DEC}learned_embed\.weight", r"net.decoder.\1.queries"),
+    *(
+        rule
+        for theirs, ours in _UNIAD_ATTN.items()
+        for rule in (
+            Rule(rf"{_DEC}{theirs}\.in_proj_{_WB}", rf"net.decoder.\1.{ours}.{{}}_proj.\2",
+                 qkv=True),
+            Rule(rf"{_DEC}{theirs}\.out_proj\.{_WB}", rf"net.decoder.\1.{ours}.out_proj.\2"),
+        )
+    ),
+    Rule(rf"{_DEC}linear1\.{_WB}", r"net.decoder.\1.ffn.0.\2"),
+    Rule(rf"{_DEC}linear2\.{_WB}", r"net.decoder.\1.ffn.3.\2"),
+    Rule(rf"{_DEC}(norm1|norm2|norm3)\.{_WB}", r"net.decoder.\1.\2.\3"),
+    Rule(rf"transformer\.decoder\.norm\.{_WB}", r"net.decoder_norm.\1"),
+)
+
+_BN = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
+CRAD_RULES: tuple[Rule, ...] = (
+    Rule(r"query\.0", "net.local_grid"),
+    Rule(r"query\.1", "net.global_grid"),
+    Rule(r"coord\.(0|2)\.(weight|bias)", r"net.local_coords.\1.\2"),
+    Rule(r"coord_\.(0|2)\.(weight|bias)", r"net.global_coords.\1.\2"),
+    Rule(r"layer\.(\d+)\.conv\.0\.weight", r"net.fusion.\1.expand.weight"),
+    Rule(rf"layer\.(\d+)\.conv\.1\.{_BN}", r"net.fusion.\1.expand_norm.\2"),
+    Rule(r"layer\.(\d+)\.conv\.3\.weight", r"net.fusion.\1.depthwise.weight"),
+    Rule(rf"layer\.(\d+)\.conv\.4\.{_BN}", r"net.fusion.\1.depthwise_norm.\2"),
+    Rule(r"layer\.(\d+)\.conv\.5\.fc\.0\.weight", r"net.fusion.\1.se.reduce.weight"),
+    Rule(r"layer\.(\d+)\.conv\.5\.fc\.2\.weight", r"net.fusion.\1.se.expand.weight"),
+    Rule(r"layer\.(\d+)\.conv\.7\.weight", r"net.fusion.\1.project.weight"),
+    Rule(rf"layer\.(\d+)\.conv\.8\.{_BN}", r"net.fusion.\1.project_norm.\2"),
+    Rule(r"recover\.weight", "net.recover.weight"),
+)
+
+RULES: dict[str, tuple[Rule, ...]] = {"rlr": RLR_RULES, "uniad": UNIAD_RULES, "crad": CRAD_RULES}
+
+# Keys that name a variant of the authors' code refad does not implement -> explained refusal.
+UNSUPPORTED: dict[str, tuple[tuple[str, str], ...]] = {
+    "rlr": (
+        (r".*\.(ca|msa|sa)\..*", "attention blocks other than mca/nsa (ablation variants)"),
+        (r"encoder\.gate.*", "gated blocks (--blocks_gate gate|net)"),
+        (r".*\.norm0\..*", "serial block mode"),
+    ),
+    "uniad": ((r"transformer\.encoder\.norm\..*", "pre-norm transformer (normalize_before)"),),
+    "crad": ((r"layer\.\d+\.\d+\.conv1\..*", "the earlier BasicBlock fusion ('GRAD')"),),
+}
+
+
+def map_keys(method: str, state: StateDict, where: str) -> StateDict:
+    """Rename the authors' keys to refad's (per level for RLR, without the `levels.i.` part)."""
+    for pattern, what in UNSUPPORTED[method]:
+        hit = next((k for k in state if re.fullmatch(pattern, k)), None)
+        if hit is not None:
+            raise CheckpointError(f"{where}: {what} is not supported (key {hit!r})")
+    out: StateDict = {}
+    for key, value in state.items():
+        rule = next((r for r in RULES[method] if re.fullmatch(r.pattern, key)), None)
+        if rule is None:
+            raise CheckpointError(f"{where}: unexpected key {key!r} for an authors' {method}")
+        target = re.sub(rule.pattern, rule.target, key)
+        if rule.transform is not None:
+            value = rule.transform(value)
+        if rule.qkv:
+            if value.shape[0] % 3 != 0:
+                raise CheckpointError(f"{where}: {key} of shape {tuple(value.shape)} is not q|k|v")
+            for name, part in zip("qkv", value.chunk(3, dim=0), strict=True):
+                out[target.format(name)] = part.clone()
+        else:
+            out[target] = value
+    return out
+
+
+def strip_wrappers(state: StateDict) -> tuple[StateDict, list[str]]:
+    """Drop DDP's `module.` and the authors' ModelHelper prefix `reconstruction.`.
+
+    Returns the reconstruction network's entries and the names of the entries left out (the
+    backbone's, when the file holds the whole ModelHelper).
+    """
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    if not any(k.startswith("reconstruction.") for k in state):
+        return state, []
+    prefix = "reconstruction."
+    kept = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return kept, sorted(k for k in state if not k.startswith(prefix))
+
+
+# ------------------------------------------------------------------- config from the weights
+
+
+def _indices(state: Mapping[str, Tensor], pattern: str) -> list[int]:
+    return sorted({int(m.group(1)) for k in state if (m := re.fullmatch(pattern, k))})
+
+
+def _need(state: Mapping[str, Tensor], key: str, where: str) -> Tensor:
+    if key not in state:
+        raise CheckpointError(f"{where}: missing {key!r}")
+    return state[key]
+
+
+def infer_rlr(levels: list[StateDict], where: str) -> dict[str, Any]:
+    first = levels[0]
+    layers = _indices(first, r"encoder\.encode_layers\.(\d+)\..*")
+    if not layers:
+        raise CheckpointError(f"{where}: no encoder layers found (not an RLR checkpoint?)")
+    has = {b: any(f".{b}." in k for k in first) for b in ("mca", "nsa")}
+    kind = "rlr" if has["mca"] and has["nsa"] else "mlka" if has["nsa"] else None
+    if kind is None:
+        raise CheckpointError(f"{where}: only the mca+nsa (RLR) and nsa-only variants import")
+    dims = [
+        int(_need(sd, "embedding.project_embedding.project.weight", where).shape[0])
+        for sd in levels
+    ]
+    fc1 = _need(first, f"encoder.encode_layers.{layers[0]}.ffn.fc1.weight", where)
+    return {
+        "num_layers": len(layers),
+        "hidden_dims": dims,
+        "num_heads": 8,
+        "ffn_ratio": int(fc1.shape[0]) // dims[0],
+        "alpha": 2.0,
+        "attention": kind,
+        "residual": False,
+    }
+
+
+def infer_uniad(state: StateDict, where: str) -> dict[str, Any]:
+    proj = _need(state, "input_proj.weight", where)
+    enc = _indices(state, r"transformer\.encoder\.layers\.(\d+)\..*")
+    dec = _indices(state, r"transformer\.decoder\.layers\.(\d+)\..*")
+    if not dec:
+        raise CheckpointError(f"{where}: no decoder layers found (not a UniAD checkpoint?)")
+    ffn = _need(state, f"transformer.decoder.layers.{dec[0]}.linear1.weight", where)
+    return {
+        "hidden_dim": int(proj.shape[0]),
+        "num_encoder_layers": len(enc),
+        "num_decoder_layers": len(dec),
+        "ffn_dim": int(ffn.shape[0]),
+        "position_embedding": "learned" if "pos_embed.row_embed.weight" in state else "sine",
+    }
+
+
+def infer_crad(state: StateDict, where: str) -> dict[str, Any]:
+    local = _need(state, "query.0", where)
+    glob = _need(state, "query.1", where)
+    blocks = _indices(state, r"layer\.(\d+)\.conv\..*")
+    cfg: dict[str, Any] = {
+        "local_grid": int(local.shape[-1]),
+        "global_grid": int(glob.shape[-1]),
+        "num_blocks": len(blocks),
+    }
+    if blocks:
+        expand = _need(state, f"layer.{blocks[0]}.conv.0.weight", where)
+        reduce = _need(state, f"layer.{blocks[0]}.conv.5.fc.0.weight", where)
+        cfg["expansion"] = int(expand.shape[0])
+        cfg["se_reduction"] = int(expand.shape[0]) // int(reduce.shape[0])
+    return cfg
+
+
+# ----------------------------------------------------------------------------------- import
+
+
+@dataclass
+class ImportReport:
+    """What an import did: the source, the inferred model config and the keys left out."""
+
+    method: str
+    source: str
+    sha256: str
+    model_config: dict[str, Any]
+    authors_keys: int
+    ignored_keys: list[str] = field(default_factory=list)
+    epoch: int | None = None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _load_strict(model: ReconstructionModel, state: StateDict, where: str) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        raise CheckpointError(f"{where}: no weights for refad's {missing[0]!r}")
+    if unexpected:
+        raise CheckpointError(f"{where}: {unexpected[0]!r} has no place in refad's model")
+    for key, value in state.items():
+        if value.shape != expected[key].shape:
+            raise CheckpointError(
+                f"{where}: {key} has shape {tuple(value.shape)}, the model needs "
+                f"{tuple(expected[key].shape)} (different backbone, levels or image size?)"
+            )
+    model.load_state_dict(state, strict=True)
+
+
+def use_integer_positions(model: ReconstructionModel) -> None:
+    """Put the authors' integer-position sine table into every RLR level's embeddings."""
+    with torch.no_grad():
+        for level in model.levels:
+            for emb in (level.input_embed, level.reference_embed):
+                table = integer_sine_position_embedding_2d(
+                    level.height, level.width, emb.pos.shape[-1]
+                )
+                emb.pos.copy_(table.to(emb.pos.dtype))
+
+
+def rlr_position_option_available() -> bool:
+    """True when refad's RLRConfig can persist the authors' positional table."""
+    name, _ = RLR_POSITION_OPTION
+    return name in METHODS["rlr"][1].model_fields
+
+
+def convert_authors_state(
+    method: str,
+    obj: Any,
+    spec: FeatureSpec,
+    model_config: Mapping[str, Any] | None = None,
+    where: str = "checkpoint",
+) -> tuple[ReconstructionModel, dict[str, Any], list[str]]:
+    """Authors' loaded object -> (refad model in eval mode, its model config, ignored keys)."""
+    if method not in AUTHORS_METHODS:
+        raise ConfigError(f"method {method!r}: authors' checkpoints exist for rlr, uniad, crad")
+    raw = state_dicts_of(obj, method, where)
+    ignored: list[str] = []
+    if method == "rlr":
+        raw = [strip_wrappers(sd)[0] for sd in raw]
+        if len(raw) != len(spec.levels):
+            raise CheckpointError(
+                f"{where}: {len(raw)} level model(s), but the backbone gives "
+                f"{len(spec.levels)} level(s) {list(spec.levels)}"
+            )
+        inferred = infer_rlr(raw, where)
+        state: StateDict = {}
+        for i, sd in enumerate(raw):
+            for key, value in map_keys("rlr", sd, f"{where} [level {i}]").items():
+                state[f"levels.{i}.{key}"] = value
+        if rlr_position_option_available():
+            inferred[RLR_POSITION_OPTION[0]] = RLR_POSITION_OPTION[1]
+    else:
+        stripped, ignored = strip_wrappers(raw[0])
+        inferred = (infer_uniad if method == "uniad" else infer_crad)(stripped, where)
+        state = map_keys(method, stripped, where)
+    config = {**dict(model_config or {}), **inferred}  # the weights decide the structure
+    model = build_model(method, spec, config)
+    _load_strict(model, state, where)
+    if method == "rlr" and not rlr_position_option_available():
+        use_integer_positions(model)
+    return model.eval(), model.config.model_dump(), ignored
+
+
+def import_authors_checkpoint(
+    method: str,
+    path: Path | str,
+    spec: FeatureSpec,
+    model_config: Mapping[str, Any] | None = None,
+) -> ReconstructionModel:
+    """Load an authors' checkpoint file into a refad model (CPU, eval mode).
+
+    `spec` describes the features of the matching backbone. Structural hyper-parameters
+    (widths, layer counts, grid sizes, expansion) are read from the weights and win over
+    `model_config`, which supplies the rest (e.g. UniAD's `neighbour_window`, which the
+    weights do not show).
+    """
+    model, _ = import_authors_checkpoint_with_report(method, path, spec, model_config)
+    return model
+
+
+def import_authors_checkpoint_with_report(
+    method: str,
+    path: Path | str,
+    spec: FeatureSpec,
+    model_config: Mapping[str, Any] | None = None,
+) -> tuple[ReconstructionModel, ImportReport]:
+    """As `import_authors_checkpoint`, also returning what was read and left out."""
+    path = Path(path)
+    obj = load_authors_file(path)
+    model, config, ignored = convert_authors_state(method, obj, spec, model_config, str(path))
+    epoch = obj.get("epoch") if isinstance(obj, Mapping) else None
+    if method == "rlr" and isinstance(epoch, int):
+        epoch += 1  # RLR stores the 0-based index of the last finished epoch
+    count = sum(len(sd) for sd in state_dicts_of(obj, method, str(path)))
+    report = ImportReport(
+        method=method,
+        source=str(path),
+        sha256=_sha256(path),
+        model_config=config,
+        authors_keys=count,
+        ignored_keys=ignored,
+        epoch=epoch if isinstance(epoch, int) else None,
+    )
+    return model, report
+
+
+# ------------------------------------------------------------------------- refad run folder
+
+
+def _probe(spec: FeatureSpec, seed: int = 0) -> list[Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(2, c, h, w, generator=g).abs()
+        for c, (h, w) in zip(spec.channels, spec.shapes, strict=True)
+    ]
+
+
+def check_reload(model: ReconstructionModel, where: str) -> None:
+    """Rebuild the model from its method and config alone, load its weights and compare.
+
+    This is exactly what opening the written run will do; any state the config cannot
+    express (e.g. a positional table held only in a buffer) shows up as a difference here.
+    """
+    cfg = model.config.model_dump()
+    fresh = build_model(model.method, model.spec, cfg)
+    fresh.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    fresh.eval()
+    param = next(model.parameters())
+    probe = [x.to(param.device, param.dtype) for x in _probe(model.spec)]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        a = model.reconstruct(model.targets(probe))
+        b = fresh.to(param.device, param.dtype).reconstruct(fresh.targets(probe))
+    model.train(was_training)
+    for x, y in zip(a, b, strict=True):
+        if not torch.allclose(x, y, rtol=1e-4, atol=1e-5):
+            raise CheckpointError(
+                f"{where}: refad's {model.method} config cannot reproduce this import after "
+                "reloading (state outside the weights and config); not written"
+            )
+
+
+def write_imported_run(
+    model: ReconstructionModel,
+    run_dir: Path | str,
+    config: RunConfig,
+    extractor: FeatureExtractor,
+    report: ImportReport | None = None,
+) -> Path:
+    """Write an imported model as a refad run folder (config.json + unified checkpoint).
+
+    `config` is the RunConfig the run is opened with (its `model` section is replaced by the
+    imported model's config); `extractor` is the matching FeatureExtractor, whose identity is
+    recorded like a trained run's. `imported.json` records the source file and its sha256.
+    No calibration is written (no training images are seen); predictions then carry scores
+    without a decision.
+    """
+    from refad.engine.checkpoint import CheckpointMeta, save_checkpoint, spec_to_dict
+    from refad.engine.io import write_text_atomic
+    from refad.engine.train import CONFIG_FILE
+    from refad.engine.units import UNIFIED, unit_dir
+
+    run_dir = Path(run_dir)
+    if (run_dir / CONFIG_FILE).exists():
+        raise ConfigError(f"{run_dir}: already holds a run; choose another output folder")
+    if config.method != model.method:
+        raise ConfigError(f"method: config says {config.method!r}, the model is {model.method!r}")
+    if config.train.mode != "unified":
+        raise ConfigError("train.mode: an imported checkpoint is one unified model")
+    shapes = tuple(extractor.output_shapes(config.data.image_size))
+    if (
+        tuple(extractor.channels) != tuple(model.spec.channels)
+        or shapes != tuple(model.spec.shapes)
+        or config.data.image_size != model.spec.image_size
+    ):
+        raise ConfigError(
+            f"backbone: {extractor.name} gives channels {list(extractor.channels)} / shapes "
+            f"{[list(s) for s in shapes]} at {config.data.image_size} px, the model was built for "
+            f"{list(model.spec.channels)} / {[list(s) for s in model.spec.shapes]} at "
+            f"{model.spec.image_size} px"
+        )
+    check_reload(model, str(run_dir))
+    config = config.model_copy(update={"model": model.config.model_dump()})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.save(run_dir / CONFIG_FILE)
+    epoch = report.epoch if report is not None and report.epoch is not None else 0
+    meta = CheckpointMeta(
+        method=model.method,
+        epoch=epoch,
+        epochs=max(epoch, config.train.epochs),
+        spec=spec_to_dict(model.spec),
+        backbone={
+            "name": extractor.name,
+            "levels": list(extractor.levels),
+            "weights_id": extractor.weights_id,
+            "aggregate_kernel": config.backbone.aggregate_kernel,
+            "mean": list(extractor.mean),
+            "std": list(extractor.std),
+            "image_size": config.data.image_size,
+        },
+        model_config=model.config.model_dump(),
+    )
+    save_checkpoint(unit_dir(run_dir, UNIFIED), model, meta)
+    if report is not None:
+        write_text_atomic(
+            run_dir / "imported.json", json.dumps(asdict(report), indent=2) + "\n"
+        )
+    return run_dir
+
+
+def import_run(
+    method: str,
+    checkpoint: Path | str,
+    run_dir: Path | str,
+    config: RunConfig,
+    device: str | torch.device = "cpu",
+) -> Path:
+    """CLI entry: build the configured backbone, import the authors' file, write the run."""
+    from refad.engine.device import resolve_device
+    from refad.engine.train import build_extractor
+
+    dev = resolve_device(device)
+    extractor = build_extractor(config, dev)
+    spec = FeatureSpec(
+        levels=tuple(extractor.levels),
+        channels=tuple(extractor.channels),
+        shapes=tuple(extractor.output_shapes(config.data.image_size)),
+        image_size=config.data.image_size,
+    )
+    model, report = import_authors_checkpoint_with_report(
+        method, checkpoint, spec, config.model or None
+    )
+    return write_imported_run(model.to(dev), run_dir, config, extractor, report)

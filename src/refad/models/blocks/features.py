@@ -1,0 +1,35 @@
+"""Bringing several backbone levels onto one token grid (UniAD, CRAD).
+
+Both methods resize every level bilinearly to one level's grid and concatenate along channels.
+The authors resize with `nn.UpsamplingBilinear2d`, i.e. `align_corners=True`, also when the
+"upsampling" is really a downsampling (UniAD brings stride 2 to stride 16); we do the same.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from refad.errors import ConfigError
+from refad.models.base import FeatureSpec
+
+
+def grid_index(spec: FeatureSpec, position: int, field: str) -> int:
+    """Validate a (possibly negative) position into the spec's levels, return it non-negative."""
+    n = len(spec.levels)
+    if not -n <= position < n:
+        raise ConfigError(f"{field}: {position} is out of range for {n} feature level(s)")
+    return position % n
+
+
+def concat_on_grid(
+    levels: list[torch.Tensor], size: tuple[int, int], align_corners: bool = True
+) -> torch.Tensor:
+    """(B, C_l, H_l, W_l) levels -> (B, sum C_l, *size): bilinear resize, then concatenation."""
+    resized = [
+        lvl
+        if tuple(lvl.shape[-2:]) == tuple(size)
+        else F.interpolate(lvl, size=size, mode="bilinear", align_corners=align_corners)
+        for lvl in levels
+    ]
+    return torch.cat(resized, dim=1)

@@ -1,0 +1,217 @@
+"""UniAD: A Unified Model for Multi-class Anomaly Detection (You et al., NeurIPS 2022).
+
+All backbone levels are resized to one token grid and concatenated; a transformer reconstructs
+them. Two devices keep the network from copying its input ("identical shortcut"):
+- neighbour-masked attention: a token never attends to keys inside its own k x k window
+  (itself included), in the encoder and in both decoder attentions;
+- a layer-wise query decoder: each decoder layer starts from its OWN learned queries (not from
+  the input), reads the encoder output and the previous decoder output through that mask.
+Feature jitter on the input during training adds a denoising objective.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import nn
+
+from refad.config_base import StrictModel
+from refad.errors import ConfigError
+from refad.models.base import FeatureSpec, ReconstructionModel, Scores
+from refad.models.blocks import (
+    LearnedPositionEmbedding2d,
+    MultiHeadAttention,
+    PostNormEncoderLayer,
+    concat_on_grid,
+    feature_jitter,
+    feed_forward,
+    grid_index,
+    neighbourhood_mask,
+    sine_position_embedding_2d,
+)
+from refad.models.scoring import avg_pool_max_score, l2_map, upsample_maps
+
+
+class UniADConfig(StrictModel):
+    """Hyper-parameters of UniAD (defaults: the authors' released MVTec-AD configuration)."""
+
+    hidden_dim: int = Field(256, ge=4)
+    num_heads: int = Field(8, ge=1)
+    num_encoder_layers: int = Field(4, ge=0)
+    num_decoder_layers: int = Field(4, ge=1)
+    ffn_dim: int = Field(1024, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    position_embedding: Literal["learned", "sine"] = "learned"
+    neighbour_window: int = Field(7, ge=1)
+    mask_encoder: bool = True  # the authors' neighbor_mask.mask[0]
+    mask_decoder_memory: bool = True  # mask[1]: decoder queries -> encoder output
+    mask_decoder_previous: bool = True  # mask[2]: decoder queries -> previous decoder output
+    jitter_scale: float = Field(20.0, ge=0)
+    jitter_prob: float = Field(1.0, ge=0, le=1)
+    grid_level: int = -1  # position in backbone.levels whose grid all levels are resized to
+    image_pool: int = Field(16, ge=1)  # image score: max after this average pool
+
+    @field_validator("neighbour_window")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError("must be odd")
+        return v
+
+
+class QueryDecoderLayer(nn.Module):
+    """One layer of the layer-wise query decoder.
+
+    q = own learned queries; q <- LN(q + Attn(q + pos, memory + pos, memory));
+    q <- LN(q + Attn(q + pos, prev + pos, prev)); q <- LN(q + FFN(q)). `prev` is the previous
+    decoder layer's output (the encoder output for the first layer).
+    """
+
+    def __init__(
+        self, num_tokens: int, dim: int, num_heads: int, ffn_dim: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(num_tokens, dim))
+        self.memory_attn = MultiHeadAttention(dim, num_heads, dropout=dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.previous_attn = MultiHeadAttention(dim, num_heads, dropout=dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = feed_forward(dim, ffn_dim, dropout)
+        self.norm3 = nn.LayerNorm(dim)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.dropout3 = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        previous: torch.Tensor,
+        memory: torch.Tensor,
+        pos: torch.Tensor,
+        memory_allowed: torch.Tensor | None,
+        previous_allowed: torch.Tensor | None,
+    ) -> torch.Tensor:
+        q = self.queries.to(memory.dtype).expand(memory.shape[0], -1, -1)
+        a = self.memory_attn(q + pos, memory + pos, memory, memory_allowed)
+        q = self.norm1(q + self.dropout1(a))
+        a = self.previous_attn(q + pos, previous + pos, previous, previous_allowed)
+        q = self.norm2(q + self.dropout2(a))
+        return self.norm3(q + self.dropout3(self.ffn(q)))
+
+
+class UniADNetwork(nn.Module):
+    """Tokens (B, N, C) -> reconstruction (B, N, C) on an H x W grid."""
+
+    def __init__(self, channels: int, height: int, width: int, config: UniADConfig) -> None:
+        super().__init__()
+        d = config.hidden_dim
+        if d % config.num_heads != 0:
+            raise ConfigError(
+                f"model.hidden_dim {d} must be divisible by model.num_heads {config.num_heads}"
+            )
+        if d % (4 if config.position_embedding == "sine" else 2) != 0:
+            raise ConfigError(
+                f"model.hidden_dim {d} must be divisible by 4 (sine) or 2 (learned positions)"
+            )
+        self.height, self.width = height, width
+        self.input_proj = nn.Linear(channels, d)
+        if config.position_embedding == "learned":
+            self.pos_embed: nn.Module | None = LearnedPositionEmbedding2d(height, width, d)
+        else:
+            self.pos_embed = None
+            self.register_buffer(
+                "sine_pos", sine_position_embedding_2d(height, width, d), persistent=False
+            )
+        self.encoder = nn.ModuleList(
+            PostNormEncoderLayer(d, config.num_heads, config.ffn_dim, config.dropout)
+            for _ in range(config.num_encoder_layers)
+        )
+        self.decoder = nn.ModuleList(
+            QueryDecoderLayer(height * width, d, config.num_heads, config.ffn_dim, config.dropout)
+            for _ in range(config.num_decoder_layers)
+        )
+        self.decoder_norm = nn.LayerNorm(d)
+        self.output_proj = nn.Linear(d, channels)
+        self._init_linear()
+        allowed = ~neighbourhood_mask(height, width, config.neighbour_window)
+        if not allowed.any(dim=1).all():
+            raise ConfigError(
+                f"model.neighbour_window {config.neighbour_window} hides every token of a "
+                f"{height}x{width} grid from some token; use a smaller window"
+            )
+        self.register_buffer("allowed", allowed, persistent=False)
+        self.use_mask = (
+            config.mask_encoder, config.mask_decoder_memory, config.mask_decoder_previous
+        )
+
+    def _init_linear(self) -> None:
+        """Xavier-uniform weights and zero biases for every linear layer (the authors' init)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def positions(self) -> torch.Tensor:
+        return self.pos_embed() if self.pos_embed is not None else self.sine_pos
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.input_proj(tokens)
+        pos = self.positions().to(x.dtype)
+        enc, dec_mem, dec_prev = (self.allowed if on else None for on in self.use_mask)
+        memory = x
+        for layer in self.encoder:
+            memory = layer(memory, pos, enc)
+        out = memory
+        for layer in self.decoder:
+            out = layer(out, memory, pos, dec_mem, dec_prev)
+        return self.output_proj(self.decoder_norm(out))
+
+
+def _to_tokens(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(2).transpose(1, 2)
+
+
+def _to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, height, width)
+
+
+class UniAD(ReconstructionModel):
+    """UniAD over the concatenation of all levels on one grid (one network, one target)."""
+
+    method = "uniad"
+
+    def __init__(self, spec: FeatureSpec, config: UniADConfig | None = None) -> None:
+        config = config or UniADConfig()
+        super().__init__(spec, config)
+        idx = grid_index(spec, config.grid_level, "model.grid_level")
+        self.grid = tuple(spec.shapes[idx])
+        self.net = UniADNetwork(sum(spec.channels), *self.grid, config)
+
+    def targets(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [concat_on_grid(levels, self.grid)]
+
+    def reconstruct(
+        self, targets: list[torch.Tensor], generator: torch.Generator | None = None
+    ) -> list[torch.Tensor]:
+        (target,) = targets
+        tokens = _to_tokens(target)
+        if self.training:
+            tokens = feature_jitter(
+                tokens, self.config.jitter_scale, self.config.jitter_prob, generator=generator
+            )
+        return [_to_map(self.net(tokens), *self.grid)]
+
+    def loss(
+        self, levels: list[torch.Tensor], generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        targets = self.targets(levels)
+        (rec,) = self.reconstruct(targets, generator)
+        return F.mse_loss(rec, targets[0])
+
+    def score(self, levels: list[torch.Tensor]) -> Scores:
+        targets = self.targets(levels)
+        (rec,) = self.reconstruct(targets)
+        maps = upsample_maps(l2_map(rec, targets[0]), self.spec.image_size, align_corners=True)
+        return Scores(maps=maps, image=avg_pool_max_score(maps, self.config.image_pool))

@@ -70,7 +70,7 @@ def train(
     test_normal_dir: Annotated[
         Path | None, typer.Option(help="Folder layout: test normals.")
     ] = None,
-    method: Annotated[str, typer.Option(help="rlr (more in later releases).")] = "rlr",
+    method: Annotated[str, typer.Option(help="rlr, uniad, crad, crad-s (presets).")] = "rlr",
     backbone: Annotated[str | None, typer.Option(help="timm model name.")] = None,
     levels: Annotated[str | None, typer.Option(help="timm out_indices, e.g. 2,3.")] = None,
     weights: Annotated[str | None, typer.Option(help="auto, none, or a .pth/.safetensors.")] = None,
@@ -148,6 +148,58 @@ def predict(
         for line in report.failures:
             err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
+
+
+@app.command()
+@user_errors
+def compare(
+    out: Annotated[Path, typer.Option(help="Folder: one run per method + comparison.md.")],
+    methods: Annotated[str, typer.Option(help="Comma-separated, e.g. rlr,uniad,crad.")] = (
+        "rlr,uniad,crad"
+    ),
+    data: Annotated[str, typer.Option(help="Dataset layout: mvtec, visa or folder.")] = "mvtec",
+    root: Annotated[Path | None, typer.Option(help="Dataset root.")] = None,
+    categories: Annotated[str | None, typer.Option(help="Comma-separated; default all.")] = None,
+    backbone: Annotated[str | None, typer.Option(help="Same backbone for all methods.")] = None,
+    weights: Annotated[str | None, typer.Option(help="auto, none, or a file.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Same for all; default each paper's.")] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="section.field=value")] = None,
+    resume: Annotated[bool, typer.Option()] = False,
+    progress: Annotated[bool, typer.Option()] = True,
+) -> None:
+    """Train and evaluate several methods on one dataset; write one side-by-side table."""
+    from refad.engine.compare import compare as run_compare
+
+    base = {"data": data, "root": root, "categories": _csv(categories), "backbone": backbone,
+            "weights": weights, "epochs": epochs, "device": device}
+    run_compare(_csv(methods) or [], base, out, overrides=set_ or (), resume=resume,
+                progress=progress)
+    console.print((out / "comparison.md").read_text(), highlight=False)
+    console.print(f"written: {out / 'comparison.md'}, {out / 'comparison.json'}")
+
+
+@app.command("import-authors")
+@user_errors
+def import_authors(
+    method: Annotated[str, typer.Option(help="rlr, uniad or crad.")],
+    checkpoint: Annotated[Path, typer.Option(help="The authors' .pth/.pth.tar file.")],
+    out: Annotated[Path, typer.Option(help="Run folder to write.")],
+    data: Annotated[str, typer.Option(help="Dataset layout for later test runs.")] = "mvtec",
+    root: Annotated[Path | None, typer.Option(help="Dataset root.")] = None,
+    backbone: Annotated[str | None, typer.Option(help="Backbone the file was trained on.")] = None,
+    weights: Annotated[str | None, typer.Option(help="Backbone weights file.")] = None,
+    device: Annotated[str, typer.Option()] = "cpu",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="section.field=value")] = None,
+) -> None:
+    """Turn a checkpoint of the authors' code into a refad run (read with weights_only)."""
+    from refad.api import build_config
+    from refad.models.authors import import_run
+
+    config = build_config(method=method, data=data, root=root, backbone=backbone,
+                          weights=weights, device=device, overrides=set_)
+    run_dir = import_run(method, checkpoint, out, config, device)
+    console.print(f"imported {checkpoint} into {run_dir}; evaluate: refad test --run {run_dir}")
 
 
 @app.command()

@@ -1,0 +1,72 @@
+"""The `refad` command: one-line errors with exit status 2, and the demo end to end."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from refad.cli.main import app
+
+runner = CliRunner()
+TINY = ["--image-size", "64", "--backbone", "tf_efficientnet_lite2", "--weights", "none",
+        "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--no-progress",
+        "--set", "model.num_layers=1", "--set", "model.hidden_dims=[32, 64]"]
+
+
+def one_error_line(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    return lines[0]
+
+
+def test_corrupt_training_image_is_named(demo_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    victim = sorted((root / "mesh" / "train" / "good").iterdir())[2]
+    victim.write_bytes(victim.read_bytes()[:100])
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), "--root", str(root),
+                                 *TINY])
+    line = one_error_line(result)
+    assert victim.name in line
+
+
+def test_empty_dataset_folder(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), "--root",
+                                 str(tmp_path / "empty"), *TINY])
+    assert "empty" in one_error_line(result)
+
+
+def test_bad_config_value(demo_root: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), "--root",
+                                 str(demo_root), *TINY, "--set", "model.alpha=-2"])
+    assert "alpha" in one_error_line(result)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_missing_run_folder(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["test", "--run", str(tmp_path / "nope"), "--no-progress"])
+    assert "not a refad run folder" in one_error_line(result)
+
+
+def test_predict_reports_bad_files_and_exits_nonzero(trained_run: Path, tmp_path: Path,
+                                                     demo_root: Path) -> None:
+    good = sorted(demo_root.glob("screw/test/*/*.png"))[0]
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    result = runner.invoke(app, ["predict", "--run", str(trained_run), str(good), str(bad),
+                                 "--out", str(tmp_path / "p"), "--device", "cpu"])
+    assert result.exit_code == 2
+    assert "bad.png" in result.output and "1 images scored" in result.output
+    assert (tmp_path / "p" / f"{good.stem}_heatmap.png").is_file()
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--epochs", "1",
+                                 "--image-size", "64", "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "**mean**" in result.output and "heatmaps" in result.output
+    assert list((tmp_path / "demo" / "heatmaps").glob("*_overlay.png"))

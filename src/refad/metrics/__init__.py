@@ -1,1 +1,22 @@
-"""refad.metrics."""
+"""refad.metrics: exact, streaming anomaly-detection metrics (see docs/metrics.md).
+
+Image level: I-AUROC, I-AP, I-F1max. Pixel level: P-AUROC, P-AP, P-F1max, AU-PRO (FPR 0.3).
+"""
+
+from .accumulator import DEFAULT_BINS, METRIC_NAMES, THRESHOLD_NAMES, MetricAccumulator
+from .functional import F1Max, au_pro, auroc, average_precision, f1_max
+from .ranks import RankTable, table_from_scores
+
+__all__ = [
+    "DEFAULT_BINS",
+    "METRIC_NAMES",
+    "THRESHOLD_NAMES",
+    "F1Max",
+    "MetricAccumulator",
+    "RankTable",
+    "au_pro",
+    "auroc",
+    "average_precision",
+    "f1_max",
+    "table_from_scores",
+]

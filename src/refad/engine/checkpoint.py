@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from refad.errors import CheckpointError
-from refad.models.base import FeatureSpec, ReconstructionModel
+from refad.models.base import FeatureSpec, ReconstructionModel, load_state_checked
 from refad.models.registry import build_model
 
 FORMAT = "refad-checkpoint/1"
@@ -128,21 +128,21 @@ def load_model(unit_dir: Path, device: torch.device) -> tuple[ReconstructionMode
     meta = read_meta(unit_dir)
     model = build_model(meta.method, meta.feature_spec(), meta.model_config)
     path = unit_dir / MODEL_FILE
-    state = _load_tensors(path, meta)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
-        raise CheckpointError(f"{path}: does not fit a {meta.method} model ({what})")
-    for key, value in state.items():
-        if value.shape != expected[key].shape:
-            raise CheckpointError(
-                f"{path}: {key} has shape {tuple(value.shape)}, model needs "
-                f"{tuple(expected[key].shape)}"
-            )
-    model.load_state_dict(state, strict=True)
+    load_state_checked(model, _load_tensors(path, meta), str(path), f" ({meta.method})")
     return model.to(device).eval(), meta
+
+
+def backbone_identity(extractor: Any, image_size: int) -> dict[str, Any]:
+    """What a checkpoint records of its backbone, so a reload can check it gets the same one."""
+    return {
+        "name": extractor.name,
+        "levels": list(extractor.levels),
+        "weights_id": extractor.weights_id,
+        "aggregate_kernel": extractor.aggregate_kernel,
+        "mean": list(extractor.mean),
+        "std": list(extractor.std),
+        "image_size": image_size,
+    }
 
 
 def load_optimizer(unit_dir: Path, optimizer: torch.optim.Optimizer, meta: CheckpointMeta) -> None:

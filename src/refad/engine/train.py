@@ -21,6 +21,7 @@ from refad.data import ImageDataset, Sample, samples_fingerprint
 from refad.engine.calibrate import calibrate
 from refad.engine.checkpoint import (
     CheckpointMeta,
+    backbone_identity,
     has_checkpoint,
     load_model,
     load_optimizer,
@@ -140,15 +141,7 @@ def train_unit(
         model.load_state_dict(loaded.state_dict())
         load_optimizer(folder, optimizer, meta)
         history, start = list(meta.history), meta.epoch
-    backbone_info = {
-        "name": extractor.name,
-        "levels": list(extractor.levels),
-        "weights_id": extractor.weights_id,
-        "aggregate_kernel": config.backbone.aggregate_kernel,
-        "mean": list(extractor.mean),
-        "std": list(extractor.std),
-        "image_size": config.data.image_size,
-    }
+    backbone_info = backbone_identity(extractor, config.data.image_size)
     model_cfg = method_config(config.method, config.model).model_dump()
     n = levels[0].shape[0]
     steps = -(-n // t.batch_size)

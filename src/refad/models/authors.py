@@ -20,7 +20,6 @@ the same features for the reconstruction to mean the same thing.
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import pickle
 import re
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from refad.errors import CheckpointError, ConfigError
-from refad.models.base import FeatureSpec, ReconstructionModel
+from refad.models.base import FeatureSpec, ReconstructionModel, load_state_checked
 from refad.models.blocks import integer_sine_position_embedding_2d
 from refad.models.registry import METHODS, build_model
 
@@ -356,28 +355,13 @@ class ImportReport:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from refad.backbones import file_sha256
+
+    return file_sha256(path)
 
 
 def _load_strict(model: ReconstructionModel, state: StateDict, where: str) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing:
-        raise CheckpointError(f"{where}: no weights for refad's {missing[0]!r}")
-    if unexpected:
-        raise CheckpointError(f"{where}: {unexpected[0]!r} has no place in refad's model")
-    for key, value in state.items():
-        if value.shape != expected[key].shape:
-            raise CheckpointError(
-                f"{where}: {key} has shape {tuple(value.shape)}, the model needs "
-                f"{tuple(expected[key].shape)} (different backbone, levels or image size?)"
-            )
-    model.load_state_dict(state, strict=True)
+    load_state_checked(model, state, where, " (different backbone, levels or image size?)")
 
 
 def use_integer_positions(model: ReconstructionModel) -> None:
@@ -530,7 +514,12 @@ def write_imported_run(
     No calibration is written (no training images are seen); predictions then carry scores
     without a decision.
     """
-    from refad.engine.checkpoint import CheckpointMeta, save_checkpoint, spec_to_dict
+    from refad.engine.checkpoint import (
+        CheckpointMeta,
+        backbone_identity,
+        save_checkpoint,
+        spec_to_dict,
+    )
     from refad.engine.io import write_text_atomic
     from refad.engine.train import CONFIG_FILE
     from refad.engine.units import UNIFIED, unit_dir
@@ -564,15 +553,7 @@ def write_imported_run(
         epoch=epoch,
         epochs=max(epoch, config.train.epochs),
         spec=spec_to_dict(model.spec),
-        backbone={
-            "name": extractor.name,
-            "levels": list(extractor.levels),
-            "weights_id": extractor.weights_id,
-            "aggregate_kernel": config.backbone.aggregate_kernel,
-            "mean": list(extractor.mean),
-            "std": list(extractor.std),
-            "image_size": config.data.image_size,
-        },
+        backbone=backbone_identity(extractor, config.data.image_size),
         model_config=model.config.model_dump(),
     )
     save_checkpoint(unit_dir(run_dir, UNIFIED), model, meta)

@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from refad.errors import CheckpointError
+
 
 @dataclass(frozen=True)
 class FeatureSpec:
@@ -63,3 +65,27 @@ class ReconstructionModel(nn.Module, ABC):
     @abstractmethod
     def score(self, levels: list[torch.Tensor]) -> Scores:
         """Pixel anomaly maps at the input size and image scores (no jitter)."""
+
+
+def load_state_checked(
+    model: nn.Module, state: dict[str, torch.Tensor], where: str, hint: str = ""
+) -> None:
+    """Load `state` strictly, naming the first missing, unexpected or mis-shaped key.
+
+    torch's own strict-load error lists every key in several lines; users get one line with
+    the file (`where`) and the first problem instead.
+    """
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        raise CheckpointError(f"{where}: no weights for the model's {missing[0]!r}{hint}")
+    if unexpected:
+        raise CheckpointError(f"{where}: {unexpected[0]!r} has no place in the model{hint}")
+    for key, value in state.items():
+        if value.shape != expected[key].shape:
+            raise CheckpointError(
+                f"{where}: {key} has shape {tuple(value.shape)}, the model needs "
+                f"{tuple(expected[key].shape)}{hint}"
+            )
+    model.load_state_dict(state, strict=True)

@@ -55,21 +55,25 @@ def local_attention(
 
     q: (B, N, h, dh); k, v: (B or 1, M, h, dh); index/valid: (N, P) from `window_index_table`.
     Keys/values with batch 1 (an input-independent reference) are gathered once and shared by
-    the whole batch. Logits and softmax run in float32 whatever the input dtype, as fused SDPA
-    kernels do, so bf16 inputs lose no more than the matmul rounding. Returns (B, N, h, dh).
+    the whole batch. The masked softmax runs in float32 whatever the input dtype (the logits
+    carry only the matmul's rounding). Returns (B, N, h, dh).
     """
     b = q.shape[0]
+    n, p = index.shape
     scale = q.shape[-1] ** -0.5
+    flat = index.reshape(-1)  # index_select: its backward (index_add) beats advanced indexing's
     if k.shape[0] == 1:
         # Head-major, query-position-major: one (B x dh) @ (dh x P) product per (head, query
         # position); the gathered windows come out in the layout the matmul reads.
-        kw = k[0].transpose(0, 1)[:, index]  # (h, N, P, dh)
-        vw = v[0].transpose(0, 1)[:, index]
+        heads, dh = k.shape[2], k.shape[3]
+        kw = k[0].transpose(0, 1).index_select(1, flat).view(heads, n, p, dh)
+        vw = v[0].transpose(0, 1).index_select(1, flat).view(heads, n, p, v.shape[3])
         qh = q.permute(2, 1, 0, 3)  # (h, N, B, dh)
         mask = valid[None, :, None, :]  # (1, N, 1, P)
     else:
-        kw = k.transpose(1, 2)[:, :, index]  # (B, h, N, P, dh)
-        vw = v.transpose(1, 2)[:, :, index]
+        heads, dh = k.shape[2], k.shape[3]
+        kw = k.transpose(1, 2).index_select(2, flat).view(b, heads, n, p, dh)
+        vw = v.transpose(1, 2).index_select(2, flat).view(b, heads, n, p, v.shape[3])
         qh = q.transpose(1, 2)[:, :, :, None]  # (B, h, N, 1, dh)
         mask = valid[:, None, :]  # (N, 1, P)
     logits = torch.matmul(qh, kw.transpose(-1, -2)).float() * scale

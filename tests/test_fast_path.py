@@ -1,0 +1,278 @@
+"""Fast path: windowed attention == masked dense attention, fast RLR == reference RLR, cached
+masks, and device-resident training / scoring == the plain engine (all on the CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+import refad.models.blocks.embedding as embedding_module
+import refad.models.rlr as rlr_module
+from refad.backbones import FeatureExtractor
+from refad.config import RunConfig
+from refad.engine.checkpoint import read_meta
+from refad.engine.fast import DeviceFeatures, FastOptions, FastScorer, train_fast
+from refad.engine.train import build_model, train_unit
+from refad.errors import ConfigError
+from refad.models.base import FeatureSpec
+from refad.models.blocks import (
+    local_attention,
+    neighbourhood_mask,
+    window_index_table,
+)
+from refad.models.rlr import RLR, RLRConfig
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def levels_for(spec: FeatureSpec, batch: int, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(batch, c, h, w, generator=g).abs()
+        for c, (h, w) in zip(spec.channels, spec.shapes, strict=True)
+    ]
+
+
+# ----------------------------------------------------------------- window table and attention
+@pytest.mark.parametrize(
+    ("height", "width", "window"), [(8, 8, 3), (5, 7, 3), (7, 9, 5), (1, 6, 3), (3, 4, 7)]
+)
+def test_window_table_equals_neighbourhood_mask(height: int, width: int, window: int) -> None:
+    index, valid = window_index_table(height, width, window)
+    n = height * width
+    assert index.shape == valid.shape == (n, window * window)
+    dense = torch.zeros(n, n, dtype=torch.bool)
+    rows = torch.arange(n)[:, None].expand_as(index)
+    dense[rows[valid], index[valid]] = True
+    assert torch.equal(dense, neighbourhood_mask(height, width, window))
+    # every valid slot names a distinct key: no double counting in the softmax
+    assert all(index[i][valid[i]].unique().numel() == int(valid[i].sum()) for i in range(n))
+    assert index.min() >= 0 and index.max() < n
+
+
+def test_window_table_rejects_even_window() -> None:
+    with pytest.raises(ConfigError, match="odd"):
+        window_index_table(4, 4, 4)
+
+
+def masked_sdpa(q, k, v, allowed):  # (B, N, h, dh) layout in and out
+    b = q.shape[0]
+    k = k.expand(b, -1, -1, -1) if k.shape[0] != b else k
+    v = v.expand(b, -1, -1, -1) if v.shape[0] != b else v
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=allowed
+    )
+    return out.transpose(1, 2)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize(("height", "width", "window"), [(6, 5, 3), (4, 4, 5)])
+def test_local_attention_matches_masked_dense(height, width, window, shared) -> None:
+    g = torch.Generator().manual_seed(0)
+    n, b, h, dh = height * width, 3, 2, 8
+    q = torch.randn(b, n, h, dh, generator=g, requires_grad=True)
+    kb = 1 if shared else b
+    k = torch.randn(kb, n, h, dh, generator=g, requires_grad=True)
+    v = torch.randn(kb, n, h, dh, generator=g, requires_grad=True)
+    index, valid = window_index_table(height, width, window)
+    fast = local_attention(q, k, v, index, valid)
+    ref = masked_sdpa(q, k, v, neighbourhood_mask(height, width, window))
+    assert fast.shape == ref.shape == (b, n, h, dh)
+    assert rel_err(fast, ref) < 1e-5
+    weight = torch.randn(fast.shape, generator=g)
+    grads_fast = torch.autograd.grad((fast * weight).sum(), (q, k, v))
+    grads_ref = torch.autograd.grad((ref * weight).sum(), (q, k, v))
+    for gf, gr in zip(grads_fast, grads_ref, strict=True):
+        assert rel_err(gf, gr) < 1e-5
+
+
+# ------------------------------------------------------------------- fast RLR == reference RLR
+SPECS = {
+    "square": FeatureSpec((2, 3), (12, 20), ((8, 8), (4, 4)), 32),
+    "odd": FeatureSpec((2, 3), (10, 14), ((7, 9), (3, 5)), 36),
+}
+
+
+def model_pair(spec: FeatureSpec, **kw) -> tuple[RLR, RLR]:
+    torch.manual_seed(0)
+    config = RLRConfig(num_layers=2, hidden_dims=[16, 32], num_heads=4, **kw)
+    fast = RLR(spec, config)
+    return fast, fast.with_attention_impl("reference")
+
+
+@pytest.mark.parametrize("kind", ["rlr", "lca", "mlka"])
+@pytest.mark.parametrize("spec_name", sorted(SPECS))
+def test_fast_maps_match_reference(spec_name: str, kind: str) -> None:
+    spec = SPECS[spec_name]
+    # window 5 on a 7x9 map and 3 on 3x5: every query's window is clipped somewhere
+    fast, ref = model_pair(spec, attention=kind, windows={9: 5, 8: 5, 5: 3, 4: 3})
+    assert fast.config.attention_impl == "fast" and ref.config.attention_impl == "reference"
+    feats = levels_for(spec, batch=3)
+    a, b = fast.eval().score(feats), ref.eval().score(feats)
+    assert a.maps.shape == (3, spec.image_size, spec.image_size)
+    assert rel_err(a.maps, b.maps) < 1e-5
+    assert rel_err(a.image, b.image) < 1e-5
+
+
+def test_fast_gradients_match_reference() -> None:
+    spec = SPECS["odd"]
+    fast, ref = model_pair(spec, windows={9: 5, 5: 3})
+    feats = levels_for(spec, batch=2)
+    loss_f = fast.train().loss(feats, torch.Generator().manual_seed(5))
+    loss_r = ref.train().loss(feats, torch.Generator().manual_seed(5))
+    assert abs(loss_f.item() - loss_r.item()) <= 1e-5 * abs(loss_r.item())
+    loss_f.backward()
+    loss_r.backward()
+    grads_r = {name: p.grad for name, p in ref.named_parameters()}
+    grads_f = {name: p.grad for name, p in fast.named_parameters()}
+    flat_r = torch.cat([g.flatten() for g in grads_r.values()])
+    flat_f = torch.cat([grads_f[name].flatten() for name in grads_r])
+    assert rel_err(flat_f, flat_r) < 1e-5
+    # per parameter, relative to its own size; key biases have a zero true gradient (softmax
+    # ignores a shift shared by all keys), so an absolute floor from the whole gradient applies
+    floor = 1e-6 * flat_r.norm()
+    for name, gr in grads_r.items():
+        assert (grads_f[name] - gr).norm() <= 1e-4 * gr.norm() + floor, name
+
+
+def test_state_dict_is_the_same_for_both_paths() -> None:
+    fast, ref = model_pair(SPECS["square"])
+    sd_f, sd_r = fast.state_dict(), ref.state_dict()
+    assert sd_f.keys() == sd_r.keys()
+    assert all(torch.equal(sd_f[k], sd_r[k]) for k in sd_f)
+    assert not any("window" in k or "bias_cache" in k for k in sd_f)  # tables are not weights
+
+
+def test_bf16_autocast_stays_close_to_float32_reference() -> None:
+    spec = SPECS["square"]
+    fast, ref = model_pair(spec)
+    fast.eval()
+    feats = levels_for(spec, batch=2)
+    with torch.inference_mode():
+        expected = ref.eval().score(feats)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            recs = fast.reconstruct(feats)
+        assert recs[0].dtype == torch.bfloat16  # autocast really ran the model in bf16
+        got = fast.score_reconstruction(feats, [r.float() for r in recs])
+    assert 0 < rel_err(got.maps, expected.maps) < 1e-2
+
+
+# ---------------------------------------------------------------------------- cached tables
+def test_masks_and_positions_are_built_once_per_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    counts = {"mask": 0, "table": 0, "pos": 0}
+
+    def counting(name, fn):
+        def wrapper(*args, **kwargs):
+            counts[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(rlr_module, "neighbourhood_mask", counting("mask", neighbourhood_mask))
+    monkeypatch.setattr(rlr_module, "window_index_table", counting("table", window_index_table))
+    monkeypatch.setattr(
+        embedding_module, "position_table", counting("pos", embedding_module.position_table)
+    )
+    spec = SPECS["square"]
+    model = RLR(spec, RLRConfig(num_layers=2, hidden_dims=[16, 32], num_heads=4)).eval()
+    built = dict(counts)
+    assert built == {"mask": 2, "table": 2, "pos": 4}  # per level: one mask, one table, 2 pos
+    net = model.levels[0]
+    with torch.inference_mode():
+        model.score(levels_for(spec, batch=2))
+        bias = net._bias_cache[(torch.device("cpu"), torch.float32)]
+        model.score(levels_for(spec, batch=5))
+        model.reconstruct(levels_for(spec, batch=1))
+    assert counts == built  # nothing rebuilt by any forward, whatever the batch
+    assert len(net._bias_cache) == 1
+    assert net.outside_bias(torch.float32) is bias
+    assert torch.equal(torch.isinf(bias), net.window_mask)  # -inf exactly inside the window
+    model.to(torch.float64)  # a dtype move drops the cache (it is rebuilt for the new dtype)
+    assert net._bias_cache == {}
+
+
+# --------------------------------------------------------------- engine: training and scoring
+def tiny_run_config(epochs: int = 2) -> RunConfig:
+    return RunConfig.model_validate(
+        {
+            "device": "cpu",
+            "data": {"image_size": 32},
+            "backbone": {"name": "tf_efficientnet_lite2", "weights": "none"},
+            "train": {"epochs": epochs, "batch_size": 3, "seed": 11},
+            "model": {"num_layers": 1, "hidden_dims": [16, 32], "num_heads": 4},
+        }
+    )
+
+
+def test_train_fast_equals_engine_training_on_cpu(tmp_path: Path) -> None:
+    config = tiny_run_config()
+    extractor = FeatureExtractor("tf_efficientnet_lite2", levels=(2, 3), weights=None)
+    g = torch.Generator().manual_seed(0)
+    levels = [torch.randn(7, 48, 4, 4, generator=g), torch.randn(7, 120, 2, 2, generator=g)]
+    device = torch.device("cpu")
+    train_unit(
+        "unified", levels, levels, "train-normal", config, extractor, tmp_path, device,
+        resume=False, progress=False,
+    )
+    expected = load_file(str(tmp_path / "model.safetensors"))
+    history = read_meta(tmp_path).history
+
+    spec = FeatureSpec((2, 3), (48, 120), ((4, 4), (2, 2)), 32)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.train.seed)  # the engine's initialisation
+        model = build_model(config.method, spec, config.model)
+    seen = []
+    result = train_fast(
+        "unified", model, levels, config, device, FastOptions(storage="float32"),
+        on_epoch=lambda e, h, m, o: seen.append(e),
+    )
+    assert seen == [1, 2] and result.epochs == 2
+    got = model.state_dict()
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)  # step-for-step identical
+    assert result.final_loss == pytest.approx(history[-1]["loss"], rel=1e-5)
+
+
+def test_device_features_16_bit_storage_returns_float32() -> None:
+    x = torch.randn(5, 3, 2, 2)
+    feats = DeviceFeatures([x], torch.device("cpu"), torch.float16)
+    assert feats.nbytes == x.numel() * 2 and len(feats) == 5
+    batch = feats.batch(torch.tensor([4, 1]))[0]
+    assert batch.dtype == torch.float32
+    assert torch.equal(batch, x[[4, 1]].half().float())
+    with pytest.raises(ConfigError, match="storage"):
+        FastOptions(storage="int8")
+
+
+def test_fast_scorer_equals_model_score_on_cpu() -> None:
+    spec = SPECS["odd"]
+    model, _ = model_pair(spec)
+    feats = levels_for(spec, batch=5)
+    scorer = FastScorer(model, torch.device("cpu"))
+    with torch.inference_mode():
+        expected = model.eval().score(feats)
+    parts = list(scorer.score_cached(feats, batch_size=2))
+    assert [p.image.shape[0] for p in parts] == [2, 2, 1]
+    maps = torch.cat([p.maps for p in parts])
+    assert rel_err(maps, expected.maps) < 1e-6
+    assert torch.allclose(torch.cat([p.image for p in parts]), expected.image, rtol=1e-6)
+
+
+def test_fast_scorer_scores_images_through_the_extractor() -> None:
+    extractor = FeatureExtractor("tf_efficientnet_lite2", levels=(2, 3), weights=None)
+    spec = FeatureSpec((2, 3), tuple(extractor.channels), tuple(extractor.output_shapes(32)), 32)
+    model, _ = model_pair(spec)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    scorer = FastScorer(model, torch.device("cpu"), extractor=extractor)
+    got = scorer.images(images)
+    with torch.inference_mode():
+        expected = model.eval().score(extractor(images))
+    assert rel_err(got.maps, expected.maps) < 1e-6
+    with pytest.raises(ConfigError, match="extractor"):
+        FastScorer(model, torch.device("cpu")).images(images)

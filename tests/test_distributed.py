@@ -53,5 +53,11 @@ def test_two_process_gloo_run_matches_single_process(
     # size lr there, in either run. Every other tensor must agree.
     checked = [k for k in single if not k.endswith("k_proj.bias")]
     assert len(checked) > 0.9 * len(single)
+    # Summation order differs between one process and two, and Adam divides by the gradient's
+    # running RMS, so a rare element may drift by a fraction of one step (lr = 1e-4); a wrong
+    # shard or noise stream moves almost every element by whole steps.
+    moved = 0
     for key in checked:
-        torch.testing.assert_close(ddp[key], single[key], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-4)
+        moved += int(((ddp[key] - single[key]).abs() > 1e-6).sum())
+    assert moved < 1e-3 * sum(single[k].numel() for k in checked)

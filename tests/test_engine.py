@@ -168,3 +168,20 @@ def test_bad_config_values_are_one_line_errors(demo_root: Path, tmp_path: Path) 
         tiny_config(demo_root, "backbone.levels=[7]")
     with pytest.raises(ConfigError, match="bogus"):
         tiny_config(demo_root, "train.bogus=1")
+
+
+def test_per_category_mode_trains_one_model_per_category(
+    demo_root: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "pc"
+    fit(tiny_config(demo_root, "train.mode=per-category", epochs=1), run, progress=False)
+    categories = sorted(p.name for p in demo_root.iterdir() if p.is_dir())
+    assert sorted(p.name for p in (run / "categories").iterdir()) == categories
+    assert not (run / "model.safetensors").exists()
+    result = evaluate(run, device="cpu", progress=False)
+    assert sorted(result["categories"]) == categories
+    with pytest.raises(ConfigError, match="--category"):
+        predict(run, [demo_root], tmp_path / "p", device="cpu")
+    report = predict(run, [demo_root / categories[0] / "test"], tmp_path / "p",
+                     device="cpu", category=categories[0])
+    assert report.predictions and not report.failures

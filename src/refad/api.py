@@ -74,7 +74,7 @@ def build_config(
 
 def run_demo(
     out: str | Path,
-    epochs: int = 30,
+    epochs: int = 15,
     image_size: int = 128,
     device: str = "auto",
     progress: bool = True,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import sys
 import time
@@ -41,14 +40,9 @@ ANCHOR = {  # authors' RLR code on realmix, Lite2, levels [2, 3], batch 16, 50 e
 
 
 def hardware(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from machine import cpu_model
+
+    cpu = cpu_model()
     text = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     if device.type == "cuda":
         text += f", GPU {torch.cuda.get_device_name(device)}"

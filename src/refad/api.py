@@ -74,7 +74,7 @@ def build_config(
 
 def run_demo(
     out: str | Path,
-    epochs: int = 15,
+    epochs: int = 12,
     image_size: int = 128,
     device: str = "auto",
     progress: bool = True,

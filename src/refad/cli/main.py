@@ -206,7 +206,7 @@ def import_authors(
 @user_errors
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for demo data and run.")] = Path("refad-demo"),
-    epochs: Annotated[int, typer.Option()] = 15,
+    epochs: Annotated[int, typer.Option()] = 12,
     image_size: Annotated[int, typer.Option()] = 128,
     device: Annotated[str, typer.Option()] = "auto",
     progress: Annotated[bool, typer.Option()] = True,

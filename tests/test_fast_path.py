@@ -13,10 +13,11 @@ from safetensors.torch import load_file
 import refad.models.blocks.embedding as embedding_module
 import refad.models.rlr as rlr_module
 from refad.backbones import FeatureExtractor
-from refad.config import RunConfig
+from refad.config import RunConfig, apply_overrides
 from refad.engine.checkpoint import read_meta
-from refad.engine.fast import DeviceFeatures, FastOptions, FastScorer, train_fast
-from refad.engine.train import build_model, train_unit
+from refad.engine.fast import FastScorer
+from refad.engine.steps import DeviceFeatures
+from refad.engine.train import train_unit
 from refad.errors import ConfigError
 from refad.models.base import FeatureSpec
 from refad.models.blocks import (
@@ -210,33 +211,32 @@ def tiny_run_config(epochs: int = 2) -> RunConfig:
     )
 
 
-def test_train_fast_equals_engine_training_on_cpu(tmp_path: Path) -> None:
-    config = tiny_run_config()
+def train_tiny(tmp_path: Path, config: RunConfig) -> dict[str, torch.Tensor]:
     extractor = FeatureExtractor("tf_efficientnet_lite2", levels=(2, 3), weights=None)
     g = torch.Generator().manual_seed(0)
     levels = [torch.randn(7, 48, 4, 4, generator=g), torch.randn(7, 120, 2, 2, generator=g)]
-    device = torch.device("cpu")
     train_unit(
-        "unified", levels, levels, "train-normal", config, extractor, tmp_path, device,
-        resume=False, progress=False,
+        "unified", levels, levels, "train-normal", config, extractor, tmp_path,
+        torch.device("cpu"), resume=False, progress=False,
     )
-    expected = load_file(str(tmp_path / "model.safetensors"))
-    history = read_meta(tmp_path).history
+    assert [h["epoch"] for h in read_meta(tmp_path).history] == [1, 2]
+    return load_file(str(tmp_path / "model.safetensors"))
 
-    spec = FeatureSpec((2, 3), (48, 120), ((4, 4), (2, 2)), 32)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.train.seed)  # the engine's initialisation
-        model = build_model(config.method, spec, config.model)
-    seen = []
-    result = train_fast(
-        "unified", model, levels, config, device, FastOptions(storage="float32"),
-        on_epoch=lambda e, h, m, o: seen.append(e),
+
+def test_amp_switch_keeps_cpu_training_float32(tmp_path: Path) -> None:
+    """`train.amp` is bf16 autocast on CUDA only: on the CPU the steps are bit-identical."""
+    base = tiny_run_config()
+    plain = train_tiny(tmp_path / "plain", base)
+    amp = base.model_copy(update={"train": base.train.model_copy(update={"amp": True})})
+    got = train_tiny(tmp_path / "amp", amp)
+    assert plain.keys() == got.keys()
+    assert all(torch.equal(plain[k], got[k]) for k in plain)
+    half = base.model_copy(
+        update={"train": base.train.model_copy(update={"feature_storage": "float16"})}
     )
-    assert seen == [1, 2] and result.epochs == 2
-    got = model.state_dict()
-    assert expected.keys() == got.keys()
-    assert all(torch.equal(expected[k], got[k]) for k in expected)  # step-for-step identical
-    assert result.final_loss == pytest.approx(history[-1]["loss"], rel=1e-5)
+    rounded = train_tiny(tmp_path / "half", half)  # fp16 storage rounds the cached features
+    assert not all(torch.equal(plain[k], rounded[k]) for k in plain)
+    assert all(torch.allclose(plain[k], rounded[k], atol=1e-2) for k in plain)
 
 
 def test_device_features_16_bit_storage_returns_float32() -> None:
@@ -246,8 +246,8 @@ def test_device_features_16_bit_storage_returns_float32() -> None:
     batch = feats.batch(torch.tensor([4, 1]))[0]
     assert batch.dtype == torch.float32
     assert torch.equal(batch, x[[4, 1]].half().float())
-    with pytest.raises(ConfigError, match="storage"):
-        FastOptions(storage="int8")
+    with pytest.raises(ConfigError, match="feature_storage"):
+        apply_overrides(RunConfig(), ["train.feature_storage=int8"])
 
 
 def test_fast_scorer_equals_model_score_on_cpu() -> None:

@@ -13,7 +13,7 @@ from scipy.ndimage import uniform_filter, zoom
 
 from refad.config import apply_overrides
 from refad.engine.checkpoint import CheckpointMeta, load_model, save_checkpoint, spec_to_dict
-from refad.engine.train import make_optimizer
+from refad.engine.steps import make_optimizer
 from refad.errors import ConfigError
 from refad.models.base import FeatureSpec
 from refad.models.blocks import MobileBottleneck

@@ -66,6 +66,11 @@ class TrainConfig(StrictModel):
     val_fraction: float = Field(0.0, ge=0, lt=1)  # normal train images held out for calibration
     threshold_quantile: float = Field(0.99, gt=0, lt=1)
     feature_batch_size: int = Field(16, ge=1)
+    # bf16 autocast of training steps on CUDA (ignored on the CPU, which stays float32); off by
+    # default so that CPU and GPU runs agree to float tolerance.
+    amp: bool = False
+    # dtype of the cached features held on the training device ("float16" halves the memory)
+    feature_storage: Literal["float32", "float16", "bfloat16"] = "float32"
 
 
 class RunConfig(StrictModel):

@@ -31,10 +31,16 @@ from refad.engine.checkpoint import (
 )
 from refad.engine.device import resolve_device
 from refad.engine.distributed import DistContext, init_distributed
+from refad.engine.steps import (
+    STORAGE_DTYPES,
+    DeviceFeatures,
+    StepHook,
+    make_optimizer,
+    run_epoch,
+)
 from refad.engine.units import group_units, load_split, split_validation, unit_dir
 from refad.errors import ConfigError
-from refad.models.base import FeatureSpec, ReconstructionModel
-from refad.models.blocks.jitter import BatchShard
+from refad.models.base import FeatureSpec
 from refad.models.registry import build_model, method_config
 
 CONFIG_FILE = "config.json"
@@ -54,13 +60,6 @@ def build_extractor(config: RunConfig, device: torch.device) -> FeatureExtractor
     return FeatureExtractor(
         b.name, levels=b.levels, weights=weights, aggregate_kernel=b.aggregate_kernel
     ).to(device)
-
-
-def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    """A generator whose stream depends only on (seed, epoch): the basis of exact resume."""
-    g = torch.Generator(device=device)
-    g.manual_seed(seed * 1_000_003 + epoch)
-    return g
 
 
 def extract_features(
@@ -86,20 +85,6 @@ def extract_features(
             progress=progress,
         ),
     )
-
-
-def make_optimizer(model: ReconstructionModel, config: RunConfig) -> torch.optim.Optimizer:
-    t = config.train
-    params = model.parameter_groups(t.lr) if hasattr(model, "parameter_groups") else None
-    params = params or [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    cls = torch.optim.Adam if t.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
-
-
-def lr_factor(config: RunConfig, epoch: int) -> float:
-    """Step schedule: x lr_gamma from `lr_step_epoch` on (0-based epoch index)."""
-    step = config.train.lr_step_epoch
-    return config.train.lr_gamma if step is not None and epoch >= step else 1.0
 
 
 def train_unit(
@@ -132,7 +117,7 @@ def train_unit(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(t.seed)
         model = build_model(config.method, spec, config.model).to(device)
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config, device)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     history: list[dict[str, float]] = []
     start = 0
@@ -143,25 +128,19 @@ def train_unit(
         history, start = list(meta.history), meta.epoch
     backbone_info = backbone_identity(extractor, config.data.image_size)
     model_cfg = method_config(config.method, config.model).model_dump()
-    n = levels[0].shape[0]
-    steps = -(-n // t.batch_size)
+    features = DeviceFeatures(levels, device, STORAGE_DTYPES[t.feature_storage])
+    steps = -(-len(features) // t.batch_size)
     bar = tqdm(
         total=t.epochs * steps, initial=start * steps, desc=f"train {name}", unit="batch",
         disable=not progress,
     )
-    params = [p for p in model.parameters() if p.requires_grad]
     t_start = time.perf_counter()
     loss_value = history[-1]["loss"] if history else float("nan")
     for epoch in range(start, t.epochs):
-        model.train()
-        for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
-            group["lr"] = base * lr_factor(config, epoch)
-        tic = time.perf_counter()
-        loss_value = _train_epoch(model, optimizer, params, levels, config, epoch, device, dctx,
-                                  bar)
-        history.append(
-            {"epoch": epoch + 1, "loss": loss_value, "seconds": time.perf_counter() - tic}
-        )
+        stats = run_epoch(model, optimizer, features, config, epoch, base_lrs, dctx=dctx,
+                          on_step=progress_hook(bar, epoch, device))
+        loss_value = stats.loss
+        history.append({"epoch": epoch + 1, "loss": loss_value, "seconds": stats.seconds})
         meta = CheckpointMeta(
             method=config.method, epoch=epoch + 1, epochs=t.epochs, spec=spec_to_dict(spec),
             backbone=backbone_info, model_config=model_cfg, history=history,
@@ -181,75 +160,19 @@ def train_unit(
     return UnitResult(name, t.epochs, loss_value, time.perf_counter() - t_start)
 
 
-def _train_epoch(
-    model: ReconstructionModel,
-    optimizer: torch.optim.Optimizer,
-    params: list[torch.nn.Parameter],
-    levels: list[torch.Tensor],
-    config: RunConfig,
-    epoch: int,
-    device: torch.device,
-    dctx: DistContext,
-    bar: tqdm,
-) -> float:
-    """One pass over the cached levels in the (seed, epoch) order; returns the mean loss."""
-    t = config.train
-    n = levels[0].shape[0]
-    order = torch.randperm(n, generator=epoch_generator(t.seed, epoch, torch.device("cpu")))
-    noise = epoch_generator(t.seed, epoch, device)
-    tic, total, seen = time.perf_counter(), 0.0, 0
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(t.seed * 7919 + epoch)  # dropout (UniAD) draws from here
-        for s in range(0, n, t.batch_size):
-            idx = order[s : s + t.batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            if dctx.active:
-                total += _sharded_step(model, levels, idx, noise, device, dctx, params)
-            else:
-                batch = [lvl[idx].to(device, non_blocking=True) for lvl in levels]
-                loss = model.loss(batch, generator=noise)
-                loss.backward()
-                total += loss.item() * len(idx)
-            if t.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-            optimizer.step()
-            seen += len(idx)
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{total / seen:.4f}",
-                            img_s=f"{seen / (time.perf_counter() - tic):.1f}", refresh=False)
-    return dctx.sum_scalar(total, device) / seen if dctx.active else total / seen
+def progress_hook(bar: tqdm, epoch: int, device: torch.device) -> StepHook:
+    """Advance the bar per step; show the running loss (a host sync on CUDA: every 25 steps)."""
+    tic, seen, every = time.perf_counter(), [0], 1 if device.type == "cpu" else 25
 
+    def hook(loss: torch.Tensor, images: int) -> None:
+        seen[0] += images
+        bar.update(1)
+        if bar.disable or bar.n % every:
+            return
+        bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}",
+                        img_s=f"{seen[0] / (time.perf_counter() - tic):.1f}", refresh=False)
 
-def _sharded_step(
-    model: ReconstructionModel,
-    levels: list[torch.Tensor],
-    idx: torch.Tensor,
-    noise: torch.Generator,
-    device: torch.device,
-    dctx: DistContext,
-    params: list[torch.nn.Parameter],
-) -> float:
-    """Forward/backward this rank's rows of a global batch; returns the rows' summed loss.
-
-    The local mean loss is weighted by the rank's share of the batch, so the gradients summed
-    over ranks equal the gradient of the global batch's mean loss.
-    """
-    start, stop = dctx.shard(len(idx))
-    local = idx[start:stop]
-    value = 0.0
-    if len(local):
-        batch = [lvl[local].to(device, non_blocking=True) for lvl in levels]
-        loss = model.loss(batch, generator=BatchShard(noise, start, len(idx)))
-        (loss * (len(local) / len(idx))).backward()
-        value = loss.item() * len(local)
-    else:  # this rank drew nothing in a small last batch; the noise stream must still advance
-        model.loss([lvl[idx[:1]].to(device) for lvl in levels],
-                   generator=BatchShard(noise, 0, len(idx))).detach()
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    dctx.sum_gradients(params)
-    return value
+    return hook
 
 
 def prepare_run_dir(config: RunConfig, run_dir: Path, resume: bool) -> RunConfig:

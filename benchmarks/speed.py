@@ -60,7 +60,7 @@ def _setup(spec: dict[str, Any]) -> torch.device:
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     else:
-        from refad.engine.fast import cpu_threads
+        from refad.engine.device import cpu_threads
 
         torch.set_num_threads(cpu_threads())
     if device.type == "cuda":
@@ -675,7 +675,7 @@ def main() -> None:
 
     import timm
 
-    from refad.engine.fast import cpu_threads
+    from refad.engine.device import cpu_threads
 
     started = time.perf_counter()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -15,7 +15,9 @@ import refad.models.rlr as rlr_module
 from refad.backbones import FeatureExtractor
 from refad.config import RunConfig, apply_overrides
 from refad.engine.checkpoint import read_meta
+from refad.engine.device import cpu_threads, set_cpu_threads
 from refad.engine.fast import FastScorer
+from refad.engine.inference import score_levels
 from refad.engine.steps import DeviceFeatures
 from refad.engine.train import train_unit
 from refad.errors import ConfigError
@@ -276,3 +278,29 @@ def test_fast_scorer_scores_images_through_the_extractor() -> None:
     assert rel_err(got.maps, expected.maps) < 1e-6
     with pytest.raises(ConfigError, match="extractor"):
         FastScorer(model, torch.device("cpu")).images(images)
+
+
+def test_amp_scoring_is_float32_on_cpu() -> None:
+    """`--amp` asks for bf16 on CUDA only; on the CPU scoring is the plain float32 path."""
+    spec = SPECS["odd"]
+    model, _ = model_pair(spec)
+    feats = levels_for(spec, batch=2)
+    with torch.inference_mode():
+        expected = model.eval().score(feats)
+        got = score_levels(model, feats, amp=True)
+    assert torch.equal(got.maps, expected.maps) and torch.equal(got.image, expected.image)
+
+
+def test_cpu_threads_follow_affinity_unless_the_user_chose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+        assert set_cpu_threads() == cpu_threads()
+        torch.set_num_threads(1)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert set_cpu_threads() == 1  # the user's choice is kept
+    finally:
+        torch.set_num_threads(before)

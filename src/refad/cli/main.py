@@ -27,6 +27,14 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+@app.callback()
+def _setup() -> None:
+    """Runs before every command: CPU threads follow the cores this process may use."""
+    from refad.engine.device import set_cpu_threads
+
+    set_cpu_threads()
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn RefadError into a one-line message and exit code 2."""
 
@@ -86,6 +94,7 @@ def train(
     set_: Annotated[list[str] | None, typer.Option("--set", help="section.field=value")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    amp: Annotated[bool, typer.Option(help="bf16 autocast on CUDA (ignored on the CPU).")] = False,
 ) -> None:
     """Train one model (unified: all categories) and save it to OUT."""
     from refad.api import build_config, fit
@@ -95,7 +104,8 @@ def train(
         anomalous_dir=anomalous_dir, mask_dir=mask_dir, test_normal_dir=test_normal_dir,
         backbone=backbone, levels=_csv_ints(levels), weights=weights, image_size=image_size,
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, per_category=per_category,
-        feature_cache=feature_cache, val_fraction=val_fraction, device=device, overrides=set_,
+        feature_cache=feature_cache, val_fraction=val_fraction, device=device,
+        overrides=[*(set_ or []), *(["train.amp=true"] if amp else [])],
     )
     results = fit(config, out, resume=resume, progress=progress)
     for r in results:
@@ -113,6 +123,7 @@ def test(
     batch_size: Annotated[int, typer.Option()] = 16,
     metrics: Annotated[str, typer.Option(help="exact or binned.")] = "exact",
     progress: Annotated[bool, typer.Option()] = True,
+    amp: Annotated[bool, typer.Option(help="bf16 autocast on CUDA (ignored on the CPU).")] = False,
 ) -> None:
     """Evaluate a run on its test split: seven metrics per category and the mean."""
     from refad.engine.evaluate import evaluate, markdown_table
@@ -121,7 +132,7 @@ def test(
     data = None
     if root is not None:
         data = open_run(run, "cpu").config.data.model_copy(update={"root": str(root)})
-    result = evaluate(run, device, data, batch_size, metrics, progress)
+    result = evaluate(run, device, data, batch_size, metrics, progress, amp)
     console.print(markdown_table(result), highlight=False)
     console.print(f"written: {run / 'metrics.json'}, {run / 'metrics.md'}")
 
@@ -135,11 +146,12 @@ def predict(
     category: Annotated[str | None, typer.Option(help="Per-category runs: which model.")] = None,
     device: Annotated[str | None, typer.Option()] = None,
     batch_size: Annotated[int, typer.Option()] = 8,
+    amp: Annotated[bool, typer.Option(help="bf16 autocast on CUDA (ignored on the CPU).")] = False,
 ) -> None:
     """Score images; write heatmaps, overlays and predictions.json/.csv."""
     from refad.engine.predict import predict as run_predict
 
-    report = run_predict(run, inputs, out, device, category, batch_size)
+    report = run_predict(run, inputs, out, device, category, batch_size, amp)
     for p in report.predictions:
         verdict = "" if p.anomalous is None else (" ANOMALOUS" if p.anomalous else " normal")
         console.print(f"{p.score:.4f}{verdict}  {p.path}", highlight=False)

@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from refad.errors import ConfigError
+
+
+def cpu_threads() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's core count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def set_cpu_threads() -> int:
+    """Intra-op threads = usable cores, unless the user chose (OMP_NUM_THREADS / MKL_NUM_THREADS).
+
+    torch's default counts the machine's physical cores, which oversubscribes a process that
+    is restricted to fewer (containers, taskset, CI runners).
+    """
+    if not any(os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")):
+        torch.set_num_threads(cpu_threads())
+    return torch.get_num_threads()
 
 
 def resolve_device(name: str | torch.device | None) -> torch.device:

@@ -22,6 +22,7 @@ from refad.data import ImageDataset
 from refad.engine.inference import score_images
 from refad.engine.io import write_text_atomic
 from refad.engine.run import TrainedRun, open_run
+from refad.engine.steps import amp_active
 from refad.engine.units import by_category, load_split, unit_for_category
 from refad.metrics import METRIC_NAMES, MetricAccumulator
 
@@ -42,8 +43,12 @@ def evaluate_run(
     batch_size: int = 16,
     metrics_mode: str = "exact",
     progress: bool = True,
+    amp: bool = False,
 ) -> dict[str, Any]:
-    """Metrics (fractions) per category plus their mean, for a loaded run."""
+    """Metrics (fractions) per category plus their mean, for a loaded run.
+
+    `amp`: bf16 reconstruction on CUDA (maps and metrics stay float32); ignored on the CPU.
+    """
     data = data or run.config.data
     samples = load_split(data, "test")
     size = run.config.data.image_size
@@ -55,7 +60,7 @@ def evaluate_run(
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=data.num_workers)
         acc = MetricAccumulator(mode=metrics_mode)
         for batch in tqdm(loader, desc=f"test {category}", disable=not progress, leave=False):
-            scores = score_images(run.extractor, model, batch["image"].to(run.device))
+            scores = score_images(run.extractor, model, batch["image"].to(run.device), amp)
             acc.update(
                 scores.image.float(),
                 batch["label"],
@@ -72,6 +77,7 @@ def evaluate_run(
         "levels": run.config.backbone.levels,
         "image_size": size,
         "metrics_mode": metrics_mode,
+        "amp": amp_active(run.device, amp),
         "seconds": time.perf_counter() - tic,
         "categories": per_category,
         "mean": mean,
@@ -100,11 +106,12 @@ def evaluate(
     batch_size: int = 16,
     metrics_mode: str = "exact",
     progress: bool = True,
+    amp: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a run folder and write `metrics.json` and `metrics.md` into it."""
     run_dir = Path(run_dir)
     run = open_run(run_dir, device)
-    result = evaluate_run(run, data, batch_size, metrics_mode, progress)
+    result = evaluate_run(run, data, batch_size, metrics_mode, progress, amp)
     write_text_atomic(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
     title = (
         f"# {result['method']} - backbone {result['backbone']}, levels {result['levels']}, "

@@ -8,22 +8,15 @@ Gaussian filter and the max in float32 on the same device, optionally through `t
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 
+from refad.engine.inference import score_levels
 from refad.engine.steps import LossFn, amp_active, autocast
 from refad.errors import ConfigError
 from refad.models.base import ReconstructionModel, Scores
-
-
-def cpu_threads() -> int:
-    """Cores this process may run on (the affinity mask, not the machine's core count)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def compiled_loss(model: ReconstructionModel, mode: str | None) -> LossFn:
@@ -71,13 +64,7 @@ class FastScorer:
             self._images_fn = torch.compile(self._score_images, mode=compile_mode, dynamic=False)
 
     def _score_levels(self, levels: list[torch.Tensor]) -> Scores:
-        finish = getattr(self.model, "score_reconstruction", None)
-        if finish is None:
-            return self.model.score(levels)
-        targets = self.model.targets(levels)
-        with autocast(self.device, self.amp):
-            recs = self.model.reconstruct(targets)
-        return finish(targets, [r.float() for r in recs])
+        return score_levels(self.model, levels, self.amp)
 
     def _score_images(self, images: torch.Tensor) -> Scores:
         if self.extractor is None:

@@ -1,4 +1,8 @@
-"""Scoring helpers shared by training-time calibration, evaluation and prediction."""
+"""Scoring helpers shared by training-time calibration, evaluation, prediction and serving.
+
+`amp` runs the reconstruction under bf16 autocast on CUDA (ignored on the CPU); the maps, the
+upsampling, the Gaussian filter and the max stay float32 whatever the reconstruction's dtype.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,33 @@ from collections.abc import Iterator
 import torch
 
 from refad.backbones import FeatureExtractor
+from refad.engine.steps import amp_active, autocast
 from refad.models.base import ReconstructionModel, Scores
+
+
+def score_levels(
+    model: ReconstructionModel, levels: list[torch.Tensor], amp: bool = False
+) -> Scores:
+    """Backbone levels on the model's device -> maps and image scores."""
+    device = levels[0].device
+    finish = getattr(model, "score_reconstruction", None)
+    if finish is None or not amp_active(device, amp):
+        return model.score(levels)
+    targets = model.targets(levels)
+    with autocast(device, True):
+        recs = model.reconstruct(targets)
+    return finish(targets, [r.float() for r in recs])
 
 
 @torch.inference_mode()
 def score_images(
-    extractor: FeatureExtractor, model: ReconstructionModel, images: torch.Tensor
+    extractor: FeatureExtractor,
+    model: ReconstructionModel,
+    images: torch.Tensor,
+    amp: bool = False,
 ) -> Scores:
     """Normalised images (B, 3, S, S) already on the model's device -> maps and image scores."""
-    return model.score(extractor(images))
+    return score_levels(model, extractor(images), amp)
 
 
 @torch.inference_mode()
@@ -24,9 +46,10 @@ def score_cached(
     levels: list[torch.Tensor],
     device: torch.device,
     batch_size: int,
+    amp: bool = False,
 ) -> Iterator[Scores]:
     """Score precomputed backbone levels (N, C, H, W) in batches, yielding per-batch Scores."""
     n = levels[0].shape[0]
     for start in range(0, n, batch_size):
         batch = [lvl[start : start + batch_size].to(device) for lvl in levels]
-        yield model.score(batch)
+        yield score_levels(model, batch, amp)

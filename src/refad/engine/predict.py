@@ -90,8 +90,12 @@ def predict_run(
     out_dir: Path,
     category: str | None = None,
     batch_size: int = 8,
+    amp: bool = False,
 ) -> PredictReport:
-    """Score images with a loaded run and write heatmaps, overlays and a summary."""
+    """Score images with a loaded run and write heatmaps, overlays and a summary.
+
+    `amp`: bf16 reconstruction on CUDA (maps stay float32); ignored on the CPU.
+    """
     unit = UNIFIED if run.config.train.mode == "unified" else category
     if unit is None:
         raise ConfigError(f"{run.path}: per-category run; name the --category to use "
@@ -117,7 +121,7 @@ def predict_run(
             continue
         batch = torch.stack([_to_tensor(im, size, run.extractor.mean, run.extractor.std)
                              for im in images]).to(run.device)
-        scores = score_images(run.extractor, model, batch)
+        scores = score_images(run.extractor, model, batch, amp)
         maps = scores.maps.float().cpu().numpy()
         for (path, stem), image, amap, score in zip(kept, images, maps,
                                                     scores.image.float().cpu().tolist(),
@@ -159,6 +163,7 @@ def predict(
     device: str | torch.device | None = None,
     category: str | None = None,
     batch_size: int = 8,
+    amp: bool = False,
 ) -> PredictReport:
     """Open a run folder and predict (see `predict_run`)."""
-    return predict_run(open_run(run_dir, device), inputs, out_dir, category, batch_size)
+    return predict_run(open_run(run_dir, device), inputs, out_dir, category, batch_size, amp)

@@ -133,10 +133,11 @@ def fmt_table(title: str, result: dict) -> str:
 
 def describe_schedule(cfg: RunConfig, n_train: int) -> str:
     t = cfg.train
-    text = (f"{t.epochs} epochs, batch {t.batch_size}, {t.optimizer} lr {t.lr:g}"
-            + (f" wd {t.weight_decay:g}" if t.weight_decay else ""))
+    text = (f"{t.epochs} epoch{'s' if t.epochs != 1 else ''}, batch {t.batch_size}, "
+            f"{t.optimizer} lr {t.lr:g}" + (f" wd {t.weight_decay:g}" if t.weight_decay else ""))
     if t.lr_step_epoch is not None:
-        text += f", x{t.lr_gamma:g} at epoch {t.lr_step_epoch}"
+        reached = "" if t.lr_step_epoch < t.epochs else " (not reached)"
+        text += f", x{t.lr_gamma:g} from epoch {t.lr_step_epoch}{reached}"
     return text + f", seed {t.seed}; {n_train} training images ({n_train * t.epochs} image-steps)"
 
 
@@ -152,7 +153,7 @@ def load_report(path: Path) -> dict:
             "command": data["command"], "result": data["rlr"],
             "seconds": {"train": data["seconds"]["train"], "eval": data["seconds"]["eval"]},
             "backbone": "tf_efficientnet_lite2", "levels": [2, 3], "image_size": 256,
-            "schedule": "1 epochs, batch 4, adam lr 0.0001, seed 3407; 1118 training images "
+            "schedule": "1 epoch, batch 4, adam lr 0.0001, seed 3407; 1118 training images "
                         "(1118 image-steps)",
             "hardware": "AMD EPYC, 2 threads, torch 2.14.1+cu130",
             "heatmaps": "realmix_heatmaps.png",
@@ -183,12 +184,12 @@ def render(report: dict, notes: str) -> str:
     for label, entry in rows:
         mean = entry["result"]["mean"]
         secs = entry["seconds"]
-        train_s = secs["train"] if isinstance(secs, dict) else 0.0
+        train_s = f"{secs['train']:.0f}" if isinstance(secs, dict) else "-"
         eval_s = secs["eval"] if isinstance(secs, dict) else secs
         schedule = entry.get("schedule", f"{entry.get('bank_fraction', 0):.0%} random bank")
         lines.append(
             f"| {label} | {entry['levels']} | {entry['image_size']} | {schedule} | "
-            f"{train_s:.0f} | {eval_s:.0f} | "
+            f"{train_s} | {eval_s:.0f} | "
             + " | ".join(f"{100 * mean[n]:.1f}" for n in METRIC_NAMES) + " |"
         )
     lines.append("")

@@ -15,3 +15,15 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+NOTES_MARKER = "## Reading these figures"
+
+
+def kept_notes(report: Path) -> str:
+    """The hand-written analysis at the end of an existing report (from NOTES_MARKER on)."""
+    if report.exists():
+        text = report.read_text()
+        if NOTES_MARKER in text:
+            return NOTES_MARKER + text.split(NOTES_MARKER, 1)[1]
+    return ""

@@ -9,7 +9,7 @@ patch-memory baseline on RLR's features. Runs unchanged on CPU or GPU:
     python benchmarks/realmix.py --root DATA --device cuda --epochs 50 --batch-size 16
     python benchmarks/realmix.py --root DATA --device cuda --method uniad
 
-Text after the "## Reading these figures" heading of an existing report is kept. The model is
+Text from the "## Reading these figures" heading on of an existing report is kept. The model is
 the last epoch; nothing is chosen on test images.
 """
 
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_model, kept_notes
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -48,12 +49,9 @@ ANCHOR = {  # authors' RLR code on realmix, Lite2, levels [2, 3], batch 16, 50 e
 
 METHOD_ORDER = ["rlr", "uniad", "crad", "crad-s"]
 LABELS = {"rlr": "RLR", "uniad": "UniAD", "crad": "CRAD", "crad-s": "CRAD-S"}
-NOTES_MARKER = "## Reading these figures"
 
 
 def hardware(device: torch.device) -> str:
-    from machine import cpu_model
-
     cpu = cpu_model()
     text = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     if device.type == "cuda":
@@ -233,8 +231,7 @@ def render(report: dict, notes: str) -> str:
                 lines.append(f"| {cat} | {ia:.1f} | {pa:.1f} | {100 * m['i_auroc']:.1f} | "
                              f"{100 * m['p_auroc']:.1f} |")
         lines.append("")
-    text = "\n".join(lines) + "\n"
-    return text + (NOTES_MARKER + notes if notes else "")
+    return "\n".join(lines) + "\n" + notes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,11 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             "levels": cfg.backbone.levels, "image_size": cfg.data.image_size,
             "bank_fraction": args.bank_fraction,
         }
-    notes = ""
-    if args.out.exists():
-        old = args.out.read_text()
-        if NOTES_MARKER in old:
-            notes = old.split(NOTES_MARKER, 1)[1]
+    notes = kept_notes(args.out)
     write_text_atomic(json_path, json.dumps(report, indent=2) + "\n")
     write_text_atomic(args.out, render(report, notes))
     print(args.out.read_text())

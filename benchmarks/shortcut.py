@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import kept_notes
 from PIL import Image
 
 from refad.api import build_config, evaluate, fit
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Maps (`{figure.name}`), one pair per category: image | mask | RLR | RLR + residual.",
         "",
     ]
-    write_text_atomic(args.out, "\n".join(lines))
+    write_text_atomic(args.out, "\n".join(lines) + "\n" + kept_notes(args.out))
     write_text_atomic(args.out.with_suffix(".json"), json.dumps(
         {"command": command, "seconds": seconds, "rows": rows}, indent=2) + "\n")
     print(args.out.read_text())

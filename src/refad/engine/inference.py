@@ -20,13 +20,12 @@ def score_levels(
 ) -> Scores:
     """Backbone levels on the model's device -> maps and image scores."""
     device = levels[0].device
-    finish = getattr(model, "score_reconstruction", None)
-    if finish is None or not amp_active(device, amp):
+    if not amp_active(device, amp):
         return model.score(levels)
     targets = model.targets(levels)
     with autocast(device, True):
         recs = model.reconstruct(targets)
-    return finish(targets, [r.float() for r in recs])
+    return model.score_reconstruction(targets, [r.float() for r in recs])
 
 
 @torch.inference_mode()

@@ -63,8 +63,19 @@ class ReconstructionModel(nn.Module, ABC):
         """Scalar training loss for a batch of backbone levels."""
 
     @abstractmethod
+    def score_reconstruction(
+        self, targets: list[torch.Tensor], recs: list[torch.Tensor]
+    ) -> Scores:
+        """The method's map and image-score rules on targets and their reconstructions.
+
+        Split from `score` so that a caller can reconstruct under autocast and still score in
+        float32 (upsampling, smoothing and the max are sensitive to bf16 rounding).
+        """
+
     def score(self, levels: list[torch.Tensor]) -> Scores:
         """Pixel anomaly maps at the input size and image scores (no jitter)."""
+        targets = self.targets(levels)
+        return self.score_reconstruction(targets, self.reconstruct(targets))
 
 
 def load_state_checked(

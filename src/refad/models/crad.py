@@ -196,9 +196,11 @@ class CRAD(ReconstructionModel):
         (rec,) = self.reconstruct(targets, generator)
         return F.mse_loss(rec, targets[0])
 
-    def score(self, levels: list[torch.Tensor]) -> Scores:
-        targets = self.targets(levels)
-        (rec,) = self.reconstruct(targets)
+    def score_reconstruction(
+        self, targets: list[torch.Tensor], recs: list[torch.Tensor]
+    ) -> Scores:
+        """L2 map upsampled, then the 21x21 mean filter; max of its average-pooled version."""
+        (rec,) = recs
         maps = upsample_maps(l2_map(rec, targets[0]), self.spec.image_size, align_corners=True)
         maps = smooth_maps(maps, self.config.smooth_kernel)
         return Scores(maps=maps, image=avg_pool_max_score(maps, self.config.image_pool))

@@ -261,18 +261,10 @@ class RLR(ReconstructionModel):
             total = total + F.mse_loss(rec, target) + (1.0 - cos).mean()
         return total
 
-    def score(self, levels: list[torch.Tensor]) -> Scores:
-        targets = self.targets(levels)
-        return self.score_reconstruction(targets, self.reconstruct(targets))
-
     def score_reconstruction(
         self, targets: list[torch.Tensor], recs: list[torch.Tensor]
     ) -> Scores:
-        """Maps and image scores from targets and their reconstructions.
-
-        Split from `score` so a fast path can reconstruct under autocast and still score in
-        float32 (the Gaussian filter and the max are sensitive to bf16 rounding).
-        """
+        """Per-level MSE + (1 - cos) maps, upsampled and averaged; max after a Gaussian blur."""
         size = self.spec.image_size
         maps = torch.stack(
             [

@@ -26,7 +26,7 @@ from refad.presets import PRESETS, preset
 
 # RunConfig parts that describe the dataset/run, not the method: taken from a RunConfig base.
 SHARED_TRAIN_FIELDS = ("mode", "feature_cache", "val_fraction", "threshold_quantile",
-                       "feature_batch_size")
+                       "feature_batch_size", "amp", "feature_storage")
 
 
 def method_run_config(

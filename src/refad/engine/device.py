@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -25,6 +26,16 @@ def set_cpu_threads() -> int:
     if not any(os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")):
         torch.set_num_threads(cpu_threads())
     return torch.get_num_threads()
+
+
+def amp_active(device: torch.device, amp: bool) -> bool:
+    """bf16 autocast only where it pays and is the intended numerics: CUDA devices."""
+    return amp and device.type == "cuda"
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on `device` when enabled, else a no-op context."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def resolve_device(name: str | torch.device | None) -> torch.device:

@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 
 from refad.config import DataConfig
 from refad.data import ImageDataset
+from refad.engine.device import amp_active
 from refad.engine.inference import score_images
 from refad.engine.io import write_text_atomic
 from refad.engine.run import TrainedRun, open_run
-from refad.engine.steps import amp_active
 from refad.engine.units import by_category, load_split, unit_for_category
 from refad.metrics import METRIC_NAMES, MetricAccumulator
 

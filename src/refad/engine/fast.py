@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
+from refad.engine.device import amp_active, autocast
 from refad.engine.inference import score_levels
-from refad.engine.steps import LossFn, amp_active, autocast
+from refad.engine.steps import LossFn
 from refad.errors import ConfigError
 from refad.models.base import ReconstructionModel, Scores
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import torch
 
 from refad.backbones import FeatureExtractor
-from refad.engine.steps import amp_active, autocast
+from refad.engine.device import amp_active, autocast
 from refad.models.base import ReconstructionModel, Scores
 
 

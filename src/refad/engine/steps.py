@@ -11,7 +11,6 @@ is once per epoch (and wherever a progress callback asks for a value).
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from refad.config import RunConfig
+from refad.engine.device import amp_active, autocast
 from refad.engine.distributed import DistContext
 from refad.errors import DataError
 from refad.models.base import ReconstructionModel
@@ -46,16 +46,6 @@ def lr_factor(config: RunConfig, epoch: int) -> float:
     """Step schedule: x lr_gamma from `lr_step_epoch` on (0-based epoch index)."""
     step = config.train.lr_step_epoch
     return config.train.lr_gamma if step is not None and epoch >= step else 1.0
-
-
-def amp_active(device: torch.device, amp: bool) -> bool:
-    """bf16 autocast only where it pays and is the intended numerics: CUDA devices."""
-    return amp and device.type == "cuda"
-
-
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on `device` when enabled, else a no-op context."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def make_optimizer(

@@ -14,9 +14,7 @@ import numpy as np
 
 from refad.errors import DataError
 
-from .keys import float32_to_key
-
-_MAGNITUDE = 0x7FFFFFFF
+from .keys import MAGNITUDE_BITS, float32_to_key
 
 
 def is_tensor(x: Any) -> bool:
@@ -161,7 +159,7 @@ class TorchOps:
 
     def keys(self, x):
         bits = (x + 0.0).view(self._torch.int32)
-        bits ^= (bits >> 31) & _MAGNITUDE
+        bits ^= (bits >> 31) & MAGNITUDE_BITS
         return bits
 
     def cat(self, xs: list):

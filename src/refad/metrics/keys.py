@@ -16,7 +16,7 @@ NUM_BUCKETS = 1 << (32 - KEY_LOW_BITS)
 BUCKET_OFFSET = NUM_BUCKETS // 2
 """Added to ``key >> 16`` (in [-32768, 32767]) to get a bucket index in [0, 65536)."""
 
-_MAGNITUDE = 0x7FFFFFFF
+MAGNITUDE_BITS = 0x7FFFFFFF  # every bit of a float32 but the sign
 _KEY_NEG_INF = -2139095041  # key of float32 -inf: bits 0xFF800000 with magnitude bits flipped
 _KEY_POS_INF = 0x7F800000
 
@@ -25,7 +25,7 @@ def float32_to_key(x: np.ndarray) -> np.ndarray:
     """Return int32 keys whose signed integer order equals the float order of ``x`` (float32)."""
     bits = (x + np.float32(0.0)).view(np.int32)  # +0.0 folds -0.0 onto +0.0; returns a copy
     flip = bits >> 31  # -1 for negative floats, 0 otherwise
-    flip &= _MAGNITUDE
+    flip &= MAGNITUDE_BITS
     bits ^= flip  # negative floats: reverse the order of their magnitude bits
     return bits
 
@@ -33,5 +33,5 @@ def float32_to_key(x: np.ndarray) -> np.ndarray:
 def key_to_float32(keys: np.ndarray) -> np.ndarray:
     """Invert :func:`float32_to_key`; keys outside the finite/inf range are clamped to +-inf."""
     k = np.clip(np.asarray(keys, dtype=np.int64), _KEY_NEG_INF, _KEY_POS_INF).astype(np.int32)
-    flip = (k >> 31) & _MAGNITUDE
+    flip = (k >> 31) & MAGNITUDE_BITS
     return (k ^ flip).view(np.float32)

@@ -24,6 +24,8 @@ from refad.models.blocks import (
     TokenEmbedding,
     feature_jitter,
     neighbourhood_mask,
+    to_map,
+    to_tokens,
     window_index_table,
     window_size_for,
     windowed_attention,
@@ -191,14 +193,6 @@ class RLRLevel(nn.Module):
         return self.out_proj(self.out_norm(y))
 
 
-def _to_tokens(x: torch.Tensor) -> torch.Tensor:
-    return x.flatten(2).transpose(1, 2)
-
-
-def _to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, height, width)
-
-
 class RLR(ReconstructionModel):
     """RLR over several feature levels, one independent `RLRLevel` each."""
 
@@ -244,10 +238,10 @@ class RLR(ReconstructionModel):
     ) -> list[torch.Tensor]:
         out = []
         for net, target in zip(self.levels, targets, strict=True):
-            tokens = _to_tokens(target)
+            tokens = to_tokens(target)
             if self.training:
                 tokens = feature_jitter(tokens, self.config.jitter_scale, generator=generator)
-            out.append(_to_map(net(tokens), net.height, net.width))
+            out.append(to_map(net(tokens), net.height, net.width))
         return out
 
     def loss(

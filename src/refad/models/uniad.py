@@ -31,6 +31,8 @@ from refad.models.blocks import (
     grid_index,
     neighbourhood_mask,
     sine_position_embedding_2d,
+    to_map,
+    to_tokens,
 )
 from refad.models.scoring import avg_pool_max_score, l2_map, upsample_maps
 
@@ -169,14 +171,6 @@ class UniADNetwork(nn.Module):
         return self.output_proj(self.decoder_norm(out))
 
 
-def _to_tokens(x: torch.Tensor) -> torch.Tensor:
-    return x.flatten(2).transpose(1, 2)
-
-
-def _to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, height, width)
-
-
 class UniAD(ReconstructionModel):
     """UniAD over the concatenation of all levels on one grid (one network, one target)."""
 
@@ -196,12 +190,12 @@ class UniAD(ReconstructionModel):
         self, targets: list[torch.Tensor], generator: torch.Generator | None = None
     ) -> list[torch.Tensor]:
         (target,) = targets
-        tokens = _to_tokens(target)
+        tokens = to_tokens(target)
         if self.training:
             tokens = feature_jitter(
                 tokens, self.config.jitter_scale, self.config.jitter_prob, generator=generator
             )
-        return [_to_map(self.net(tokens), *self.grid)]
+        return [to_map(self.net(tokens), *self.grid)]
 
     def loss(
         self, levels: list[torch.Tensor], generator: torch.Generator | None = None

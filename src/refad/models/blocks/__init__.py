@@ -2,7 +2,7 @@
 
 from refad.models.blocks.attention import MultiHeadAttention
 from refad.models.blocks.embedding import TokenEmbedding, sine_position_embedding_2d
-from refad.models.blocks.features import concat_on_grid, grid_index
+from refad.models.blocks.features import concat_on_grid, grid_index, to_map, to_tokens
 from refad.models.blocks.jitter import BatchShard, Noise, draw_normal, draw_uniform, feature_jitter
 from refad.models.blocks.local_attention import (
     local_attention,
@@ -36,6 +36,8 @@ __all__ = [
     "local_attention",
     "neighbourhood_mask",
     "sine_position_embedding_2d",
+    "to_map",
+    "to_tokens",
     "window_index_table",
     "window_size_for",
     "windowed_attention",

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from refad.models.blocks.positions import integer_sine_position_embedding_2d
+
 
 def sine_position_embedding_2d(
     height: int,
@@ -46,8 +48,6 @@ def sine_position_embedding_2d(
 def position_table(kind: str, height: int, width: int, dim: int) -> torch.Tensor:
     """Fixed (H*W, dim) sine table by name: "integer" (RLR authors' code) or "normalised"."""
     if kind == "integer":
-        from refad.models.blocks.positions import integer_sine_position_embedding_2d
-
         return integer_sine_position_embedding_2d(height, width, dim)
     if kind == "normalised":
         return sine_position_embedding_2d(height, width, dim)

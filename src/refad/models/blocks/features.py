@@ -14,6 +14,16 @@ from refad.errors import ConfigError
 from refad.models.base import FeatureSpec
 
 
+def to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) map -> (B, H*W, C) tokens, row-major."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, H*W, C) tokens -> (B, C, H, W) map (inverse of `to_tokens`)."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, height, width)
+
+
 def grid_index(spec: FeatureSpec, position: int, field: str) -> int:
     """Validate a (possibly negative) position into the spec's levels, return it non-negative."""
     n = len(spec.levels)

@@ -22,15 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from refad.config import apply_overrides
+from refad.engine.imported import import_run, write_imported_run
 from refad.engine.run import open_run
 from refad.errors import CheckpointError, ConfigError
-from refad.models.authors import (
-    import_authors_checkpoint,
-    import_authors_checkpoint_with_report,
-    import_run,
-    rlr_position_option_available,
-    write_imported_run,
-)
+from refad.models.authors import import_authors_checkpoint, import_authors_checkpoint_with_report
 from refad.models.base import FeatureSpec
 from refad.models.rlr import RLR
 from refad.presets import preset
@@ -438,14 +433,15 @@ def test_rlr_import_reproduces_the_authors_network(tmp_path: Path) -> None:
         tokens = level.flatten(2).transpose(1, 2)
         expected = authors_rlr_level(sd, tokens, h, w, model.levels[i].window)
         assert torch.allclose(rec.flatten(2).transpose(1, 2), expected, atol=ATOL)
-    # the authors' positional table is what makes the difference: refad's default table on
-    # the same weights gives another reconstruction
-    if not rlr_position_option_available():
-        plain = RLR(RLR_SPEC, model.config).eval()
-        plain.load_state_dict(model.state_dict())
-        with torch.no_grad():
-            other = plain.reconstruct(levels)
-        assert not torch.allclose(other[0], recs[0], atol=1e-3)
+    # the authors' positional table is what makes the difference: the normalised (DETR) table
+    # on the same weights gives another reconstruction
+    assert model.config.position_embedding == "integer"
+    other_cfg = model.config.model_copy(update={"position_embedding": "normalised"})
+    plain = RLR(RLR_SPEC, other_cfg).eval()
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        other = plain.reconstruct(levels)
+    assert not torch.allclose(other[0], recs[0], atol=1e-3)
 
 
 # --------------------------------------------------------------------------- refusals, errors
@@ -591,7 +587,6 @@ def test_imported_rlr_run_folder_reloads_identically(tmp_path: Path) -> None:
             zip(spec.channels, spec.shapes, (32, 64), strict=True)
         )
     ]}, path)
-    assert rlr_position_option_available()
     run_dir = import_run("rlr", path, tmp_path / "run", config)
     model, _ = open_run(run_dir, "cpu").model("unified")
     imported = import_authors_checkpoint("rlr", path, spec)

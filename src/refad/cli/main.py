@@ -206,7 +206,7 @@ def import_authors(
 ) -> None:
     """Turn a checkpoint of the authors' code into a refad run (read with weights_only)."""
     from refad.api import build_config
-    from refad.models.authors import import_run
+    from refad.engine.imported import import_run
 
     config = build_config(method=method, data=data, root=root, backbone=backbone,
                           weights=weights, device=device, overrides=set_)

@@ -20,30 +20,20 @@ the same features for the reconstruction to mean the same thing.
 from __future__ import annotations
 
 import collections
-import json
 import pickle
 import re
 import zipfile
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from refad.errors import CheckpointError, ConfigError
 from refad.models.base import FeatureSpec, ReconstructionModel, load_state_checked
-from refad.models.blocks import integer_sine_position_embedding_2d
-from refad.models.registry import METHODS, build_model
+from refad.models.registry import build_model
 
-if TYPE_CHECKING:
-    from refad.backbones import FeatureExtractor
-    from refad.config import RunConfig
-
-# The RLR config field/value that selects the authors' integer-position sine table, used when
-# refad's RLRConfig offers it (then the table survives a save/reload). Without it the table is
-# set on the loaded model's buffers only, and `write_imported_run` refuses to write the run.
-RLR_POSITION_OPTION: tuple[str, str] = ("position_embedding", "integer")
 AUTHORS_METHODS: tuple[str, ...] = ("rlr", "uniad", "crad")
 
 Tensor = torch.Tensor
@@ -364,23 +354,6 @@ def _load_strict(model: ReconstructionModel, state: StateDict, where: str) -> No
     load_state_checked(model, state, where, " (different backbone, levels or image size?)")
 
 
-def use_integer_positions(model: ReconstructionModel) -> None:
-    """Put the authors' integer-position sine table into every RLR level's embeddings."""
-    with torch.no_grad():
-        for level in model.levels:
-            for emb in (level.input_embed, level.reference_embed):
-                table = integer_sine_position_embedding_2d(
-                    level.height, level.width, emb.pos.shape[-1]
-                )
-                emb.pos.copy_(table.to(emb.pos.dtype))
-
-
-def rlr_position_option_available() -> bool:
-    """True when refad's RLRConfig can persist the authors' positional table."""
-    name, _ = RLR_POSITION_OPTION
-    return name in METHODS["rlr"][1].model_fields
-
-
 def convert_authors_state(
     method: str,
     obj: Any,
@@ -405,8 +378,7 @@ def convert_authors_state(
         for i, sd in enumerate(raw):
             for key, value in map_keys("rlr", sd, f"{where} [level {i}]").items():
                 state[f"levels.{i}.{key}"] = value
-        if rlr_position_option_available():
-            inferred[RLR_POSITION_OPTION[0]] = RLR_POSITION_OPTION[1]
+        inferred["position_embedding"] = "integer"  # their sine table (integer positions)
     else:
         stripped, ignored = strip_wrappers(raw[0])
         inferred = (infer_uniad if method == "uniad" else infer_crad)(stripped, where)
@@ -414,8 +386,6 @@ def convert_authors_state(
     config = {**dict(model_config or {}), **inferred}  # the weights decide the structure
     model = build_model(method, spec, config)
     _load_strict(model, state, where)
-    if method == "rlr" and not rlr_position_option_available():
-        use_integer_positions(model)
     return model.eval(), model.config.model_dump(), ignored
 
 
@@ -460,130 +430,3 @@ def import_authors_checkpoint_with_report(
         epoch=epoch if isinstance(epoch, int) else None,
     )
     return model, report
-
-
-# ------------------------------------------------------------------------- refad run folder
-
-
-def _probe(spec: FeatureSpec, seed: int = 0) -> list[Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [
-        torch.randn(2, c, h, w, generator=g).abs()
-        for c, (h, w) in zip(spec.channels, spec.shapes, strict=True)
-    ]
-
-
-def check_reload(model: ReconstructionModel, where: str) -> None:
-    """Rebuild the model from its method and config alone, load its weights and compare.
-
-    This is exactly what opening the written run will do; any state the config cannot
-    express (e.g. a positional table held only in a buffer) shows up as a difference here.
-    """
-    cfg = model.config.model_dump()
-    fresh = build_model(model.method, model.spec, cfg)
-    fresh.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
-    fresh.eval()
-    param = next(model.parameters())
-    probe = [x.to(param.device, param.dtype) for x in _probe(model.spec)]
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        a = model.reconstruct(model.targets(probe))
-        b = fresh.to(param.device, param.dtype).reconstruct(fresh.targets(probe))
-    model.train(was_training)
-    for x, y in zip(a, b, strict=True):
-        if not torch.allclose(x, y, rtol=1e-4, atol=1e-5):
-            raise CheckpointError(
-                f"{where}: refad's {model.method} config cannot reproduce this import after "
-                "reloading (state outside the weights and config); not written"
-            )
-
-
-def write_imported_run(
-    model: ReconstructionModel,
-    run_dir: Path | str,
-    config: RunConfig,
-    extractor: FeatureExtractor,
-    report: ImportReport | None = None,
-) -> Path:
-    """Write an imported model as a refad run folder (config.json + unified checkpoint).
-
-    `config` is the RunConfig the run is opened with (its `model` section is replaced by the
-    imported model's config); `extractor` is the matching FeatureExtractor, whose identity is
-    recorded like a trained run's. `imported.json` records the source file and its sha256.
-    No calibration is written (no training images are seen); predictions then carry scores
-    without a decision.
-    """
-    from refad.engine.checkpoint import (
-        CheckpointMeta,
-        backbone_identity,
-        save_checkpoint,
-        spec_to_dict,
-    )
-    from refad.engine.io import write_text_atomic
-    from refad.engine.train import CONFIG_FILE
-    from refad.engine.units import UNIFIED, unit_dir
-
-    run_dir = Path(run_dir)
-    if (run_dir / CONFIG_FILE).exists():
-        raise ConfigError(f"{run_dir}: already holds a run; choose another output folder")
-    if config.method != model.method:
-        raise ConfigError(f"method: config says {config.method!r}, the model is {model.method!r}")
-    if config.train.mode != "unified":
-        raise ConfigError("train.mode: an imported checkpoint is one unified model")
-    shapes = tuple(extractor.output_shapes(config.data.image_size))
-    if (
-        tuple(extractor.channels) != tuple(model.spec.channels)
-        or shapes != tuple(model.spec.shapes)
-        or config.data.image_size != model.spec.image_size
-    ):
-        raise ConfigError(
-            f"backbone: {extractor.name} gives channels {list(extractor.channels)} / shapes "
-            f"{[list(s) for s in shapes]} at {config.data.image_size} px, the model was built for "
-            f"{list(model.spec.channels)} / {[list(s) for s in model.spec.shapes]} at "
-            f"{model.spec.image_size} px"
-        )
-    check_reload(model, str(run_dir))
-    config = config.model_copy(update={"model": model.config.model_dump()})
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(run_dir / CONFIG_FILE)
-    epoch = report.epoch if report is not None and report.epoch is not None else 0
-    meta = CheckpointMeta(
-        method=model.method,
-        epoch=epoch,
-        epochs=max(epoch, config.train.epochs),
-        spec=spec_to_dict(model.spec),
-        backbone=backbone_identity(extractor, config.data.image_size),
-        model_config=model.config.model_dump(),
-    )
-    save_checkpoint(unit_dir(run_dir, UNIFIED), model, meta)
-    if report is not None:
-        write_text_atomic(
-            run_dir / "imported.json", json.dumps(asdict(report), indent=2) + "\n"
-        )
-    return run_dir
-
-
-def import_run(
-    method: str,
-    checkpoint: Path | str,
-    run_dir: Path | str,
-    config: RunConfig,
-    device: str | torch.device = "cpu",
-) -> Path:
-    """CLI entry: build the configured backbone, import the authors' file, write the run."""
-    from refad.engine.device import resolve_device
-    from refad.engine.train import build_extractor
-
-    dev = resolve_device(device)
-    extractor = build_extractor(config, dev)
-    spec = FeatureSpec(
-        levels=tuple(extractor.levels),
-        channels=tuple(extractor.channels),
-        shapes=tuple(extractor.output_shapes(config.data.image_size)),
-        image_size=config.data.image_size,
-    )
-    model, report = import_authors_checkpoint_with_report(
-        method, checkpoint, spec, config.model or None
-    )
-    return write_imported_run(model.to(dev), run_dir, config, extractor, report)

@@ -10,9 +10,10 @@ The GPU plan puts the acceptance rows first and stops starting rows after --budg
 Measured (B6 shapes: levels [2, 3] at 256 px -> 72x32x32 and 200x16x16; Lite2: 48x32x32 and
 120x16x16; 4 layers, widths 256/512, random weights and random features - speed does not
 depend on values):
-- training images/s from cached features: the fast path (features resident on the device,
-  bf16 autocast and fused Adam on CUDA, no loader, no per-step sync) next to the plain engine
-  loop (features on the host, per-batch copy, float32, masked dense attention, sync per step);
+- training images/s from cached features: refad's loop (`engine.steps`: features resident on
+  the device, bf16 autocast and fused Adam on CUDA, no loader, no per-step sync) next to a plain
+  loop as the authors' code runs it (features on the host, per-batch copy, float32, masked
+  dense attention, sync per step);
 - feature extraction images/s (timm backbone, pretrained=False);
 - inference images/s from features (model + scoring) and end to end (backbone included);
 - batch-1 latency p50/p90 (end to end and from features);
@@ -183,7 +184,7 @@ def work_train(spec: dict[str, Any]) -> dict[str, Any]:
         total.item()
         seconds = time.perf_counter() - tic
         extra = {"cache_mib": features.nbytes / 2**20, "cached_images": n}
-    else:  # the plain engine loop: host features, per-batch copy, float32, sync per step
+    else:  # a plain loop (authors' style): host features, per-batch copy, float32, sync per step
         n = max(batch * 4, 64)
         levels = _features(spec["shapes"], n, "cpu")
         if device.type == "cuda":
@@ -542,9 +543,10 @@ def write_report(path: Path, results: list[tuple[dict, dict]], meta: dict[str, s
         f"- CPU threads used: {meta['threads']}; date: {meta['date']}",
         "- model: RLR, levels [2, 3], 256 px, 4 layers, widths 256/512, 8 heads; random weights "
         "and random features (speed does not depend on their values)",
-        "- reference = the plain engine path: masked dense SDPA, float32, host features copied "
-        "per batch, sync per step; fast = windowed LCA + cached MLKA mask, bf16 autocast on CUDA "
-        "(float32 on CPU), device-resident cache, fused Adam, fused device scoring",
+        "- reference = a plain path (authors' style): masked dense SDPA, float32, host "
+        "features copied per batch, sync per step; fast = windowed LCA + cached MLKA mask, "
+        "bf16 autocast on CUDA (float32 on CPU), device-resident cache, fused Adam, fused "
+        "device scoring",
     ]
     if meta.get("merged"):
         lines.append(f"- {meta['merged']} rows kept from an earlier run (--merge)")

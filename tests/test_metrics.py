@@ -301,11 +301,17 @@ def test_binned_equals_exact_on_floored_scores():
 
 
 # --------------------------------------------------------------------------- accumulator API
-def test_result_keys_and_ranges():
-    rng = np.random.default_rng(4)
+def small_case(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Four random 8x8 maps; images 1 and 3 normal, so image-level metrics are defined."""
+    rng = np.random.default_rng(seed)
     maps = rng.random((4, 8, 8), dtype=np.float32)
     masks = rng.random(maps.shape) > 0.7
-    masks[1::2] = False  # two normal images, so image-level metrics are defined
+    masks[1::2] = False
+    return maps, masks
+
+
+def test_result_keys_and_ranges():
+    maps, masks = small_case(4)
     res = feed(MetricAccumulator(), maps, masks)
     assert METRIC_NAMES == ("i_auroc", "i_ap", "i_f1max", "p_auroc", "p_ap", "p_f1max", "au_pro")
     assert set(res) == {*METRIC_NAMES, "i_f1_threshold", "p_f1_threshold"}
@@ -313,10 +319,7 @@ def test_result_keys_and_ranges():
 
 
 def test_input_forms_compute_again_and_reset():
-    rng = np.random.default_rng(5)
-    maps = rng.random((4, 8, 8), dtype=np.float32)
-    masks = rng.random(maps.shape) > 0.7
-    masks[1::2] = False  # two normal images, so image-level metrics are defined
+    maps, masks = small_case(5)
     want = feed(MetricAccumulator(), maps, masks)
     acc = MetricAccumulator()
     labels = masks.any(axis=(1, 2)).astype(np.int64)

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from refad.api import build_config, evaluate, fit, markdown_table
 from refad.backbones import FeatureCache
 from refad.config import RunConfig
-from refad.data import ImageDataset, read_image_rgb
+from refad.data import ImageDataset, image_tensor, read_image_rgb
 from refad.engine.evaluate import METRIC_LABELS
 from refad.engine.io import write_text_atomic
 from refad.engine.render import heatmap_rgb, normalise_map, overlay
@@ -103,8 +103,6 @@ def patch_memory_baseline(run_dir: Path, fraction: float, seed: int, device: tor
 def heatmap_montage(run_dir: Path, out_png: Path, device: torch.device) -> None:
     """Two defective test images per category: image | overlay, to look at, not to tune on."""
     from refad.engine.inference import score_images
-    from refad.engine.predict import _to_tensor
-
     run = open_run(run_dir, device)
     model, meta = run.model("unified")
     calib = meta.calibration or {}
@@ -113,7 +111,7 @@ def heatmap_montage(run_dir: Path, out_png: Path, device: torch.device) -> None:
         bad = [s for s in group if s.label == 1][:2]
         for s in bad:
             img = np.asarray(Image.fromarray(read_image_rgb(s.image)).resize((160, 160)))
-            x = _to_tensor(img, run.config.data.image_size, run.extractor.mean, run.extractor.std)
+            x = image_tensor(img, run.config.data.image_size, run.extractor.mean, run.extractor.std)
             amap = score_images(run.extractor, model, x[None].to(device)).maps[0].float().cpu()
             amap = np.asarray(Image.fromarray(amap.numpy(), mode="F").resize((160, 160)))
             heat = heatmap_rgb(normalise_map(amap, calib["map_floor"], calib["map_ceiling"]))
@@ -123,10 +121,6 @@ def heatmap_montage(run_dir: Path, out_png: Path, device: torch.device) -> None:
                 mask[np.asarray(m) > 127] = 255
             tiles.append(np.concatenate([img, mask, overlay(img, heat)], axis=1))
     Image.fromarray(np.concatenate(tiles, axis=0)).save(out_png)
-
-
-def fmt_table(title: str, result: dict) -> str:
-    return f"### {title}\n\n{markdown_table(result)}\n"
 
 
 def describe_schedule(cfg: RunConfig, n_train: int) -> str:

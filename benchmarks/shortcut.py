@@ -30,7 +30,13 @@ from machine import kept_notes
 from PIL import Image
 
 from refad.api import build_config, evaluate, fit
-from refad.data import DEFAULT_CATEGORIES, defect_types, make_demo_dataset, render_sample
+from refad.data import (
+    DEFAULT_CATEGORIES,
+    defect_types,
+    image_tensor,
+    make_demo_dataset,
+    render_sample,
+)
 from refad.engine.io import write_text_atomic
 from refad.engine.render import heatmap_rgb, normalise_map
 from refad.engine.run import open_run
@@ -38,13 +44,6 @@ from refad.models.scoring import mse_cosine_map, upsample_maps
 
 VARIANTS = {"rlr": ("RLR (no residual, as published)", False),
             "residual": ("RLR + residual (shortcut restored)", True)}
-
-
-def to_input(image: np.ndarray, mean, std) -> torch.Tensor:
-    x = torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1)
-    m = torch.tensor(mean)[:, None, None]
-    s = torch.tensor(std)[:, None, None]
-    return ((x - m) / s)[None]
 
 
 def level_mean(maps: list[torch.Tensor], size: int) -> np.ndarray:
@@ -71,8 +70,9 @@ def measure(run_dir: Path, size: int, n_per_defect: int, seed: int) -> tuple[dic
     model, _ = run.model("unified")
     contrasts, copies, examples, seen = [], [], [], set()
     for category, bad, clean, mask in twin_pairs(size, n_per_defect, seed):
-        f_bad = run.extractor(to_input(bad, run.extractor.mean, run.extractor.std))
-        f_clean = run.extractor(to_input(clean, run.extractor.mean, run.extractor.std))
+        mean, std = run.extractor.mean, run.extractor.std
+        f_bad = run.extractor(image_tensor(bad, size, mean, std)[None])
+        f_clean = run.extractor(image_tensor(clean, size, mean, std)[None])
         r_bad, r_clean = model.reconstruct(f_bad), model.reconstruct(f_clean)
         error = level_mean([mse_cosine_map(r, f) for r, f in zip(r_bad, f_bad, strict=True)], size)
         moved_rec = level_mean([(a - b).norm(dim=1) for a, b in zip(r_bad, r_clean, strict=True)],

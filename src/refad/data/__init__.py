@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from refad.data.dataset import ImageDataset, samples_fingerprint
+from refad.data.dataset import ImageDataset, image_tensor, samples_fingerprint
 from refad.data.folder import folder_samples
 from refad.data.images import IMAGE_EXTENSIONS, image_size, read_image_rgb, read_mask
 from refad.data.mvtec import list_mvtec_categories, mvtec_samples
@@ -45,6 +45,7 @@ __all__ = [
     "LAYOUTS",
     "SYNTHETIC_CATEGORIES",
     "ImageDataset",
+    "image_tensor",
     "Sample",
     "defect_types",
     "find_mask",

@@ -26,6 +26,19 @@ def _channel_triplet(name: str, values: Sequence[float]) -> np.ndarray:
     return arr
 
 
+def image_tensor(
+    rgb: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (3, size, size) float32: bilinear resize, (x/255 - mean) / std.
+
+    The one preprocessing of every image refad scores (training, evaluation, prediction).
+    """
+    resized = Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR)
+    arr = np.asarray(resized, dtype=np.float32) / 255.0
+    arr = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
 class ImageDataset(Dataset):
     """Images resized to ``size`` x ``size`` (PIL bilinear) and normalised per channel.
 
@@ -53,13 +66,6 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _image_tensor(self, rgb: np.ndarray) -> torch.Tensor:
-        side = self.size
-        resized = Image.fromarray(rgb).resize((side, side), Image.Resampling.BILINEAR)
-        arr = np.asarray(resized, dtype=np.float32) / 255.0
-        arr = (arr - self.mean) / self.std
-        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-
     def _mask_tensor(self, sample: Sample, hw: tuple[int, int]) -> torch.Tensor:
         side = self.size
         if sample.mask is None:
@@ -80,7 +86,7 @@ class ImageDataset(Dataset):
         sample = self.samples[index]
         rgb = read_image_rgb(sample.image)
         return {
-            "image": self._image_tensor(rgb),
+            "image": image_tensor(rgb, self.size, self.mean, self.std),
             "mask": self._mask_tensor(sample, (rgb.shape[0], rgb.shape[1])),
             "label": int(sample.label),
             "category": sample.category,

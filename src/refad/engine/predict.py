@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from refad.data import read_image_rgb
+from refad.data import image_tensor, read_image_rgb
 from refad.engine.inference import score_images
 from refad.engine.io import write_atomic, write_text_atomic
 from refad.engine.render import heatmap_rgb, normalise_map, overlay, resize_map
@@ -59,14 +59,6 @@ def collect_images(inputs: Sequence[Path]) -> list[Path]:
         else:
             raise DataError(f"{item}: no such file or folder")
     return found
-
-
-def _to_tensor(image: np.ndarray, size: int, mean, std) -> torch.Tensor:
-    pil = Image.fromarray(image).resize((size, size), Image.BILINEAR)
-    x = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-    s = torch.tensor(std, dtype=torch.float32)[:, None, None]
-    return (x - m) / s
 
 
 def _save_png(path: Path, array: np.ndarray) -> None:
@@ -119,7 +111,7 @@ def predict_run(
                 report.failures.append(str(exc))
         if not images:
             continue
-        batch = torch.stack([_to_tensor(im, size, run.extractor.mean, run.extractor.std)
+        batch = torch.stack([image_tensor(im, size, run.extractor.mean, run.extractor.std)
                              for im in images]).to(run.device)
         scores = score_images(run.extractor, model, batch, amp)
         maps = scores.maps.float().cpu().numpy()

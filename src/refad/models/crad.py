@@ -17,15 +17,14 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from refad.config_base import StrictModel
-from refad.models.base import FeatureSpec, ReconstructionModel, Scores
+from refad.models.base import FeatureSpec, Scores
 from refad.models.blocks import (
     MobileBottleneck,
     Noise,
-    concat_on_grid,
     draw_normal,
     draw_uniform,
-    grid_index,
 )
+from refad.models.grid import GridReconstructionModel
 from refad.models.scoring import avg_pool_max_score, l2_map, upsample_maps
 
 
@@ -139,7 +138,7 @@ class CRADNetwork(nn.Module):
         return self.recover(self.fusion(self.read_memory(local, glob)))
 
 
-class CRAD(ReconstructionModel):
+class CRAD(GridReconstructionModel):
     """CRAD over the concatenation of the levels on the finest requested grid."""
 
     method = "crad"
@@ -147,8 +146,6 @@ class CRAD(ReconstructionModel):
     def __init__(self, spec: FeatureSpec, config: CRADConfig | None = None) -> None:
         config = config or CRADConfig()
         super().__init__(spec, config)
-        idx = grid_index(spec, config.grid_level, "model.grid_level")
-        self.grid = tuple(spec.shapes[idx])
         self.net = CRADNetwork(sum(spec.channels), *self.grid, config)
 
     def parameter_groups(self, lr: float) -> list[dict]:
@@ -157,9 +154,6 @@ class CRAD(ReconstructionModel):
         ids = {id(p) for p in grids}
         rest = [p for p in self.parameters() if id(p) not in ids and p.requires_grad]
         return [{"params": rest, "lr": lr}, {"params": grids, "lr": self.config.grid_lr}]
-
-    def targets(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [concat_on_grid(levels, self.grid)]
 
     def _noise(self, target: torch.Tensor, generator: Noise) -> torch.Tensor | None:
         """Coordinate noise for one training step: with probability noise_prob, else none.
@@ -188,13 +182,6 @@ class CRAD(ReconstructionModel):
         """Refined reconstructions rec' (what the loss and the maps use)."""
         (target,) = targets
         return [refine(self.raw_reconstruction(target, generator), target, self.config)]
-
-    def loss(
-        self, levels: list[torch.Tensor], generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        targets = self.targets(levels)
-        (rec,) = self.reconstruct(targets, generator)
-        return F.mse_loss(rec, targets[0])
 
     def score_reconstruction(
         self, targets: list[torch.Tensor], recs: list[torch.Tensor]

@@ -14,26 +14,24 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
 from refad.config_base import StrictModel
 from refad.errors import ConfigError
-from refad.models.base import FeatureSpec, ReconstructionModel, Scores
+from refad.models.base import FeatureSpec, Scores
 from refad.models.blocks import (
     LearnedPositionEmbedding2d,
     MultiHeadAttention,
     PostNormEncoderLayer,
-    concat_on_grid,
     feature_jitter,
     feed_forward,
-    grid_index,
     neighbourhood_mask,
     sine_position_embedding_2d,
     to_map,
     to_tokens,
 )
+from refad.models.grid import GridReconstructionModel
 from refad.models.scoring import avg_pool_max_score, l2_map, upsample_maps
 
 
@@ -171,7 +169,7 @@ class UniADNetwork(nn.Module):
         return self.output_proj(self.decoder_norm(out))
 
 
-class UniAD(ReconstructionModel):
+class UniAD(GridReconstructionModel):
     """UniAD over the concatenation of all levels on one grid (one network, one target)."""
 
     method = "uniad"
@@ -179,12 +177,7 @@ class UniAD(ReconstructionModel):
     def __init__(self, spec: FeatureSpec, config: UniADConfig | None = None) -> None:
         config = config or UniADConfig()
         super().__init__(spec, config)
-        idx = grid_index(spec, config.grid_level, "model.grid_level")
-        self.grid = tuple(spec.shapes[idx])
         self.net = UniADNetwork(sum(spec.channels), *self.grid, config)
-
-    def targets(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [concat_on_grid(levels, self.grid)]
 
     def reconstruct(
         self, targets: list[torch.Tensor], generator: torch.Generator | None = None
@@ -196,13 +189,6 @@ class UniAD(ReconstructionModel):
                 tokens, self.config.jitter_scale, self.config.jitter_prob, generator=generator
             )
         return [to_map(self.net(tokens), *self.grid)]
-
-    def loss(
-        self, levels: list[torch.Tensor], generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        targets = self.targets(levels)
-        (rec,) = self.reconstruct(targets, generator)
-        return F.mse_loss(rec, targets[0])
 
     def score_reconstruction(
         self, targets: list[torch.Tensor], recs: list[torch.Tensor]

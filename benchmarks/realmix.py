@@ -206,7 +206,8 @@ def render(report: dict, notes: str) -> str:
     for label, entry in rows:
         mean = entry["result"]["mean"]
         secs = entry["seconds"]
-        train_s = f"{secs['train']:.0f}" if isinstance(secs, dict) else "-"
+        timed = isinstance(secs, dict) and secs.get("train") is not None
+        train_s = f"{secs['train']:.0f}" if timed else "-"
         eval_s = secs["eval"] if isinstance(secs, dict) else secs
         schedule = entry.get("schedule", f"{entry.get('bank_fraction', 0):.0%} random bank")
         lines.append(
@@ -216,13 +217,16 @@ def render(report: dict, notes: str) -> str:
         )
     lines.append("")
     for _, entry in runs:
+        train_s = entry["seconds"]["train"]
+        wall = (f"training {train_s:.0f} s (feature extraction included), " if train_s is not None
+                else "training: see the note, ")
         lines += [
             f"## {run_label(entry)}, {entry['schedule'].split(',')[0]}\n",
             f"- Command: `{entry['command']}`",
             f"- Schedule: {entry['schedule']}.",
             f"- Hardware: {entry['hardware']}.",
-            f"- Wall time: training {entry['seconds']['train']:.0f} s (feature extraction "
-            f"included), evaluation {entry['seconds']['eval']:.0f} s.",
+            f"- Wall time: {wall}evaluation {entry['seconds']['eval']:.0f} s.",
+            *([f"- Note: {entry['note']}."] if entry.get("note") else []),
             f"- Heatmaps (image | ground truth | overlay), two defects per category: "
             f"`{entry['heatmaps']}`",
             "",
@@ -272,7 +276,7 @@ def path_fidelity(report: dict) -> list[str]:
         a, b = fast["result"]["mean"], entry["result"]["mean"]
         worst = max(abs(100 * (a[n] - b[n])) for n in METRIC_NAMES)
         lines += [
-            f"## Fast path vs reference path, trained alike ({entry['schedule'].split(';')[0]}, "
+            f"## Fast path vs reference path, trained alike ({entry['schedule'].split(', seed')[0]}, "
             "same seed)\n",
             "| attention path | " + " | ".join(METRIC_LABELS[n] for n in METRIC_NAMES) + " |",
             "|---|" + "---:|" * len(METRIC_NAMES),

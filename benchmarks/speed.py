@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine import kept_notes
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = (2, 3)
@@ -621,7 +622,7 @@ def write_report(path: Path, results: list[tuple[dict, dict]], meta: dict[str, s
         "peak 5.2 GiB.",
         "",
     ]
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines) + "\n" + kept_notes(path))
 
 
 # -------------------------------------------------------------------------------------- main

@@ -1,12 +1,16 @@
 """Unified RLR, UniAD and CRAD on realmix (all four categories, ONE model each), Lite2 backbone.
 
-One method per invocation; its results are merged into `realmix.json`, and `realmix.md` is
-rendered from all stored methods (a summary row each, then the seven metrics per category and
-their mean, the command, the schedule, the hardware and the wall time), plus a 1-NN
-patch-memory baseline on RLR's features. Runs unchanged on CPU or GPU:
+One run per invocation, stored in `realmix.json` under its method, schedule and attention path
+(`rlr-e50-b16`, `rlr-e50-b16-ref`, ...); `realmix.md` is rendered from every stored run (a
+summary row each, then the seven metrics per category and their mean, the command, the
+schedule, the hardware and the wall time), plus a 1-NN patch-memory baseline on RLR's
+features, the anchor comparison and the fast-vs-reference training comparison. Runs unchanged
+on CPU or GPU:
 
     python benchmarks/realmix.py --root ../shared/data/realmix --device cpu --epochs 1
     python benchmarks/realmix.py --root DATA --device cuda --epochs 50 --batch-size 16
+    python benchmarks/realmix.py --root DATA --device cuda --epochs 50 --batch-size 16 \
+        --attention reference
     python benchmarks/realmix.py --root DATA --device cuda --method uniad
 
 Text from the "## Reading these figures" heading on of an existing report is kept. The model is
@@ -275,9 +279,9 @@ def path_fidelity(report: dict) -> list[str]:
             continue
         a, b = fast["result"]["mean"], entry["result"]["mean"]
         worst = max(abs(100 * (a[n] - b[n])) for n in METRIC_NAMES)
+        schedule = entry["schedule"].split(", seed")[0]
         lines += [
-            f"## Fast path vs reference path, trained alike ({entry['schedule'].split(', seed')[0]}, "
-            "same seed)\n",
+            f"## Fast path vs reference path, trained alike ({schedule}, same seed)\n",
             "| attention path | " + " | ".join(METRIC_LABELS[n] for n in METRIC_NAMES) + " |",
             "|---|" + "---:|" * len(METRIC_NAMES),
             "| fast (windowed LCA, cached MLKA mask) | "

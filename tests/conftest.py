@@ -5,12 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from refad.config import RunConfig, apply_overrides
 from refad.data import make_demo_dataset
 from refad.presets import preset
 
 TINY_MODEL = ['model.num_layers=1', 'model.hidden_dims=[32, 64]', 'model.num_heads=4']
+
+# A few-thousand-parameter model config per method, for tests on random features.
+SMALL_MODELS: dict[str, dict] = {
+    "rlr": {"num_layers": 2, "hidden_dims": [16, 32], "num_heads": 4},
+    "uniad": {"hidden_dim": 32, "num_heads": 4, "num_encoder_layers": 1,
+              "num_decoder_layers": 1, "ffn_dim": 64, "neighbour_window": 3},
+    "crad": {"num_blocks": 1, "expansion": 24},
+}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative L2 error of `a` against `b`, in float32 on the CPU (any dtypes or devices)."""
+    a, b = a.float().cpu(), b.float().cpu()
+    return ((a - b).norm() / b.norm()).item()
 
 
 def tiny_config(root: Path, *extra: str, epochs: int = 2) -> RunConfig:

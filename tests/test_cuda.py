@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import SMALL_MODELS, rel_err, tiny_config
 
 from refad.engine.evaluate import evaluate
 from refad.engine.inference import score_levels
@@ -22,18 +22,6 @@ from refad.models.registry import build_model
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 
 SPEC = FeatureSpec((2, 3), (12, 20), ((8, 8), (4, 4)), 32)
-SMALL = {
-    "rlr": {"num_layers": 2, "hidden_dims": [16, 32], "num_heads": 4},
-    "uniad": {"hidden_dim": 32, "num_heads": 4, "num_encoder_layers": 1,
-              "num_decoder_layers": 1, "ffn_dim": 64, "neighbour_window": 3},
-    "crad": {"num_blocks": 1, "expansion": 24},
-}
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float().cpu() - b.float().cpu()).norm() / b.float().cpu().norm()).item()
-
-
 @pytest.fixture(autouse=True)
 def _strict_float32():
     """TF32 matmuls would make CUDA differ from the CPU by ~1e-3: tests compare true fp32."""
@@ -43,10 +31,10 @@ def _strict_float32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
-@pytest.mark.parametrize("method", sorted(SMALL))
+@pytest.mark.parametrize("method", sorted(SMALL_MODELS))
 def test_scores_on_cuda_equal_cpu(method: str) -> None:
     torch.manual_seed(0)
-    model = build_model(method, SPEC, SMALL[method]).eval()
+    model = build_model(method, SPEC, SMALL_MODELS[method]).eval()
     g = torch.Generator().manual_seed(1)
     feats = [torch.randn(3, c, h, w, generator=g).abs()
              for c, (h, w) in zip(SPEC.channels, SPEC.shapes, strict=True)]
@@ -83,7 +71,7 @@ def test_training_on_cuda_runs_and_reloads_on_cpu(demo_root: Path, tmp_path: Pat
 
 def test_amp_scoring_on_cuda_close_to_float32() -> None:
     torch.manual_seed(0)
-    model = build_model("rlr", SPEC, SMALL["rlr"]).eval().to("cuda")
+    model = build_model("rlr", SPEC, SMALL_MODELS["rlr"]).eval().to("cuda")
     g = torch.Generator().manual_seed(2)
     feats = [torch.randn(2, c, h, w, generator=g).abs().to("cuda")
              for c, (h, w) in zip(SPEC.channels, SPEC.shapes, strict=True)]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SMALL_MODELS, rel_err
 from safetensors.torch import load_file
 
 import refad.models.blocks.embedding as embedding_module
@@ -29,10 +30,6 @@ from refad.models.blocks import (
 )
 from refad.models.registry import build_model
 from refad.models.rlr import RLR, RLRConfig
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
 
 
 def levels_for(spec: FeatureSpec, batch: int, seed: int = 0) -> list[torch.Tensor]:
@@ -105,7 +102,7 @@ SPECS = {
 
 def model_pair(spec: FeatureSpec, **kw) -> tuple[RLR, RLR]:
     torch.manual_seed(0)
-    config = RLRConfig(num_layers=2, hidden_dims=[16, 32], num_heads=4, **kw)
+    config = RLRConfig(**SMALL_MODELS["rlr"], **kw)
     fast = RLR(spec, config)
     return fast, fast.with_attention_impl("reference")
 
@@ -184,7 +181,7 @@ def test_masks_and_positions_are_built_once_per_shape(monkeypatch: pytest.Monkey
         embedding_module, "position_table", counting("pos", embedding_module.position_table)
     )
     spec = SPECS["square"]
-    model = RLR(spec, RLRConfig(num_layers=2, hidden_dims=[16, 32], num_heads=4)).eval()
+    model = RLR(spec, RLRConfig(**SMALL_MODELS["rlr"])).eval()
     built = dict(counts)
     assert built == {"mask": 2, "table": 2, "pos": 4}  # per level: one mask, one table, 2 pos
     net = model.levels[0]
@@ -312,11 +309,8 @@ def test_every_method_scores_a_bf16_reconstruction_in_float32(method: str) -> No
     """The split score (reconstruct, then the method's score rules) holds for every method,
     so `--amp` reaches UniAD and CRAD too, not only RLR."""
     spec = FeatureSpec((2, 3), (6, 10), ((8, 8), (4, 4)), 64)
-    small = {"uniad": {"hidden_dim": 32, "num_heads": 4, "num_encoder_layers": 1,
-                       "num_decoder_layers": 1, "ffn_dim": 64, "neighbour_window": 3},
-             "crad": {"num_blocks": 1, "expansion": 24}}[method]
     torch.manual_seed(0)
-    model = build_model(method, spec, small).eval()
+    model = build_model(method, spec, SMALL_MODELS[method]).eval()
     feats = levels_for(spec, batch=2)
     with torch.inference_mode():
         expected = model.score(feats)

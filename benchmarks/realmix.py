@@ -144,35 +144,8 @@ def run_key(method: str, epochs: int, batch: int, attention: str = "fast") -> st
 
 
 def load_report(path: Path) -> dict:
-    """The stored results, keyed by `run_key`; older layouts are read into that shape."""
-    if not path.exists():
-        return {"runs": {}}
-    data = json.loads(path.read_text())
-    if "runs" in data:
-        return data
-    if "methods" not in data:  # the first layout: one RLR run + the baseline at top level
-        data = {
-            "methods": {"rlr": {
-                "command": data["command"], "result": data["rlr"],
-                "seconds": {"train": data["seconds"]["train"], "eval": data["seconds"]["eval"]},
-                "backbone": "tf_efficientnet_lite2", "levels": [2, 3], "image_size": 256,
-                "schedule": "1 epoch, batch 4, adam lr 0.0001, seed 3407; 1118 training images "
-                            "(1118 image-steps)",
-                "hardware": "AMD EPYC, 2 threads, torch 2.14.1+cu130",
-                "heatmaps": "realmix_heatmaps.png",
-            }},
-            "patch_memory": {"command": data["command"], "result": data["patch_memory"],
-                             "seconds": data["seconds"]["baseline"], "levels": [2, 3],
-                             "image_size": 256, "bank_fraction": 0.05},
-        }
-    runs = {}
-    for method, entry in data["methods"].items():  # one run per method: key from its schedule
-        epochs, batch = re.match(r"(\d+) epochs?, batch (\d+)", entry["schedule"]).groups()
-        runs[run_key(method, int(epochs), int(batch))] = {"method": method, **entry}
-    out = {"runs": runs}
-    if "patch_memory" in data:
-        out["patch_memory"] = data["patch_memory"]
-    return out
+    """The stored results: {"runs": {run_key: entry}, "patch_memory": entry}."""
+    return json.loads(path.read_text()) if path.exists() else {"runs": {}}
 
 
 def ordered_runs(report: dict) -> list[tuple[str, dict]]:
@@ -191,7 +164,7 @@ def run_label(entry: dict) -> str:
 
 
 def render(report: dict, notes: str) -> str:
-    """The Markdown report: one summary row per method, then per-category tables."""
+    """The Markdown report: one summary row per run, then per-category tables."""
     runs = ordered_runs(report)
     lines = [
         "# realmix: unified models (one model for all 4 categories), Lite2 backbone\n",

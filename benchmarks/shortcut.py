@@ -69,9 +69,9 @@ def measure(run_dir: Path, size: int, n_per_defect: int, seed: int,
     """Contrast and copy ratio on defect/twin pairs, plus the first pair of each category."""
     run = open_run(run_dir, device)
     model, _ = run.model("unified")
+    mean, std = run.extractor.mean, run.extractor.std
     contrasts, copies, examples, seen = [], [], [], set()
     for category, bad, clean, mask in twin_pairs(size, n_per_defect, seed):
-        mean, std = run.extractor.mean, run.extractor.std
         f_bad = run.extractor(image_tensor(bad, size, mean, std)[None].to(device))
         f_clean = run.extractor(image_tensor(clean, size, mean, std)[None].to(device))
         r_bad, r_clean = model.reconstruct(f_bad), model.reconstruct(f_clean)

@@ -111,10 +111,10 @@ def montage(examples: dict[str, list], out_png: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--n-train", type=int, default=24)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=3407)
     p.add_argument("--pairs-per-defect", type=int, default=4)
     p.add_argument("--jitter", default="4,0",
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                            f"model.jitter_scale={jitter:g}"],
             )
             suffix = "" if jitter == 4 else f"-j{jitter:g}"
-            run_dir = args.work / f"{key}-s{args.size}-e{args.epochs}{suffix}"
+            run_dir = args.work / f"{key}-s{args.size}-e{args.epochs}-lr{args.lr:g}{suffix}"
             t0 = time.perf_counter()
             fit(cfg, run_dir, resume=(run_dir / "config.json").exists(), progress=False)
             metrics = evaluate(run_dir, device=args.device, progress=False)["mean"]

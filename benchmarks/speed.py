@@ -166,8 +166,13 @@ def work_train(spec: dict[str, Any]) -> dict[str, Any]:
     noise = torch.Generator(device=device).manual_seed(0)
     if spec["path"] == "fast":
         from refad.config import RunConfig
-        from refad.engine.fast import compiled_loss
-        from refad.engine.steps import STORAGE_DTYPES, DeviceFeatures, make_optimizer, train_steps
+        from refad.engine.steps import (
+            STORAGE_DTYPES,
+            DeviceFeatures,
+            compiled_loss,
+            make_optimizer,
+            train_steps,
+        )
 
         n = spec["cached"]
         storage = STORAGE_DTYPES[spec["storage"]]

@@ -71,6 +71,10 @@ class TrainConfig(StrictModel):
     amp: bool = False
     # dtype of the cached features held on the training device ("float16" halves the memory)
     feature_storage: Literal["float32", "float16", "bfloat16"] = "float32"
+    # torch.compile of the training loss (forward and backward): "none" runs eagerly; on CUDA,
+    # "reduce-overhead" adds CUDA graphs (the eager step is bound by kernel launches). The
+    # jitter's generator draws stay eager, so the noise stream is the same in every mode.
+    compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
 
 
 class RunConfig(StrictModel):

@@ -1,7 +1,8 @@
 """Fast scoring on the device, and the helpers the speed benchmark shares with it.
 
 Training needs nothing here: `engine.steps` already trains from device-resident cached
-features with device-side jitter, fused Adam on CUDA and (with `train.amp`) bf16 autocast.
+features with device-side jitter, fused Adam on CUDA, (with `train.amp`) bf16 autocast and
+(with `train.compile`) a compiled loss.
 Scoring reconstructs under bf16 autocast (CUDA) but computes the maps, the upsampling, the
 Gaussian filter and the max in float32 on the same device, optionally through `torch.compile`.
 """
@@ -15,20 +16,8 @@ import torch
 
 from refad.engine.device import amp_active, autocast
 from refad.engine.inference import score_levels
-from refad.engine.steps import LossFn
 from refad.errors import ConfigError
 from refad.models.base import ReconstructionModel, Scores
-
-
-def compiled_loss(model: ReconstructionModel, mode: str | None) -> LossFn:
-    """`model.loss`, through `torch.compile` when a mode is given.
-
-    The jitter draws from a torch.Generator, which dynamo does not trace: it runs eagerly
-    between compiled pieces (same values, same generator stream).
-    """
-    if mode is None:
-        return model.loss
-    return torch.compile(model.loss, mode=mode)
 
 
 class FastScorer:

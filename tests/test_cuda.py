@@ -85,14 +85,15 @@ def test_amp_scoring_on_cuda_close_to_float32() -> None:
     assert 0 < rel_err(half.maps, full.maps) < 1e-2
 
 
-def test_compiled_cuda_graph_training_equals_eager(demo_root: Path, tmp_path: Path) -> None:
-    """train.compile=reduce-overhead (compiled forward/backward replayed as CUDA graphs) trains
-    the same weights as eager CUDA training (key biases excepted: their true gradient is 0)."""
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_training_on_cuda_equals_eager(demo_root: Path, tmp_path: Path, mode: str) -> None:
+    """train.compile (default: fused kernels; reduce-overhead: also replayed as CUDA graphs)
+    trains the same weights as eager CUDA training (key biases excepted: true gradient 0)."""
     weights = {}
-    for mode in ("none", "reduce-overhead"):
-        fit(tiny_config(demo_root, "device=cuda", f"train.compile={mode}"), tmp_path / mode,
+    for name in ("none", mode):
+        fit(tiny_config(demo_root, "device=cuda", f"train.compile={name}"), tmp_path / name,
             progress=False)
-        weights[mode] = load_file(str(tmp_path / mode / "model.safetensors"))
-    eager, graphed = weights["none"], weights["reduce-overhead"]
+        weights[name] = load_file(str(tmp_path / name / "model.safetensors"))
+    eager, graphed = weights["none"], weights[mode]
     shaping = [k for k in eager if not k.endswith("k_proj.bias")]
     assert max(rel_err(graphed[k], eager[k]) for k in shaping) < 1e-4

@@ -19,7 +19,7 @@ from refad.engine.checkpoint import read_meta
 from refad.engine.device import cpu_threads, set_cpu_threads
 from refad.engine.fast import FastScorer
 from refad.engine.inference import score_levels
-from refad.engine.steps import DeviceFeatures
+from refad.engine.steps import DeviceFeatures, compiled_loss
 from refad.engine.train import train_unit
 from refad.errors import ConfigError
 from refad.models.base import FeatureSpec
@@ -259,6 +259,20 @@ def test_compiled_training_matches_eager_on_cpu(tmp_path: Path) -> None:
     assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-5)
     with pytest.raises(ConfigError, match="train.compile"):
         apply_overrides(RunConfig(), ["train.compile=fastest"])
+
+
+def test_compiled_loss_keeps_graph_tensors_out_of_the_mask_cache() -> None:
+    """A mask made inside a compiled graph is not cached: CUDA-graph replay reuses the memory
+    of a graph's tensors, so a cached one was overwritten by the next step (seen on an H100).
+    Eager calls still cache theirs, and both give the same loss."""
+    spec = SPECS["square"]
+    model = RLR(spec, RLRConfig(**SMALL_MODELS["rlr"])).train()
+    feats = levels_for(spec, batch=2)
+    loss = compiled_loss(model, "default")(feats, generator=torch.Generator().manual_seed(0))
+    assert all(net._bias_cache == {} for net in model.levels)
+    eager = model.loss(feats, torch.Generator().manual_seed(0))
+    assert all(len(net._bias_cache) == 1 for net in model.levels)
+    assert loss.item() == pytest.approx(eager.item(), rel=1e-5)
 
 
 def test_device_features_16_bit_storage_returns_float32() -> None:

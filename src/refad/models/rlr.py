@@ -169,13 +169,19 @@ class RLRLevel(nn.Module):
         return super()._apply(fn, recurse)
 
     def outside_bias(self, dtype: torch.dtype) -> torch.Tensor:
-        """Additive MLKA mask (0 outside the window, -inf inside), cached per device and dtype."""
+        """Additive MLKA mask (0 outside the window, -inf inside), cached per device and dtype.
+
+        Only eager calls fill the cache. Inside torch.compile the mask is built in the graph
+        (a constant fill the compiler folds): a tensor made there belongs to the graph, and
+        CUDA-graph replay would overwrite a cached copy on the next step.
+        """
         key = (self.window_mask.device, dtype)
         bias = self._bias_cache.get(key)
         if bias is None:
             bias = torch.zeros(self.window_mask.shape, device=key[0], dtype=dtype)
-            bias.masked_fill_(self.window_mask, float("-inf"))
-            self._bias_cache[key] = bias
+            bias = bias.masked_fill(self.window_mask, float("-inf"))
+            if not torch.compiler.is_compiling():
+                self._bias_cache[key] = bias
         return bias
 
     def masks(self, y: torch.Tensor) -> WindowMasks:

@@ -125,8 +125,8 @@ def test_aggregation_is_avg_pool_of_raw_timm_features() -> None:
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         ref_raw = reference(x)
-    # the extractor runs channels-last (NHWC) convolutions: same sums in another order
-    assert raw.model.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    # on the CPU the extractor runs channels-last (NHWC) convolutions: the same sums in
+    # another order, so equal to float tolerance
     for r, g_raw in zip(ref_raw, raw(x), strict=True):
         assert g_raw.is_contiguous()  # handed back in the standard layout
         assert rel_err(g_raw, r) < 1e-5

@@ -107,13 +107,15 @@ def model_pair(spec: FeatureSpec, **kw) -> tuple[RLR, RLR]:
     return fast, fast.with_attention_impl("reference")
 
 
+@pytest.mark.parametrize("impl", ["fast", "windowed"])
 @pytest.mark.parametrize("kind", ["rlr", "lca", "mlka"])
 @pytest.mark.parametrize("spec_name", sorted(SPECS))
-def test_fast_maps_match_reference(spec_name: str, kind: str) -> None:
+def test_fast_maps_match_reference(spec_name: str, kind: str, impl: str) -> None:
     spec = SPECS[spec_name]
     # window 5 on a 7x9 map and 3 on 3x5: every query's window is clipped somewhere
-    fast, ref = model_pair(spec, attention=kind, windows={9: 5, 8: 5, 5: 3, 4: 3})
-    assert fast.config.attention_impl == "fast" and ref.config.attention_impl == "reference"
+    windows = {9: 5, 8: 5, 5: 3, 4: 3}
+    fast, ref = model_pair(spec, attention=kind, windows=windows, attention_impl=impl)
+    assert fast.config.attention_impl == impl and ref.config.attention_impl == "reference"
     feats = levels_for(spec, batch=3)
     a, b = fast.eval().score(feats), ref.eval().score(feats)
     assert a.maps.shape == (3, spec.image_size, spec.image_size)
@@ -121,9 +123,10 @@ def test_fast_maps_match_reference(spec_name: str, kind: str) -> None:
     assert rel_err(a.image, b.image) < 1e-5
 
 
-def test_fast_gradients_match_reference() -> None:
+@pytest.mark.parametrize("impl", ["fast", "windowed"])
+def test_fast_gradients_match_reference(impl: str) -> None:
     spec = SPECS["odd"]
-    fast, ref = model_pair(spec, windows={9: 5, 5: 3})
+    fast, ref = model_pair(spec, windows={9: 5, 5: 3}, attention_impl=impl)
     feats = levels_for(spec, batch=2)
     loss_f = fast.train().loss(feats, torch.Generator().manual_seed(5))
     loss_r = ref.train().loss(feats, torch.Generator().manual_seed(5))
@@ -140,6 +143,18 @@ def test_fast_gradients_match_reference() -> None:
     floor = 1e-6 * flat_r.norm()
     for name, gr in grads_r.items():
         assert (grads_f[name] - gr).norm() <= 1e-4 * gr.norm() + floor, name
+
+
+def test_fast_lca_is_dense_off_cuda_and_windowed_on_request() -> None:
+    """"fast" picks per device: on the CPU, LCA is a dense SDPA with an additive mask (faster
+    there than thousands of tiny window matmuls); "windowed" gathers the windows anywhere."""
+    spec = SPECS["square"]
+    tokens = torch.zeros(1, 64, SMALL_MODELS["rlr"]["hidden_dims"][0])  # level 0: 8 x 8 grid
+    fast = RLR(spec, RLRConfig(**SMALL_MODELS["rlr"])).levels[0].masks(tokens)
+    windowed = RLR(spec, RLRConfig(**SMALL_MODELS["rlr"], attention_impl="windowed"))
+    masks = windowed.levels[0].masks(tokens)
+    assert fast.inside_bias is not None and fast.outside_bias is not None
+    assert masks.inside_bias is None and masks.outside_bias is not None
 
 
 def test_state_dict_is_the_same_for_both_paths() -> None:
@@ -187,13 +202,15 @@ def test_masks_and_positions_are_built_once_per_shape(monkeypatch: pytest.Monkey
     net = model.levels[0]
     with torch.inference_mode():
         model.score(levels_for(spec, batch=2))
-        bias = net._bias_cache[(torch.device("cpu"), torch.float32)]
+        outside = net._bias_cache[(torch.device("cpu"), torch.float32, False)]
         model.score(levels_for(spec, batch=5))
         model.reconstruct(levels_for(spec, batch=1))
     assert counts == built  # nothing rebuilt by any forward, whatever the batch
-    assert len(net._bias_cache) == 1
-    assert net.outside_bias(torch.float32) is bias
-    assert torch.equal(torch.isinf(bias), net.window_mask)  # -inf exactly inside the window
+    assert len(net._bias_cache) == 2  # MLKA's mask and, off CUDA, the dense LCA's
+    assert net.additive_mask(torch.float32, inside=False) is outside
+    assert torch.equal(torch.isinf(outside), net.window_mask)  # -inf exactly inside the window
+    inside = net._bias_cache[(torch.device("cpu"), torch.float32, True)]
+    assert torch.equal(torch.isinf(inside), ~net.window_mask)
     model.to(torch.float64)  # a dtype move drops the cache (it is rebuilt for the new dtype)
     assert net._bias_cache == {}
 
@@ -271,7 +288,7 @@ def test_compiled_loss_keeps_graph_tensors_out_of_the_mask_cache() -> None:
     loss = compiled_loss(model, "default")(feats, generator=torch.Generator().manual_seed(0))
     assert all(net._bias_cache == {} for net in model.levels)
     eager = model.loss(feats, torch.Generator().manual_seed(0))
-    assert all(len(net._bias_cache) == 1 for net in model.levels)
+    assert all(len(net._bias_cache) == 2 for net in model.levels)
     assert loss.item() == pytest.approx(eager.item(), rel=1e-5)
 
 

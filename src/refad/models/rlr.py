@@ -35,8 +35,8 @@ from refad.models.scoring import gaussian_blur, max_score, mse_cosine_map, upsam
 # Paper Table 3 ablations. "rlr" is the method; the others are the rows of the table.
 AttentionKind = Literal["rlr", "lca", "mlka", "cross", "self"]
 ATTENTION_KINDS: tuple[str, ...] = ("rlr", "lca", "mlka", "cross", "self")
-# How the masked attentions are computed; both give the same maps (see RLRConfig).
-AttentionImpl = Literal["fast", "reference"]
+# How the masked attentions are computed; all give the same maps (see RLRConfig).
+AttentionImpl = Literal["fast", "windowed", "reference"]
 
 
 class RLRConfig(StrictModel):
@@ -54,9 +54,12 @@ class RLRConfig(StrictModel):
     gaussian_sigma: float = Field(4.0, ge=0)
     # "integer": the authors' table (integer positions, x half first); "normalised": DETR form
     position_embedding: Literal["integer", "normalised"] = "integer"
-    # "fast": LCA over each query's p x p window only (N*p^2 instead of N^2), MLKA with a cached
-    # additive mask. "reference": plain masked dense SDPA, the test oracle. Same parameters and
-    # the same maps (to float32 rounding); the choice is not part of the model's math.
+    # "windowed": LCA over each query's p x p window only (N*p^2 instead of N^2), MLKA with a
+    # cached additive mask. "fast": windowed on CUDA; on other devices LCA is a dense SDPA with
+    # a cached additive mask, which the CPU runs faster (2.7x at batch 1: thousands of tiny
+    # window matmuls cost more there than the N^2 work they save). "reference": plain masked
+    # dense SDPA, the test oracle. Same parameters and the same maps (to float32 rounding);
+    # the choice is not part of the model's math.
     attention_impl: AttentionImpl = "fast"
 
 
@@ -64,15 +67,16 @@ class WindowMasks(NamedTuple):
     """The masks of one level's forward pass, built once per shape and device (never per call).
 
     `inside`: (N, N) bool, True where the key lies in the query's window (reference path).
-    `index`/`valid`: (N, P) window gather table (fast LCA). `outside_bias`: (N, N) additive mask,
-    -inf inside the window and 0 outside, in the attention's compute dtype (fast MLKA); None
-    when the fast path does not need it.
+    `index`/`valid`: (N, P) window gather table (windowed LCA). `outside_bias`: (N, N) additive
+    mask, -inf inside the window and 0 outside, in the attention's compute dtype (MLKA);
+    `inside_bias` the opposite (dense LCA off CUDA). None where this forward does not use it.
     """
 
     inside: torch.Tensor
     index: torch.Tensor
     valid: torch.Tensor
     outside_bias: torch.Tensor | None
+    inside_bias: torch.Tensor | None = None
 
 
 class RLRLayer(nn.Module):
@@ -98,6 +102,8 @@ class RLRLayer(nn.Module):
         """LCA: queries from y, keys and values from the reference inside each window."""
         if self.impl == "reference":
             return self.lca(y, ref, ref, masks.inside)
+        if masks.inside_bias is not None:
+            return self.lca(y, ref, ref, masks.inside_bias)
         return windowed_attention(self.lca, y, ref, ref, masks.index, masks.valid)
 
     def masked_key(self, y: torch.Tensor, ref: torch.Tensor, masks: WindowMasks) -> torch.Tensor:
@@ -158,36 +164,44 @@ class RLRLevel(nn.Module):
         index, valid = window_index_table(height, width, window)
         self.register_buffer("window_index", index, persistent=False)
         self.register_buffer("window_valid", valid, persistent=False)
-        self.needs_outside_bias = config.attention_impl == "fast" and config.attention in (
+        masked_impl = config.attention_impl != "reference"
+        self.needs_outside_bias = masked_impl and config.attention in ("rlr", "mlka")
+        self.dense_lca_off_cuda = config.attention_impl == "fast" and config.attention in (
             "rlr",
-            "mlka",
+            "lca",
         )
-        self._bias_cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        # (device, dtype, allows_inside) -> additive mask
+        self._bias_cache: dict[tuple[torch.device, torch.dtype, bool], torch.Tensor] = {}
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> RLRLevel:
         self._bias_cache = {}  # device/dtype moves invalidate the cached additive masks
         return super()._apply(fn, recurse)
 
-    def outside_bias(self, dtype: torch.dtype) -> torch.Tensor:
-        """Additive MLKA mask (0 outside the window, -inf inside), cached per device and dtype.
+    def additive_mask(self, dtype: torch.dtype, inside: bool) -> torch.Tensor:
+        """0 where a key may be read, -inf where not: `inside` the window (LCA) or outside it
+        (MLKA). Cached per device, dtype and side.
 
         Only eager calls fill the cache. Inside torch.compile the mask is built in the graph
         (a constant fill the compiler folds): a tensor made there belongs to the graph, and
         CUDA-graph replay would overwrite a cached copy on the next step.
         """
-        key = (self.window_mask.device, dtype)
+        key = (self.window_mask.device, dtype, inside)
         bias = self._bias_cache.get(key)
         if bias is None:
+            blocked = ~self.window_mask if inside else self.window_mask
             bias = torch.zeros(self.window_mask.shape, device=key[0], dtype=dtype)
-            bias = bias.masked_fill(self.window_mask, float("-inf"))
+            bias = bias.masked_fill(blocked, float("-inf"))
             if not torch.compiler.is_compiling():
                 self._bias_cache[key] = bias
         return bias
 
     def masks(self, y: torch.Tensor) -> WindowMasks:
-        """This forward's masks for embedded tokens y (picks the cached bias dtype)."""
-        bias = self.outside_bias(_compute_dtype(y)) if self.needs_outside_bias else None
-        return WindowMasks(self.window_mask, self.window_index, self.window_valid, bias)
+        """This forward's masks for embedded tokens y (their device and compute dtype)."""
+        dtype = _compute_dtype(y)
+        outside = self.additive_mask(dtype, inside=False) if self.needs_outside_bias else None
+        dense_lca = self.dense_lca_off_cuda and y.device.type != "cuda"
+        inside = self.additive_mask(dtype, inside=True) if dense_lca else None
+        return WindowMasks(self.window_mask, self.window_index, self.window_valid, outside, inside)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, C) input tokens -> (B, N, C) reconstruction."""

@@ -56,7 +56,7 @@ class RLRConfig(StrictModel):
     position_embedding: Literal["integer", "normalised"] = "integer"
     # "windowed": LCA over each query's p x p window only (N*p^2 instead of N^2), MLKA with a
     # cached additive mask. "fast": windowed on CUDA; on other devices LCA is a dense SDPA with
-    # a cached additive mask, which the CPU runs faster (2.7x at batch 1: thousands of tiny
+    # a cached additive mask, which the CPU runs faster (2.6x at batch 1: thousands of tiny
     # window matmuls cost more there than the N^2 work they save). "reference": plain masked
     # dense SDPA, the test oracle. Same parameters and the same maps (to float32 rounding);
     # the choice is not part of the model's math.

@@ -5,8 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
+import refad.api
 from refad.cli.main import app
 
 runner = CliRunner()
@@ -45,6 +47,19 @@ def test_bad_config_value(demo_root: Path, tmp_path: Path) -> None:
                                  str(demo_root), *TINY, "--set", "model.alpha=-2"])
     assert "alpha" in one_error_line(result)
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_compile_option_sets_train_compile(demo_root: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "bad"), "--root",
+                                 str(demo_root), *TINY, "--compile", "fastest"])
+    assert "train.compile" in one_error_line(result)
+    seen = []  # what training receives (compiled training itself: tests/test_fast_path.py)
+    monkeypatch.setattr(refad.api, "fit", lambda config, *a, **k: seen.append(config) or [])
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), "--root",
+                                 str(demo_root), *TINY, "--compile", "reduce-overhead"])
+    assert result.exit_code == 0, result.output
+    assert seen[0].train.compile == "reduce-overhead"
 
 
 def test_missing_run_folder(tmp_path: Path) -> None:

@@ -73,7 +73,9 @@ class TrainConfig(StrictModel):
     feature_storage: Literal["float32", "float16", "bfloat16"] = "float32"
     # torch.compile of the training loss (forward and backward): "none" runs eagerly; on CUDA,
     # "reduce-overhead" adds CUDA graphs (the eager step is bound by kernel launches). The
-    # jitter's generator draws stay eager, so the noise stream is the same in every mode.
+    # jitter's generator draws stay eager, so the noise stream is the same in every mode;
+    # dropout (UniAD) draws from the compiler's generator instead: other masks, same law.
+    # One H100, B6, batch 64: 1,399 img/s eager, 1,977 default, 2,358 reduce-overhead.
     compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
 
 

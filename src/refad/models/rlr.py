@@ -170,7 +170,7 @@ class RLRLevel(nn.Module):
             "rlr",
             "lca",
         )
-        # (device, dtype, allows_inside) -> additive mask
+        # (device, dtype, inside) -> additive mask
         self._bias_cache: dict[tuple[torch.device, torch.dtype, bool], torch.Tensor] = {}
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> RLRLevel:

@@ -259,7 +259,7 @@ def path_fidelity(report: dict) -> list[str]:
             f"## Fast path vs reference path, trained alike ({schedule}, same seed)\n",
             "| attention path | " + " | ".join(METRIC_LABELS[n] for n in METRIC_NAMES) + " |",
             "|---|" + "---:|" * len(METRIC_NAMES),
-            "| fast (windowed LCA, cached MLKA mask) | "
+            "| fast (LCA windowed on CUDA, dense off it; cached MLKA mask) | "
             + " | ".join(f"{100 * a[n]:.1f}" for n in METRIC_NAMES) + " |",
             "| reference (masked dense attention) | "
             + " | ".join(f"{100 * b[n]:.1f}" for n in METRIC_NAMES) + " |",

@@ -556,7 +556,8 @@ def write_report(path: Path, results: list[tuple[dict, dict]], meta: dict[str, s
         "- model: RLR, levels [2, 3], 256 px, 4 layers, widths 256/512, 8 heads; random weights "
         "and random features (speed does not depend on their values)",
         "- reference = a plain path (authors' style): masked dense SDPA, float32, host "
-        "features copied per batch, sync per step; fast = windowed LCA + cached MLKA mask, "
+        "features copied per batch, sync per step; fast = LCA windowed on CUDA and dense "
+        "with a cached mask on the CPU, cached MLKA mask, "
         "bf16 autocast on CUDA (float32 on CPU), device-resident cache, fused Adam, fused "
         "device scoring",
     ]

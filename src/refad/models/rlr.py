@@ -164,12 +164,9 @@ class RLRLevel(nn.Module):
         index, valid = window_index_table(height, width, window)
         self.register_buffer("window_index", index, persistent=False)
         self.register_buffer("window_valid", valid, persistent=False)
-        masked_impl = config.attention_impl != "reference"
-        self.needs_outside_bias = masked_impl and config.attention in ("rlr", "mlka")
-        self.dense_lca_off_cuda = config.attention_impl == "fast" and config.attention in (
-            "rlr",
-            "lca",
-        )
+        impl, kind = config.attention_impl, config.attention
+        self.needs_outside_bias = impl != "reference" and kind in ("rlr", "mlka")
+        self.dense_lca_off_cuda = impl == "fast" and kind in ("rlr", "lca")
         # (device, dtype, inside) -> additive mask
         self._bias_cache: dict[tuple[torch.device, torch.dtype, bool], torch.Tensor] = {}
 
@@ -182,8 +179,8 @@ class RLRLevel(nn.Module):
         (MLKA). Cached per device, dtype and side.
 
         Only eager calls fill the cache. Inside torch.compile the mask is built in the graph
-        (a constant fill the compiler folds): a tensor made there belongs to the graph, and
-        CUDA-graph replay would overwrite a cached copy on the next step.
+        (one N x N fill per step, fused by the compiler): a tensor made there belongs to the
+        graph, and CUDA-graph replay would overwrite a cached copy on the next step.
         """
         key = (self.window_mask.device, dtype, inside)
         bias = self._bias_cache.get(key)

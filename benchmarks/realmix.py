@@ -33,18 +33,27 @@ from machine import cpu_model, kept_notes
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from refad.api import build_config, evaluate, fit, markdown_table
-from refad.backbones import FeatureCache
-from refad.config import RunConfig
-from refad.data import ImageDataset, image_tensor, read_image_rgb
-from refad.engine.evaluate import METRIC_LABELS
-from refad.engine.io import write_text_atomic
-from refad.engine.render import heatmap_rgb, normalise_map, overlay
-from refad.engine.run import open_run
-from refad.engine.train import extract_features
-from refad.engine.units import by_category, load_split
+from refad import api
+from refad.api import (
+    METRIC_LABELS,
+    FeatureCache,
+    RunConfig,
+    build_config,
+    evaluate,
+    extract_features,
+    fit,
+    gaussian_blur,
+    heatmap_rgb,
+    markdown_table,
+    max_score,
+    normalise_map,
+    open_run,
+    overlay,
+    upsample_maps,
+    write_text_atomic,
+)
+from refad.data import ImageDataset, by_category, image_tensor, load_split, read_image_rgb
 from refad.metrics import METRIC_NAMES, MetricAccumulator
-from refad.models.scoring import gaussian_blur, max_score, upsample_maps
 
 ANCHOR = {  # authors' RLR code on realmix, Lite2, levels [2, 3], batch 16, 50 epochs, last epoch
     "magnetic_tile": (88.6, 78.5), "ball_screw": (92.3, 98.7), "pcb": (56.7, 83.3),
@@ -107,9 +116,9 @@ def patch_memory_baseline(run_dir: Path, fraction: float, seed: int, device: tor
 
 def heatmap_montage(run_dir: Path, out_png: Path, device: torch.device) -> None:
     """Two defective test images per category: image | overlay, to look at, not to tune on."""
-    from refad.engine.inference import score_images
     run = open_run(run_dir, device)
-    model, meta = run.model("unified")
+    _, meta = run.model("unified")
+    scorer = api.scorer(run)
     calib = meta.calibration or {}
     tiles = []
     for group in by_category(load_split(run.config.data, "test")).values():
@@ -117,7 +126,7 @@ def heatmap_montage(run_dir: Path, out_png: Path, device: torch.device) -> None:
         for s in bad:
             img = np.asarray(Image.fromarray(read_image_rgb(s.image)).resize((160, 160)))
             x = image_tensor(img, run.config.data.image_size, run.extractor.mean, run.extractor.std)
-            amap = score_images(run.extractor, model, x[None].to(device)).maps[0].float().cpu()
+            amap = scorer.images(x[None]).maps[0].float().cpu()
             amap = np.asarray(Image.fromarray(amap.numpy(), mode="F").resize((160, 160)))
             heat = heatmap_rgb(normalise_map(amap, calib["map_floor"], calib["map_ceiling"]))
             mask = np.zeros((160, 160, 3), np.uint8)

@@ -30,7 +30,17 @@ import torch
 from machine import kept_notes
 from PIL import Image
 
-from refad.api import build_config, evaluate, fit
+from refad.api import (
+    build_config,
+    evaluate,
+    fit,
+    heatmap_rgb,
+    mse_cosine_map,
+    normalise_map,
+    open_run,
+    upsample_maps,
+    write_text_atomic,
+)
 from refad.data import (
     DEFAULT_CATEGORIES,
     defect_types,
@@ -38,10 +48,6 @@ from refad.data import (
     make_demo_dataset,
     render_sample,
 )
-from refad.engine.io import write_text_atomic
-from refad.engine.render import heatmap_rgb, normalise_map
-from refad.engine.run import open_run
-from refad.models.scoring import mse_cosine_map, upsample_maps
 
 VARIANTS = {"rlr": ("RLR (no residual, as published)", False),
             "residual": ("RLR + residual (shortcut restored)", True)}

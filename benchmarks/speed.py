@@ -62,7 +62,7 @@ def _setup(spec: dict[str, Any]) -> torch.device:
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     else:
-        from refad.engine.device import cpu_threads
+        from refad.api import cpu_threads
 
         torch.set_num_threads(cpu_threads())
     if device.type == "cuda":
@@ -87,17 +87,17 @@ def _peak_mib(device: torch.device) -> float:
 
 
 def _spec(shapes: str) -> Any:
-    from refad.models.base import FeatureSpec
+    from refad.api import FeatureSpec
 
     return FeatureSpec(LEVELS, SHAPES[shapes]["channels"], GRIDS, IMAGE)
 
 
 def _model(shapes: str, impl: str, device: torch.device) -> Any:
-    from refad.models.rlr import RLR, RLRConfig
+    from refad.api import RLRConfig, build_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return RLR(_spec(shapes), RLRConfig(attention_impl=impl)).to(device)
+        return build_model("rlr", _spec(shapes), RLRConfig(attention_impl=impl), device)
 
 
 def _features(shapes: str, n: int, device: Any, seed: int = 0) -> list[torch.Tensor]:
@@ -110,7 +110,7 @@ def _features(shapes: str, n: int, device: Any, seed: int = 0) -> list[torch.Ten
 
 
 def _extractor(shapes: str, device: torch.device, channels_last: bool = False) -> Any:
-    from refad.backbones import FeatureExtractor
+    from refad.api import FeatureExtractor
 
     ex = FeatureExtractor(SHAPES[shapes]["backbone"], levels=LEVELS, weights=None).to(device)
     if channels_last:
@@ -165,10 +165,11 @@ def work_train(spec: dict[str, Any]) -> dict[str, Any]:
     model.train()
     noise = torch.Generator(device=device).manual_seed(0)
     if spec["path"] == "fast":
-        from refad.config import RunConfig
-        from refad.engine.steps import (
+        from refad.api import (
             STORAGE_DTYPES,
             DeviceFeatures,
+            RunConfig,
+            StepSettings,
             compiled_loss,
             make_optimizer,
             train_steps,
@@ -182,11 +183,12 @@ def work_train(spec: dict[str, Any]) -> dict[str, Any]:
         order = (torch.randperm(steps * batch) % n).to(device)
         _reset_peak(device)
         warm = order[: warmup * batch]
-        train_steps(model, optimizer, features, warm, noise, batch, True, None, loss_fn)
+        settings = StepSettings(batch_size=batch, amp=True, loss_fn=loss_fn)
+        train_steps(model, optimizer, features, warm, noise, settings)
         _sync(device)
         tic = time.perf_counter()
         timed = order[warmup * batch :]
-        total, _ = train_steps(model, optimizer, features, timed, noise, batch, True, None, loss_fn)
+        total, _ = train_steps(model, optimizer, features, timed, noise, settings)
         total.item()
         seconds = time.perf_counter() - tic
         extra = {"cache_mib": features.nbytes / 2**20, "cached_images": n}
@@ -238,7 +240,7 @@ def work_extract(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _scoring_fn(spec: dict[str, Any], device: torch.device, batch: int) -> Callable[[], None]:
     """The callable a row times: reference = the engine's eager float32 model.score."""
-    from refad.engine.fast import FastScorer
+    from refad.api import Scorer
 
     e2e = spec["source"] == "images"
     extractor = _extractor(spec["shapes"], device) if e2e else None
@@ -253,7 +255,7 @@ def _scoring_fn(spec: dict[str, Any], device: torch.device, batch: int) -> Calla
     else:
         model = _model(spec["shapes"], "fast", device)
         mode = spec.get("compile")
-        scorer = FastScorer(model, device, amp=True, compile_mode=mode, extractor=extractor)
+        scorer = Scorer(model, device, amp=True, compile_mode=mode, extractor=extractor)
 
         def run() -> None:
             scorer.images(images) if e2e else scorer(feats)
@@ -281,7 +283,7 @@ def work_latency(spec: dict[str, Any]) -> dict[str, Any]:
 
 def work_fidelity(spec: dict[str, Any]) -> dict[str, Any]:
     device = _setup(spec)
-    from refad.engine.fast import FastScorer
+    from refad.api import Scorer
 
     model = _model(spec["shapes"], "fast", device).eval()
     reference = model.with_attention_impl("reference").eval()
@@ -315,7 +317,7 @@ def work_fidelity(spec: dict[str, Any]) -> dict[str, Any]:
         except RuntimeError as exc:
             out["fused_sdpa"] = f"no: {exc}".replace("\n", " ")[:200]
     if spec.get("compile"):
-        compiled = FastScorer(model, device, amp=True, compile_mode=spec["compile"])
+        compiled = Scorer(model, device, amp=True, compile_mode=spec["compile"])
         compiled(feats)
         out["bf16_compiled"] = errors(compiled(feats), want)
     return out
@@ -694,7 +696,7 @@ def main() -> None:
 
     import timm
 
-    from refad.engine.device import cpu_threads
+    from refad.api import cpu_threads
 
     started = time.perf_counter()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from refad.config import RunConfig, apply_overrides
+from refad.config.presets import preset
 from refad.data import make_demo_dataset
-from refad.presets import preset
 
 TINY_MODEL = ['model.num_layers=1', 'model.hidden_dims=[32, 64]', 'model.num_heads=4']
 
@@ -55,7 +55,7 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from refad.engine.train import fit
+    from refad.training import fit
 
     run = tmp_path_factory.mktemp("runs") / "tiny"
     fit(tiny_config(demo_root), run, progress=False)

@@ -22,13 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from refad.config import apply_overrides
-from refad.engine.imported import import_run, write_imported_run
-from refad.engine.run import open_run
+from refad.config.presets import preset
 from refad.errors import CheckpointError, ConfigError
-from refad.models.authors import import_authors_checkpoint, import_authors_checkpoint_with_report
+from refad.models.authors import import_authors_checkpoint
 from refad.models.base import FeatureSpec
 from refad.models.rlr import RLR
-from refad.presets import preset
+from refad.runs import open_run
+from refad.runs.imported import import_run, write_imported_run
 
 ATOL = 2e-5
 
@@ -345,7 +345,7 @@ def test_uniad_import_reproduces_the_authors_network(tmp_path: Path, fake_easydi
     sd = uniad_state(24, 8, 8, d=32, ffn=48, enc=2, dec=2)
     path = tmp_path / "ckpt.pth.tar"
     save_like_model_helper(path, sd, fake_easydict)
-    model, report = import_authors_checkpoint_with_report(
+    model, report = import_authors_checkpoint(
         "uniad", path, UNIAD_SPEC, {"num_heads": 4, "hidden_dim": 999}
     )
     with pytest.raises(Exception, match="easydict"):  # the allowlist was scoped to the import
@@ -372,7 +372,7 @@ def test_uniad_sine_positions_and_bare_state_dict(tmp_path: Path) -> None:
     del sd["pos_embed.row_embed.weight"], sd["pos_embed.col_embed.weight"]
     path = tmp_path / "bare.pth"
     torch.save(sd, path)  # a bare state_dict of the reconstruction module
-    model = import_authors_checkpoint("uniad", path, UNIAD_SPEC, {"num_heads": 4})
+    model, _ = import_authors_checkpoint("uniad", path, UNIAD_SPEC, {"num_heads": 4})
     assert model.config.position_embedding == "sine"
     assert model.net.pos_embed is None
 
@@ -386,7 +386,7 @@ def test_crad_import_reproduces_the_authors_network(tmp_path: Path, fake_easydic
     sd = crad_state(16, 8, 8, blocks=2, exp=24)
     path = tmp_path / "ckpt_best.pth.tar"
     save_like_model_helper(path, sd, fake_easydict)
-    model = import_authors_checkpoint("crad", path, CRAD_SPEC, {"expansion": 864})
+    model, _ = import_authors_checkpoint("crad", path, CRAD_SPEC, {"expansion": 864})
     assert (model.config.num_blocks, model.config.expansion) == (2, 24)  # from the weights
     levels = levels_for(CRAD_SPEC)
     feat = authors_neck(levels, [8, 16], 8)
@@ -422,7 +422,7 @@ def save_rlr(path: Path, layers: int = 2) -> list[dict]:
 def test_rlr_import_reproduces_the_authors_network(tmp_path: Path) -> None:
     path = tmp_path / "latest.pth"
     states = save_rlr(path)
-    model, report = import_authors_checkpoint_with_report("rlr", path, RLR_SPEC)
+    model, report = import_authors_checkpoint("rlr", path, RLR_SPEC)
     assert report.epoch == 200  # they store the 0-based index of the last epoch
     assert model.config.hidden_dims == [32, 64] and model.config.num_layers == 2
     levels = levels_for(RLR_SPEC)
@@ -535,7 +535,7 @@ def test_uniad_run_folder_opens_with_the_same_model(tmp_path: Path, fake_easydic
     run = open_run(run_dir, "cpu")
     model, meta = run.model("unified")
     assert meta.method == "uniad" and meta.epoch == 10 and meta.calibration is None
-    assert run.config.model["num_heads"] == 4 and run.config.model["hidden_dim"] == 32
+    assert run.config.model.num_heads == 4 and run.config.model.hidden_dim == 32
     imported = json.loads((run_dir / "imported.json").read_text())
     assert imported["source"] == str(path) and imported["method"] == "uniad"
     levels = run.extractor(torch.rand(2, 3, 64, 64))
@@ -561,14 +561,14 @@ def test_crad_run_folder_takes_the_structure_from_the_weights(tmp_path: Path) ->
 
 
 def test_run_folder_checks_the_backbone(tmp_path: Path) -> None:
-    from refad.engine.train import build_extractor
+    from refad.backbones import build_extractor
 
     config = lite_config("crad")
-    model = import_authors_checkpoint(
+    model, _ = import_authors_checkpoint(
         "crad", _save(tmp_path, crad_state(16, 8, 8, 1, 8)), CRAD_SPEC
     )
     with pytest.raises(ConfigError, match="channels"):
-        write_imported_run(model, tmp_path / "run", config, build_extractor(config, "cpu"))
+        write_imported_run(model, tmp_path / "run", config, build_extractor(config.backbone, "cpu"))
     assert not (tmp_path / "run").exists()
 
 
@@ -576,9 +576,9 @@ def test_imported_rlr_run_folder_reloads_identically(tmp_path: Path) -> None:
     # the authors' positional table is RLR's default, so an imported run reloads exactly
     path = tmp_path / "latest.pth"
     config = lite_config("rlr", "backbone.aggregate_kernel=3")
-    from refad.engine.train import build_extractor
+    from refad.backbones import build_extractor
 
-    extractor = build_extractor(config, "cpu")
+    extractor = build_extractor(config.backbone, "cpu")
     spec = FeatureSpec((2, 3), tuple(extractor.channels),
                        tuple(extractor.output_shapes(64)), 64)
     torch.save({"state_dict": [
@@ -589,7 +589,7 @@ def test_imported_rlr_run_folder_reloads_identically(tmp_path: Path) -> None:
     ]}, path)
     run_dir = import_run("rlr", path, tmp_path / "run", config)
     model, _ = open_run(run_dir, "cpu").model("unified")
-    imported = import_authors_checkpoint("rlr", path, spec)
+    imported, _ = import_authors_checkpoint("rlr", path, spec)
     levels = levels_for(spec)
     with torch.no_grad():
         assert torch.allclose(model.reconstruct(levels)[0], imported.reconstruct(levels)[0])

@@ -74,7 +74,7 @@ def test_lite2_levels_channels_strides_and_shapes(lite2_random: FeatureExtractor
 
 
 def test_default_extractor_follows_released_rlr_levels() -> None:
-    fe = FeatureExtractor(weights=None)
+    fe = FeatureExtractor("tf_efficientnet_lite2", weights=None)
     assert fe.name == "tf_efficientnet_lite2"
     assert fe.levels == (2, 3)
     assert fe.channels == [48, 120] and fe.strides == [8, 16]
@@ -111,9 +111,10 @@ def test_extractor_is_frozen_and_stays_in_eval(lite2_random: FeatureExtractor) -
 
 def test_aggregation_is_avg_pool_of_raw_timm_features() -> None:
     levels = (1, 2, 3)
-    raw = FeatureExtractor(levels=levels, weights=None, aggregate_kernel=1)
+    lite2 = "tf_efficientnet_lite2"
+    raw = FeatureExtractor(lite2, levels=levels, weights=None, aggregate_kernel=1)
     smoothed = {
-        k: FeatureExtractor(levels=levels, weights=None, aggregate_kernel=k) for k in (3, 5)
+        k: FeatureExtractor(lite2, levels=levels, weights=None, aggregate_kernel=k) for k in (3, 5)
     }
     # An untouched timm features model with the same weights: guards the stage pruning too.
     reference = timm.create_model(
@@ -162,13 +163,13 @@ def test_random_init_is_seeded_and_leaves_global_rng_alone() -> None:
 )
 def test_bad_extractor_config(kwargs: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(field)):
-        FeatureExtractor(**{"weights": None, **kwargs})
+        FeatureExtractor(**{"name": "tf_efficientnet_lite2", "weights": None, **kwargs})
 
 
 def test_build_extractor_from_mapping() -> None:
     fe = build_extractor({"name": "tf_efficientnet_lite0", "levels": [1, 2], "weights": None})
     assert fe.levels == (1, 2) and fe.channels == [24, 40]
-    with pytest.raises(ConfigError, match="backbone.depth"):
+    with pytest.raises(ConfigError, match="backbone: depth"):
         build_extractor({"depth": 3})
 
 

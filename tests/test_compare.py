@@ -1,4 +1,4 @@
-"""`refad.engine.compare`: several methods, one dataset, one side-by-side table."""
+"""`refad.reporting.compare`: several methods, one dataset, one side-by-side table."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config
 
-from refad.config import RunConfig
-from refad.engine.compare import compare, method_run_config
+from refad.config import load_config_file
 from refad.errors import ConfigError
 from refad.metrics import METRIC_NAMES
+from refad.reporting.compare import compare, method_run_config
 
 TINY = {
     "uniad": ["model.hidden_dim=32", "model.num_heads=4", "model.ffn_dim=64",
@@ -48,11 +48,11 @@ def test_compare_trains_evaluates_and_tabulates(demo_root: Path, tmp_path: Path)
         assert f"{100 * row['mean']['p_auroc']:.1f}" in line
         assert set(row["categories"]) == {"fabric"}
     # each method kept its own preset schedule; the shared base reached both
-    uniad = RunConfig.load(out / "uniad" / "config.json")
-    crad = RunConfig.load(out / "crad" / "config.json")
+    uniad = load_config_file(out / "uniad" / "config.json")
+    crad = load_config_file(out / "crad" / "config.json")
     assert (uniad.train.optimizer, uniad.train.lr, crad.train.lr) == ("adamw", 1e-4, 1e-3)
-    assert uniad.model["hidden_dim"] == 32 and crad.model["expansion"] == 32
-    assert "hidden_dim" not in crad.model
+    assert uniad.model.hidden_dim == 32 and crad.model.expansion == 32
+    assert not hasattr(crad.model, "hidden_dim")
     for cfg in (uniad, crad):
         assert cfg.data.root == str(demo_root) and cfg.backbone.name == "tf_efficientnet_lite2"
     assert "| fabric |" in table and "I-AUROC" in table
@@ -76,7 +76,7 @@ def test_every_configuration_is_checked_before_training(demo_root: Path, tmp_pat
 def test_a_run_config_base_gives_data_not_method_settings(demo_root: Path) -> None:
     base = tiny_config(demo_root, "train.val_fraction=0.25")  # an RLR run at 64 px on Lite2
     cfg = method_run_config("crad-s", base)
-    assert cfg.method == "crad" and cfg.model["expansion"] == 216
+    assert cfg.method == "crad" and cfg.model.expansion == 216
     assert cfg.data == base.data and cfg.device == base.device
     assert cfg.train.val_fraction == 0.25
     assert cfg.backbone.name == "tf_efficientnet_b4" and cfg.train.lr == 1e-3

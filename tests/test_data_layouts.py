@@ -17,7 +17,7 @@ from refad.data import (
     find_mask,
     folder_samples,
     list_mvtec_categories,
-    load_samples,
+    load_split,
     mvtec_samples,
     visa_samples,
 )
@@ -274,9 +274,9 @@ def test_folder_layout(tmp_path):
     ]
     assert [s.mask.name if s.mask else None for s in test] == [None, None, "b0_mask.png",
                                                                 "b1.png"]
-    via = load_samples("folder", "test", normal_dir=tmp_path / "ok",
-                       anomalous_dir=tmp_path / "bad", mask_dir=tmp_path / "masks",
-                       test_normal_dir=tmp_path / "ok_test")
+    via = load_split({"kind": "folder", "normal_dir": str(tmp_path / "ok"),
+                      "anomalous_dir": str(tmp_path / "bad"), "mask_dir": str(tmp_path / "masks"),
+                      "test_normal_dir": str(tmp_path / "ok_test")}, "test")
     assert via == test
 
 
@@ -295,13 +295,14 @@ def test_folder_errors(tmp_path):
         folder_samples("test", tmp_path / "empty")
 
 
-def test_load_samples_dispatch(tmp_path):
+def test_load_split_dispatch(tmp_path):
     make_mvtec_category(tmp_path, "nut", n_train=2)
-    assert load_samples("mvtec", "train", root=tmp_path) == mvtec_samples(tmp_path, "train")
-    with pytest.raises(ConfigError, match="mvtec, visa, folder"):
-        load_samples("coco", "train", root=tmp_path)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="data \\(mvtec\\)"):
-        load_samples("mvtec", "train", root=tmp_path, normal_dir=tmp_path)
+    root = str(tmp_path)
+    assert load_split({"kind": "mvtec", "root": root}, "train") == mvtec_samples(tmp_path, "train")
+    with pytest.raises(ConfigError, match="'mvtec', 'visa', 'folder'"):
+        load_split({"kind": "coco", "root": root}, "train")
+    with pytest.raises(ConfigError, match="data: normal_dir"):
+        load_split({"kind": "mvtec", "root": root, "normal_dir": root}, "train")
 
 
 def test_sample_invariants(tmp_path):

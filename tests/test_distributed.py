@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from refad.engine.distributed import DistContext
-from refad.models.blocks.jitter import BatchShard, draw_normal
+from refad.models.layers.jitter import draw_normal
+from refad.training.distributed import DistContext
+from refad.training.noise import BatchShard
 
 
 def test_shards_cover_the_batch_without_overlap() -> None:

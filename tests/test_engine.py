@@ -11,13 +11,12 @@ import torch
 from conftest import tiny_config
 from safetensors.torch import load_file
 
-from refad.engine import checkpoint as ckpt
-from refad.engine.evaluate import evaluate
-from refad.engine.predict import predict
-from refad.engine.run import open_run
-from refad.engine.train import fit
+from refad.api import evaluate, predict
 from refad.errors import CheckpointError, ConfigError, RefadError
 from refad.metrics import METRIC_NAMES
+from refad.runs import checkpoint as ckpt
+from refad.runs import open_run
+from refad.training import fit
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
@@ -54,11 +53,11 @@ def test_resume_reaches_the_same_result(
         if calls["n"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr("refad.engine.train.save_checkpoint", crash_after_first_epoch)
+    monkeypatch.setattr("refad.runs.rundir.ckpt.save_checkpoint", crash_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         fit(tiny_config(demo_root), run, progress=False)
     assert json.loads((run / "checkpoint.json").read_text())["epoch"] == 1
-    monkeypatch.setattr("refad.engine.train.save_checkpoint", real_save)
+    monkeypatch.setattr("refad.runs.rundir.ckpt.save_checkpoint", real_save)
     fit(tiny_config(demo_root), run, resume=True, progress=False)
     a, b = weights(trained_run), weights(run)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -152,7 +151,7 @@ def test_disk_full_keeps_previous_checkpoint(
     def full(*_a, **_k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("refad.engine.io.os.replace", full)
+    monkeypatch.setattr("refad.atomic.os.replace", full)
     with pytest.raises(RefadError, match="model.safetensors: cannot write .No space left"):
         ckpt.save_checkpoint(copy, model, meta)
     assert (copy / "model.safetensors").read_bytes() == before
@@ -162,7 +161,7 @@ def test_disk_full_keeps_previous_checkpoint(
 def test_bad_config_values_are_one_line_errors(demo_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="train.epochs"):
         tiny_config(demo_root, "train.epochs=0")
-    with pytest.raises(ConfigError, match="model: attention"):
+    with pytest.raises(ConfigError, match="model.attention"):
         fit(tiny_config(demo_root, "model.attention=foo"), tmp_path / "x", progress=False)
     with pytest.raises(ConfigError, match="levels"):
         tiny_config(demo_root, "backbone.levels=[7]")

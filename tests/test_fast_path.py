@@ -11,25 +11,25 @@ import torch.nn.functional as F
 from conftest import SMALL_MODELS, rel_err
 from safetensors.torch import load_file
 
-import refad.models.blocks.embedding as embedding_module
+import refad.models.layers.embedding as embedding_module
 import refad.models.rlr as rlr_module
 from refad.backbones import FeatureExtractor
-from refad.config import RunConfig, apply_overrides
-from refad.engine.checkpoint import read_meta
-from refad.engine.device import cpu_threads, set_cpu_threads
-from refad.engine.fast import FastScorer
-from refad.engine.inference import score_levels
-from refad.engine.steps import DeviceFeatures, compiled_loss
-from refad.engine.train import train_unit
+from refad.config import RLRConfig, RunConfig, apply_overrides
+from refad.device import cpu_threads, set_cpu_threads
 from refad.errors import ConfigError
+from refad.inference import Scorer, score_levels
 from refad.models.base import FeatureSpec
-from refad.models.blocks import (
+from refad.models.layers import (
     local_attention,
     neighbourhood_mask,
     window_index_table,
 )
 from refad.models.registry import build_model
-from refad.models.rlr import RLR, RLRConfig
+from refad.models.rlr import RLR
+from refad.runs import RunDir
+from refad.runs.checkpoint import read_meta
+from refad.training import train_unit
+from refad.training.loop import DeviceFeatures, compiled_loss
 
 
 def levels_for(spec: FeatureSpec, batch: int, seed: int = 0) -> list[torch.Tensor]:
@@ -146,15 +146,21 @@ def test_fast_gradients_match_reference(impl: str) -> None:
 
 
 def test_fast_lca_is_dense_off_cuda_and_windowed_on_request() -> None:
-    """"fast" picks per device: on the CPU, LCA is a dense SDPA with an additive mask (faster
-    there than thousands of tiny window matmuls); "windowed" gathers the windows anywhere."""
+    """"fast" picks per device when the model is built: for the CPU, LCA is a dense SDPA with
+    an additive mask (faster there than thousands of tiny window matmuls); for CUDA, the window
+    gather; "windowed" gathers the windows anywhere."""
     spec = SPECS["square"]
-    tokens = torch.zeros(1, 64, SMALL_MODELS["rlr"]["hidden_dims"][0])  # level 0: 8 x 8 grid
-    fast = RLR(spec, RLRConfig(**SMALL_MODELS["rlr"])).levels[0].masks(tokens)
+    cfg = RLRConfig(**SMALL_MODELS["rlr"])
+    fast = RLR(spec, cfg)
+    assert fast.attention_impl == "dense"
+    assert RLR(spec, cfg, torch.device("cuda")).attention_impl == "windowed"  # built, not moved
+    masks = fast.levels[0].masks()
     windowed = RLR(spec, RLRConfig(**SMALL_MODELS["rlr"], attention_impl="windowed"))
-    masks = windowed.levels[0].masks(tokens)
-    assert fast.inside_bias is not None and fast.outside_bias is not None
-    assert masks.inside_bias is None and masks.outside_bias is not None
+    assert windowed.attention_impl == "windowed"
+    win_masks = windowed.levels[0].masks()
+    assert masks.inside_bias is not None and masks.outside_bias is not None
+    assert win_masks.inside_bias is None and win_masks.outside_bias is not None
+    assert all(layer.impl == "dense" for layer in fast.levels[0].layers)
 
 
 def test_state_dict_is_the_same_for_both_paths() -> None:
@@ -200,19 +206,18 @@ def test_masks_and_positions_are_built_once_per_shape(monkeypatch: pytest.Monkey
     built = dict(counts)
     assert built == {"mask": 2, "table": 2, "pos": 4}  # per level: one mask, one table, 2 pos
     net = model.levels[0]
+    outside, inside = net.outside_bias, net.inside_bias
     with torch.inference_mode():
         model.score(levels_for(spec, batch=2))
-        outside = net._bias_cache[(torch.device("cpu"), torch.float32, False)]
         model.score(levels_for(spec, batch=5))
         model.reconstruct(levels_for(spec, batch=1))
     assert counts == built  # nothing rebuilt by any forward, whatever the batch
-    assert len(net._bias_cache) == 2  # MLKA's mask and, off CUDA, the dense LCA's
-    assert net.additive_mask(torch.float32, inside=False) is outside
+    assert net.masks().outside_bias is outside and net.masks().inside_bias is inside
     assert torch.equal(torch.isinf(outside), net.window_mask)  # -inf exactly inside the window
-    inside = net._bias_cache[(torch.device("cpu"), torch.float32, True)]
     assert torch.equal(torch.isinf(inside), ~net.window_mask)
-    model.to(torch.float64)  # a dtype move drops the cache (it is rebuilt for the new dtype)
-    assert net._bias_cache == {}
+    model.to(torch.float64)  # the masks are buffers: they follow a dtype move
+    assert net.outside_bias.dtype == torch.float64 and net.inside_bias.dtype == torch.float64
+    assert torch.equal(torch.isinf(net.outside_bias), net.window_mask)
 
 
 # --------------------------------------------------------------- engine: training and scoring
@@ -233,7 +238,7 @@ def train_tiny(tmp_path: Path, config: RunConfig) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     levels = [torch.randn(7, 48, 4, 4, generator=g), torch.randn(7, 120, 2, 2, generator=g)]
     train_unit(
-        "unified", levels, levels, "train-normal", config, extractor, tmp_path,
+        "unified", levels, levels, "train-normal", config, extractor, RunDir(tmp_path),
         torch.device("cpu"), resume=False, progress=False,
     )
     assert [h["epoch"] for h in read_meta(tmp_path).history] == [1, 2]
@@ -278,18 +283,22 @@ def test_compiled_training_matches_eager_on_cpu(tmp_path: Path) -> None:
         apply_overrides(RunConfig(), ["train.compile=fastest"])
 
 
-def test_compiled_loss_keeps_graph_tensors_out_of_the_mask_cache() -> None:
-    """A mask made inside a compiled graph is not cached: CUDA-graph replay reuses the memory
-    of a graph's tensors, so a cached one was overwritten by the next step (seen on an H100).
-    Eager calls still cache theirs, and both give the same loss."""
+def test_compiled_loss_leaves_the_masks_untouched() -> None:
+    """The masks are buffers built with the model, never tensors made inside a compiled graph
+    (CUDA-graph replay reuses the memory of a graph's tensors, which once overwrote a cached
+    mask on an H100): a compiled loss reads them, leaves them as they were, and equals eager."""
     spec = SPECS["square"]
     model = RLR(spec, RLRConfig(**SMALL_MODELS["rlr"])).train()
     feats = levels_for(spec, batch=2)
-    loss = compiled_loss(model, "default")(feats, generator=torch.Generator().manual_seed(0))
-    assert all(net._bias_cache == {} for net in model.levels)
+    before = [net.outside_bias.clone() for net in model.levels]
+    loss_fn = compiled_loss(model, "default")
+    loss = loss_fn(feats, generator=torch.Generator().manual_seed(0))
+    again = loss_fn(feats, generator=torch.Generator().manual_seed(0))
+    after = [net.outside_bias for net in model.levels]
+    assert all(torch.equal(b, a) for b, a in zip(before, after, strict=True))
     eager = model.loss(feats, torch.Generator().manual_seed(0))
-    assert all(len(net._bias_cache) == 2 for net in model.levels)
     assert loss.item() == pytest.approx(eager.item(), rel=1e-5)
+    assert again.item() == pytest.approx(eager.item(), rel=1e-5)
 
 
 def test_device_features_16_bit_storage_returns_float32() -> None:
@@ -307,7 +316,7 @@ def test_fast_scorer_equals_model_score_on_cpu() -> None:
     spec = SPECS["odd"]
     model, _ = model_pair(spec)
     feats = levels_for(spec, batch=5)
-    scorer = FastScorer(model, torch.device("cpu"))
+    scorer = Scorer(model, torch.device("cpu"))
     with torch.inference_mode():
         expected = model.eval().score(feats)
     parts = list(scorer.score_cached(feats, batch_size=2))
@@ -322,13 +331,13 @@ def test_fast_scorer_scores_images_through_the_extractor() -> None:
     spec = FeatureSpec((2, 3), tuple(extractor.channels), tuple(extractor.output_shapes(32)), 32)
     model, _ = model_pair(spec)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    scorer = FastScorer(model, torch.device("cpu"), extractor=extractor)
+    scorer = Scorer(model, torch.device("cpu"), extractor=extractor)
     got = scorer.images(images)
     with torch.inference_mode():
         expected = model.eval().score(extractor(images))
     assert rel_err(got.maps, expected.maps) < 1e-6
     with pytest.raises(ConfigError, match="extractor"):
-        FastScorer(model, torch.device("cpu")).images(images)
+        Scorer(model, torch.device("cpu")).images(images)
 
 
 def test_amp_scoring_is_float32_on_cpu() -> None:

@@ -8,7 +8,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from refad.errors import ConfigError
-from refad.models.blocks import (
+from refad.models.layers import (
     MultiHeadAttention,
     feature_jitter,
     neighbourhood_mask,

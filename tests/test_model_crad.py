@@ -11,15 +11,15 @@ import torch.nn.functional as F
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.ndimage import uniform_filter, zoom
 
-from refad.config import apply_overrides
-from refad.engine.checkpoint import CheckpointMeta, load_model, save_checkpoint, spec_to_dict
-from refad.engine.steps import make_optimizer
+from refad.config import CRADConfig, apply_overrides
+from refad.config.presets import preset
 from refad.errors import ConfigError
 from refad.models.base import FeatureSpec
-from refad.models.blocks import MobileBottleneck
-from refad.models.crad import CRAD, CRADConfig, refine
+from refad.models.crad import CRAD, refine
+from refad.models.layers import MobileBottleneck
 from refad.models.registry import build_model
-from refad.presets import preset
+from refad.runs.checkpoint import CheckpointMeta, load_model, save_checkpoint, spec_to_dict
+from refad.training.loop import make_optimizer
 
 # two levels at strides 8 and 16 of a 64 px input -> 8x8 tokens of 6 + 10 channels
 SPEC = FeatureSpec(levels=(2, 3), channels=(6, 10), shapes=((8, 8), (4, 4)), image_size=64)
@@ -222,10 +222,10 @@ def test_registry_and_presets() -> None:
         t = cfg.train
         assert (t.optimizer, t.lr, t.epochs, t.lr_step_epoch, t.grad_clip, t.batch_size) == (
             "adamw", 1e-3, 50, 40, 0.1, 64)
-    assert crad.model["expansion"] == 864 and crad_s.model["expansion"] == 216
+    assert crad.model.expansion == 864 and crad_s.model.expansion == 216
     assert CRADConfig.parse(crad.model).grid_lr == 0.1
     lite = apply_overrides(crad_s, ["backbone.name=tf_efficientnet_lite2", "model.num_blocks=3"])
-    assert lite.model == {"expansion": 216, "num_blocks": 3}
+    assert lite.model == CRADConfig(expansion=216, num_blocks=3)
     # the paper's geometry: 56 + 160 = 216 channels on 28x28 tokens, 432-wide fusion
     b4 = FeatureSpec((2, 3), (56, 160), ((28, 28), (14, 14)), 224)
     model = CRAD(b4, CRADConfig(num_blocks=1, expansion=216))
@@ -235,7 +235,7 @@ def test_registry_and_presets() -> None:
 
 
 def test_noise_of_a_batch_shard_is_its_rows_of_the_whole_batch_draw() -> None:
-    from refad.models.blocks import BatchShard
+    from refad.training.noise import BatchShard
 
     model = CRAD(SPEC, small()).train()
     (x,) = model.targets(features(batch=4))

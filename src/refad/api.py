@@ -6,70 +6,98 @@
     api.fit(cfg, "runs/rlr")
     result = api.evaluate("runs/rlr")
     report = api.predict("runs/rlr", ["img.png"], "preds/")
+    scorer = api.scorer("runs/rlr")           # the Scorer `refad test` and `predict` use
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
-from refad.config import RunConfig, apply_overrides
-from refad.engine.evaluate import evaluate, markdown_table
-from refad.engine.predict import predict
-from refad.engine.train import fit
-from refad.presets import preset
+import torch
 
-__all__ = ["build_config", "evaluate", "fit", "predict", "run_demo", "markdown_table"]
+from refad.atomic import write_text_atomic
+from refad.backbones import FeatureCache, FeatureExtractor, build_extractor
+from refad.config import RLRConfig, RunConfig, build_config, load_config_file
+from refad.device import cpu_threads
+from refad.inference import Scorer
+from refad.models.base import FeatureSpec
+from refad.models.registry import build_model
+from refad.models.scoring import gaussian_blur, max_score, mse_cosine_map, upsample_maps
+from refad.reporting.compare import compare
+from refad.reporting.evaluation import evaluate
+from refad.reporting.predictions import predict
+from refad.reporting.render import heatmap_rgb, normalise_map, overlay
+from refad.reporting.tables import METRIC_LABELS, markdown_table
+from refad.runs import UNIFIED, RunDir, TrainedRun, open_run
+from refad.runs.imported import import_run
+from refad.training import (
+    DeviceFeatures,
+    StepSettings,
+    compiled_loss,
+    extract_features,
+    fit,
+    make_optimizer,
+    train_steps,
+)
+from refad.training.loop import STORAGE_DTYPES
+
+__all__ = [
+    # what users run
+    "RunConfig",
+    "build_config",
+    "compare",
+    "evaluate",
+    "fit",
+    "import_run",
+    "load_config_file",
+    "open_run",
+    "predict",
+    "run_demo",
+    "scorer",
+    # pictures and tables
+    "METRIC_LABELS",
+    "heatmap_rgb",
+    "markdown_table",
+    "normalise_map",
+    "overlay",
+    "write_text_atomic",
+    # lower-level pieces for benchmarks and extensions (the same code the commands run)
+    "STORAGE_DTYPES",
+    "DeviceFeatures",
+    "FeatureCache",
+    "FeatureExtractor",
+    "FeatureSpec",
+    "RLRConfig",
+    "Scorer",
+    "StepSettings",
+    "build_extractor",
+    "build_model",
+    "compiled_loss",
+    "cpu_threads",
+    "extract_features",
+    "gaussian_blur",
+    "make_optimizer",
+    "max_score",
+    "mse_cosine_map",
+    "train_steps",
+    "upsample_maps",
+]
 
 
-def build_config(
-    method: str = "rlr",
-    data: str = "mvtec",
-    root: str | Path | None = None,
-    categories: Sequence[str] | None = None,
-    normal_dir: str | Path | None = None,
-    anomalous_dir: str | Path | None = None,
-    mask_dir: str | Path | None = None,
-    test_normal_dir: str | Path | None = None,
-    backbone: str | None = None,
-    levels: Sequence[int] | None = None,
-    weights: str | Path | None = None,
-    image_size: int | None = None,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    seed: int | None = None,
-    per_category: bool = False,
-    feature_cache: str | Path | None = None,
-    val_fraction: float | None = None,
-    device: str = "auto",
-    overrides: Sequence[str] | None = None,
-) -> RunConfig:
-    """A method's preset with the given fields overridden (None keeps the preset's value)."""
-    cfg = preset(method)
-    sets: list[str] = [f"data.kind={data}", f"device={device}"]
-
-    def put(key: str, value: object) -> None:
-        if value is not None:
-            import json
-
-            sets.append(f"{key}={json.dumps(str(value) if isinstance(value, Path) else value)}")
-
-    for key, value in {
-        "data.root": root, "data.categories": list(categories) if categories else None,
-        "data.normal_dir": normal_dir, "data.anomalous_dir": anomalous_dir,
-        "data.mask_dir": mask_dir, "data.test_normal_dir": test_normal_dir,
-        "data.image_size": image_size, "backbone.name": backbone,
-        "backbone.levels": list(levels) if levels else None,
-        "backbone.weights": str(weights) if weights is not None else None,
-        "train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr,
-        "train.seed": seed, "train.feature_cache": feature_cache,
-        "train.val_fraction": val_fraction,
-        "train.mode": "per-category" if per_category else None,
-    }.items():
-        put(key, value)
-    return apply_overrides(cfg, sets + list(overrides or []))
+def scorer(
+    run: Path | str | TrainedRun,
+    unit: str = UNIFIED,
+    device: str | torch.device | None = None,
+    amp: bool = False,
+    compile_mode: str | None = None,
+) -> Scorer:
+    """The Scorer of one trained unit of a run (backbone included): what `refad test` and
+    `refad predict` score with, for code that brings its own images or features."""
+    opened = run if isinstance(run, TrainedRun) else open_run(run, device)
+    model, _ = opened.model(unit)
+    return Scorer(model, opened.device, opened.extractor, amp, compile_mode)
 
 
 def run_demo(
@@ -94,7 +122,7 @@ def run_demo(
         image_size=image_size, epochs=epochs, batch_size=8, device=device,
         overrides=["train.lr=0.0005"],
     )
-    resume = (run_dir / "config.json").exists()
+    resume = RunDir(run_dir).exists()
     fit(cfg, run_dir, resume=resume, progress=progress)
     result = evaluate(run_dir, device=device, progress=progress)
     echo(markdown_table(result))

@@ -6,12 +6,7 @@ from refad.backbones.cache import (
     compute_features,
     feature_cache_key,
 )
-from refad.backbones.extractor import (
-    DEFAULT_BACKBONE,
-    DEFAULT_LEVELS,
-    FeatureExtractor,
-    build_extractor,
-)
+from refad.backbones.extractor import FeatureExtractor, build_extractor
 from refad.backbones.weights import (
     PACKAGED_WEIGHTS,
     PackagedWeights,
@@ -28,8 +23,6 @@ from refad.backbones.weights import (
 
 __all__ = [
     "CACHE_FORMAT",
-    "DEFAULT_BACKBONE",
-    "DEFAULT_LEVELS",
     "PACKAGED_WEIGHTS",
     "FeatureCache",
     "FeatureExtractor",

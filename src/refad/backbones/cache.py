@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -26,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from refad.atomic import write_atomic
 from refad.backbones.extractor import FeatureExtractor
 from refad.errors import DataError
 
@@ -194,13 +193,6 @@ class FeatureCache:
             "key": key_json,
             "shapes": json.dumps(_shapes(features)),
         }
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        try:
-            safetensors.torch.save_file(tensors, tmp_name, metadata=metadata)
-            with open(tmp_name, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        write_atomic(
+            path, lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata=metadata)
+        )

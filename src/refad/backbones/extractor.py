@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -27,26 +26,13 @@ from timm.models.efficientnet import EfficientNetFeatures
 from torch import nn
 
 from refad.backbones.weights import load_into, resolve_weights
+from refad.config.schema import (
+    DEFAULT_LEVELS,
+    BackboneConfig,
+    check_kernel,
+    check_levels,
+)
 from refad.errors import CheckpointError, ConfigError
-
-DEFAULT_BACKBONE = "tf_efficientnet_lite2"
-DEFAULT_LEVELS: tuple[int, ...] = (2, 3)
-
-
-def _check_levels(levels: Sequence[int]) -> tuple[int, ...]:
-    """Levels must be distinct, ascending timm out_indices (timm returns features in that order)."""
-    levels = tuple(int(v) for v in levels)
-    if not levels:
-        raise ConfigError("backbone.levels: at least one feature level is needed")
-    if any(v < 0 for v in levels) or any(b <= a for a, b in pairwise(levels)):
-        raise ConfigError(f"backbone.levels: {list(levels)} must be non-negative and ascending")
-    return levels
-
-
-def _check_kernel(kernel: int) -> int:
-    if int(kernel) != kernel or kernel < 1 or kernel % 2 == 0:
-        raise ConfigError(f"backbone.aggregate_kernel: {kernel} must be a positive odd integer")
-    return int(kernel)
 
 
 def _create_features_model(
@@ -108,7 +94,7 @@ class FeatureExtractor(nn.Module):
 
     def __init__(
         self,
-        name: str = DEFAULT_BACKBONE,
+        name: str,
         levels: Sequence[int] = DEFAULT_LEVELS,
         weights: str | Path | None = "auto",
         aggregate_kernel: int = 3,
@@ -117,8 +103,8 @@ class FeatureExtractor(nn.Module):
     ) -> None:
         super().__init__()
         self.name = name
-        self.levels = _check_levels(levels)
-        self.aggregate_kernel = _check_kernel(aggregate_kernel)
+        self.levels = check_levels(levels)
+        self.aggregate_kernel = check_kernel(aggregate_kernel)
         resolved = resolve_weights(name, weights, seed)
         self.model = _create_features_model(name, self.levels, resolved.timm_pretrained, seed)
         if resolved.state_dict is not None:
@@ -166,16 +152,22 @@ class FeatureExtractor(nn.Module):
         )
 
 
-def build_extractor(cfg: Mapping[str, Any]) -> FeatureExtractor:
-    """Build from a mapping with optional keys name, levels, weights, aggregate_kernel, seed."""
-    known = {"name", "levels", "weights", "aggregate_kernel", "seed"}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ConfigError(f"backbone.{unknown[0]}: unknown field (known: {sorted(known)})")
-    return FeatureExtractor(
-        name=cfg.get("name", DEFAULT_BACKBONE),
-        levels=cfg.get("levels", DEFAULT_LEVELS),
-        weights=cfg.get("weights", "auto"),
-        aggregate_kernel=cfg.get("aggregate_kernel", 3),
-        seed=cfg.get("seed", 0),
+def build_extractor(
+    cfg: BackboneConfig | Mapping[str, Any],
+    device: torch.device | str | None = None,
+    seed: int = 0,
+) -> FeatureExtractor:
+    """The extractor a run's `backbone` section describes (a mapping is validated as one),
+    in eval mode on `device` when given."""
+    if not isinstance(cfg, BackboneConfig):
+        data = dict(cfg)
+        seed = int(data.pop("seed", seed))
+        if data.get("weights", "auto") is None:
+            data["weights"] = "none"
+        cfg = BackboneConfig.parse(data, where="backbone")
+    weights = None if cfg.weights == "none" else cfg.weights
+    extractor = FeatureExtractor(
+        cfg.name, levels=cfg.levels, weights=weights, aggregate_kernel=cfg.aggregate_kernel,
+        seed=seed,
     )
+    return extractor.eval() if device is None else extractor.to(device).eval()

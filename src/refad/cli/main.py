@@ -7,7 +7,6 @@ Every user-facing failure (bad data, config, checkpoint, full disk) is printed a
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,7 +29,7 @@ err_console = Console(stderr=True)
 @app.callback()
 def _setup() -> None:
     """Runs before every command: CPU threads follow the cores this process may use."""
-    from refad.engine.device import set_cpu_threads
+    from refad.device import set_cpu_threads
 
     set_cpu_threads()
 
@@ -52,6 +51,13 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+COMPILE_OPTION = typer.Option(
+    "--compile",
+    help="torch.compile the scoring path: none, default, reduce-overhead (CUDA graphs) or "
+    "max-autotune; the same Scorer the speed benchmark measures.",
+)
+
+
 def _csv_ints(text: str | None) -> list[int] | None:
     if text is None:
         return None
@@ -69,7 +75,17 @@ def _csv(text: str | None) -> list[str] | None:
 @user_errors
 def train(
     out: Annotated[Path, typer.Option(help="Run folder to create (or resume).")],
-    data: Annotated[str, typer.Option(help="Dataset layout: mvtec, visa or folder.")] = "mvtec",
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="A config file (JSON or YAML, the schema of a run's config.json); flags and "
+            "--set given as well apply on top of it.",
+        ),
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Dataset layout: mvtec, visa or folder.")
+    ] = None,
     root: Annotated[Path | None, typer.Option(help="Dataset root (mvtec, visa).")] = None,
     categories: Annotated[str | None, typer.Option(help="Comma-separated; default all.")] = None,
     normal_dir: Annotated[Path | None, typer.Option(help="Folder layout: normal images.")] = None,
@@ -78,7 +94,9 @@ def train(
     test_normal_dir: Annotated[
         Path | None, typer.Option(help="Folder layout: test normals.")
     ] = None,
-    method: Annotated[str, typer.Option(help="rlr, uniad, crad, crad-s (presets).")] = "rlr",
+    method: Annotated[
+        str | None, typer.Option(help="rlr, uniad, crad, crad-s (presets).")
+    ] = None,
     backbone: Annotated[str | None, typer.Option(help="timm model name.")] = None,
     levels: Annotated[str | None, typer.Option(help="timm out_indices, e.g. 2,3.")] = None,
     weights: Annotated[str | None, typer.Option(help="auto, none, or a .pth/.safetensors.")] = None,
@@ -90,7 +108,7 @@ def train(
     per_category: Annotated[bool, typer.Option(help="One model per category.")] = False,
     feature_cache: Annotated[Path | None, typer.Option(help="Folder to cache features.")] = None,
     val_fraction: Annotated[float | None, typer.Option(help="Normal images held out.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="section.field=value")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
@@ -105,14 +123,20 @@ def train(
     ] = None,
 ) -> None:
     """Train one model (unified: all categories) and save it to OUT."""
-    from refad.api import build_config, fit
+    from refad.api import build_config, fit, load_config_file
 
+    base = load_config_file(config_file) if config_file is not None else None
+    if base is not None and method is not None and method != base.method:
+        raise RefadError(f"--method {method}: the config file's method is {base.method!r}")
     config = build_config(
-        method=method, data=data, root=root, categories=_csv(categories), normal_dir=normal_dir,
+        method=method or (base.method if base else "rlr"),
+        data=data or (base.data.kind if base else "mvtec"), base=base,
+        device=device or (base.device if base else "auto"), root=root,
+        categories=_csv(categories), normal_dir=normal_dir,
         anomalous_dir=anomalous_dir, mask_dir=mask_dir, test_normal_dir=test_normal_dir,
         backbone=backbone, levels=_csv_ints(levels), weights=weights, image_size=image_size,
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, per_category=per_category,
-        feature_cache=feature_cache, val_fraction=val_fraction, device=device,
+        feature_cache=feature_cache, val_fraction=val_fraction,
         overrides=[
             *(set_ or []),
             *(["train.amp=true"] if amp else []),
@@ -136,15 +160,16 @@ def test(
     metrics: Annotated[str, typer.Option(help="exact or binned.")] = "exact",
     progress: Annotated[bool, typer.Option()] = True,
     amp: Annotated[bool, typer.Option(help="bf16 autocast on CUDA (ignored on the CPU).")] = False,
+    compile_: Annotated[str | None, COMPILE_OPTION] = None,
 ) -> None:
     """Evaluate a run on its test split: seven metrics per category and the mean."""
-    from refad.engine.evaluate import evaluate, markdown_table
-    from refad.engine.run import open_run
+    from refad.api import evaluate, markdown_table
+    from refad.runs import RunDir
 
     data = None
     if root is not None:
-        data = open_run(run, "cpu").config.data.model_copy(update={"root": str(root)})
-    result = evaluate(run, device, data, batch_size, metrics, progress, amp)
+        data = RunDir(run).read_config().data.model_copy(update={"root": str(root)})
+    result = evaluate(run, device, data, batch_size, metrics, progress, amp, compile_)
     console.print(markdown_table(result), highlight=False)
     console.print(f"written: {run / 'metrics.json'}, {run / 'metrics.md'}")
 
@@ -159,11 +184,12 @@ def predict(
     device: Annotated[str | None, typer.Option()] = None,
     batch_size: Annotated[int, typer.Option()] = 8,
     amp: Annotated[bool, typer.Option(help="bf16 autocast on CUDA (ignored on the CPU).")] = False,
+    compile_: Annotated[str | None, COMPILE_OPTION] = None,
 ) -> None:
     """Score images; write heatmaps, overlays and predictions.json/.csv."""
-    from refad.engine.predict import predict as run_predict
+    from refad.api import predict as run_predict
 
-    report = run_predict(run, inputs, out, device, category, batch_size, amp)
+    report = run_predict(run, inputs, out, device, category, batch_size, amp, compile_)
     for p in report.predictions:
         verdict = "" if p.anomalous is None else (" ANOMALOUS" if p.anomalous else " normal")
         console.print(f"{p.score:.4f}{verdict}  {p.path}", highlight=False)
@@ -193,7 +219,7 @@ def compare(
     progress: Annotated[bool, typer.Option()] = True,
 ) -> None:
     """Train and evaluate several methods on one dataset; write one side-by-side table."""
-    from refad.engine.compare import compare as run_compare
+    from refad.api import compare as run_compare
 
     base = {"data": data, "root": root, "categories": _csv(categories), "backbone": backbone,
             "weights": weights, "epochs": epochs, "device": device}
@@ -217,8 +243,7 @@ def import_authors(
     set_: Annotated[list[str] | None, typer.Option("--set", help="section.field=value")] = None,
 ) -> None:
     """Turn a checkpoint of the authors' code into a refad run (read with weights_only)."""
-    from refad.api import build_config
-    from refad.engine.imported import import_run
+    from refad.api import build_config, import_run
 
     config = build_config(method=method, data=data, root=root, backbone=backbone,
                           weights=weights, device=device, overrides=set_)
@@ -242,9 +267,3 @@ def demo(
              echo=lambda s: console.print(s, highlight=False))
 
 
-def main() -> None:  # pragma: no cover - console entry point alias
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())

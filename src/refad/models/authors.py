@@ -394,25 +394,15 @@ def import_authors_checkpoint(
     path: Path | str,
     spec: FeatureSpec,
     model_config: Mapping[str, Any] | None = None,
-) -> ReconstructionModel:
-    """Load an authors' checkpoint file into a refad model (CPU, eval mode).
+) -> tuple[ReconstructionModel, ImportReport]:
+    """Load an authors' checkpoint file into a refad model (CPU, eval mode) and report what
+    was read and left out.
 
     `spec` describes the features of the matching backbone. Structural hyper-parameters
     (widths, layer counts, grid sizes, expansion) are read from the weights and win over
     `model_config`, which supplies the rest (e.g. UniAD's `neighbour_window`, which the
     weights do not show).
     """
-    model, _ = import_authors_checkpoint_with_report(method, path, spec, model_config)
-    return model
-
-
-def import_authors_checkpoint_with_report(
-    method: str,
-    path: Path | str,
-    spec: FeatureSpec,
-    model_config: Mapping[str, Any] | None = None,
-) -> tuple[ReconstructionModel, ImportReport]:
-    """As `import_authors_checkpoint`, also returning what was read and left out."""
     path = Path(path)
     obj = load_authors_file(path)
     model, config, ignored = convert_authors_state(method, obj, spec, model_config, str(path))

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from refad.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from refad.models.layers.jitter import Noise
 
 
 @dataclass(frozen=True)
@@ -52,13 +55,13 @@ class ReconstructionModel(nn.Module, ABC):
 
     @abstractmethod
     def reconstruct(
-        self, targets: list[torch.Tensor], generator: torch.Generator | None = None
+        self, targets: list[torch.Tensor], generator: Noise = None
     ) -> list[torch.Tensor]:
         """Reconstruct targets; in training mode the method's input jitter is drawn."""
 
     @abstractmethod
     def loss(
-        self, levels: list[torch.Tensor], generator: torch.Generator | None = None
+        self, levels: list[torch.Tensor], generator: Noise = None
     ) -> torch.Tensor:
         """Scalar training loss for a batch of backbone levels."""
 
@@ -71,6 +74,10 @@ class ReconstructionModel(nn.Module, ABC):
         Split from `score` so that a caller can reconstruct under autocast and still score in
         float32 (upsampling, smoothing and the max are sensitive to bf16 rounding).
         """
+
+    def parameter_groups(self, lr: float) -> list[dict[str, Any]] | None:
+        """Optimiser parameter groups with their own learning rates; None: one group at `lr`."""
+        return None
 
     def score(self, levels: list[torch.Tensor]) -> Scores:
         """Pixel anomaly maps at the input size and image scores (no jitter)."""

@@ -13,45 +13,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
 from torch import nn
 
-from refad.config_base import StrictModel
+from refad.config.methods import CRADConfig
 from refad.models.base import FeatureSpec, Scores
-from refad.models.blocks import (
+from refad.models.grid import GridReconstructionModel
+from refad.models.layers import (
     MobileBottleneck,
     Noise,
     draw_normal,
     draw_uniform,
 )
-from refad.models.grid import GridReconstructionModel
 from refad.models.scoring import avg_pool_max_score, l2_map, upsample_maps
-
-
-class CRADConfig(StrictModel):
-    """Hyper-parameters of CRAD (defaults: the paper's CRAD; CRAD-S sets expansion=216)."""
-
-    local_grid: int = Field(8, ge=1)
-    global_grid: int = Field(4, ge=1)
-    num_blocks: int = Field(11, ge=0)
-    expansion: int = Field(864, ge=1)
-    se_reduction: int = Field(4, ge=1)
-    noise_std: float = Field(0.0598, ge=0)  # coordinate noise during training
-    noise_prob: float = Field(0.5, ge=0, le=1)  # drawn once per training step
-    mse_weight: float = 0.3  # output refinement: sim = w_m * m + w_c * cos
-    cos_weight: float = 0.7
-    mse_coef: float = Field(0.05, ge=0)  # m = 1 - round(clip(mse_coef * mse, 0, 1))
-    grid_lr: float = Field(0.1, gt=0)  # learning rate of both grids (network: train.lr)
-    smooth_kernel: int = Field(21, ge=1)  # evaluation: k x k average pool on the upsampled map
-    image_pool: int = Field(32, ge=1)  # image score: max after this average pool
-    grid_level: int = 0  # position in backbone.levels whose grid all levels are resized to
-
-    @field_validator("smooth_kernel")
-    @classmethod
-    def _odd(cls, v: int) -> int:
-        if v % 2 == 0:
-            raise ValueError("must be odd (the map keeps its size)")
-        return v
 
 
 def refine(rec: torch.Tensor, target: torch.Tensor, config: CRADConfig) -> torch.Tensor:
@@ -143,7 +116,13 @@ class CRAD(GridReconstructionModel):
 
     method = "crad"
 
-    def __init__(self, spec: FeatureSpec, config: CRADConfig | None = None) -> None:
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        config: CRADConfig | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        """`device` is part of the common constructor; this method makes no per-device choice."""
         config = config or CRADConfig()
         super().__init__(spec, config)
         self.net = CRADNetwork(sum(spec.channels), *self.grid, config)
@@ -171,13 +150,13 @@ class CRAD(GridReconstructionModel):
         return noise * cfg.noise_std
 
     def raw_reconstruction(
-        self, target: torch.Tensor, generator: torch.Generator | None = None
+        self, target: torch.Tensor, generator: Noise = None
     ) -> torch.Tensor:
         """The network output before output refinement."""
         return self.net(target, self._noise(target, generator))
 
     def reconstruct(
-        self, targets: list[torch.Tensor], generator: torch.Generator | None = None
+        self, targets: list[torch.Tensor], generator: Noise = None
     ) -> list[torch.Tensor]:
         """Refined reconstructions rec' (what the loss and the maps use)."""
         (target,) = targets

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from refad.models.base import FeatureSpec, ReconstructionModel
-from refad.models.blocks import concat_on_grid, grid_index
+from refad.models.layers import Noise, concat_on_grid, grid_index
 
 
 class GridReconstructionModel(ReconstructionModel):
@@ -28,7 +28,7 @@ class GridReconstructionModel(ReconstructionModel):
         return [concat_on_grid(levels, self.grid)]
 
     def loss(
-        self, levels: list[torch.Tensor], generator: torch.Generator | None = None
+        self, levels: list[torch.Tensor], generator: Noise = None
     ) -> torch.Tensor:
         targets = self.targets(levels)
         (rec,) = self.reconstruct(targets, generator)

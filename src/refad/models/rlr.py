@@ -8,19 +8,18 @@ token's window, so the network cannot copy a token (or its anomaly) to its own o
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
-from refad.config_base import StrictModel
+from refad.config.methods import AttentionImpl, RLRConfig
 from refad.errors import ConfigError
 from refad.models.base import FeatureSpec, ReconstructionModel, Scores
-from refad.models.blocks import (
+from refad.models.layers import (
     MultiHeadAttention,
+    Noise,
     TokenEmbedding,
     feature_jitter,
     neighbourhood_mask,
@@ -32,44 +31,26 @@ from refad.models.blocks import (
 )
 from refad.models.scoring import gaussian_blur, max_score, mse_cosine_map, upsample_maps
 
-# Paper Table 3 ablations. "rlr" is the method; the others are the rows of the table.
-AttentionKind = Literal["rlr", "lca", "mlka", "cross", "self"]
-ATTENTION_KINDS: tuple[str, ...] = ("rlr", "lca", "mlka", "cross", "self")
-# How the masked attentions are computed; all give the same maps (see RLRConfig).
-AttentionImpl = Literal["fast", "windowed", "reference"]
 
+def resolve_attention_impl(impl: AttentionImpl, device: torch.device | str | None) -> str:
+    """The concrete attention path for a model built for `device` ("fast" picks per device).
 
-class RLRConfig(StrictModel):
-    """Hyper-parameters of RLR (defaults: the paper and the authors' released command)."""
-
-    num_layers: int = Field(4, ge=1)
-    num_heads: int = Field(8, ge=1)
-    hidden_dims: list[int] | None = None  # None: 128 * 2**(level-1) per timm level index
-    ffn_ratio: int = Field(4, ge=1)
-    alpha: float = Field(2.0, gt=0)
-    attention: AttentionKind = "rlr"
-    residual: bool = False  # True restores the identity shortcut (ablation)
-    windows: dict[int, int] = Field(default_factory=lambda: {16: 5, 32: 7, 64: 11})
-    jitter_scale: float = Field(4.0, ge=0)
-    gaussian_sigma: float = Field(4.0, ge=0)
-    # "integer": the authors' table (integer positions, x half first); "normalised": DETR form
-    position_embedding: Literal["integer", "normalised"] = "integer"
-    # "windowed": LCA over each query's p x p window only (N*p^2 instead of N^2), MLKA with a
-    # cached additive mask. "fast": windowed on CUDA; on other devices LCA is a dense SDPA with
-    # a cached additive mask, which the CPU runs faster (2.6x at batch 1: thousands of tiny
-    # window matmuls cost more there than the N^2 work they save). "reference": plain masked
-    # dense SDPA, the test oracle. Same parameters and the same maps (to float32 rounding);
-    # the choice is not part of the model's math.
-    attention_impl: AttentionImpl = "fast"
+    Decided once, when the model is built; moving a built model keeps its path (all paths
+    give the same maps, only their speed differs by device).
+    """
+    if impl != "fast":
+        return impl
+    kind = torch.device(device).type if device is not None else "cpu"
+    return "windowed" if kind == "cuda" else "dense"
 
 
 class WindowMasks(NamedTuple):
-    """The masks of one level's forward pass, built once per shape and device (never per call).
+    """The masks of one level, built with the level (never per call) and moved with it.
 
     `inside`: (N, N) bool, True where the key lies in the query's window (reference path).
-    `index`/`valid`: (N, P) window gather table (windowed LCA). `outside_bias`: (N, N) additive
-    mask, -inf inside the window and 0 outside, in the attention's compute dtype (MLKA);
-    `inside_bias` the opposite (dense LCA off CUDA). None where this forward does not use it.
+    `index`/`valid`: (N, P) window gather table (windowed LCA). `outside_bias`: (N, N)
+    additive float mask, -inf inside the window and 0 outside (MLKA on the fast paths);
+    `inside_bias` the opposite (dense LCA). None where the level's path does not use it.
     """
 
     inside: torch.Tensor
@@ -82,10 +63,12 @@ class WindowMasks(NamedTuple):
 class RLRLayer(nn.Module):
     """One RLR layer: Z = LN(alpha*LCA + MLKA) (no residual from Y); Y' = LN(Z + FFN(Z))."""
 
-    def __init__(self, dim: int, num_heads: int, ffn_ratio: int, config: RLRConfig) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, ffn_ratio: int, config: RLRConfig, impl: str
+    ) -> None:
         super().__init__()
         self.kind = config.attention
-        self.impl = config.attention_impl
+        self.impl = impl
         self.alpha = config.alpha
         self.residual = config.residual
         if self.kind in ("rlr", "lca", "cross", "self"):
@@ -102,13 +85,13 @@ class RLRLayer(nn.Module):
         """LCA: queries from y, keys and values from the reference inside each window."""
         if self.impl == "reference":
             return self.lca(y, ref, ref, masks.inside)
-        if masks.inside_bias is not None:
+        if self.impl == "dense":
             return self.lca(y, ref, ref, masks.inside_bias)
         return windowed_attention(self.lca, y, ref, ref, masks.index, masks.valid)
 
     def masked_key(self, y: torch.Tensor, ref: torch.Tensor, masks: WindowMasks) -> torch.Tensor:
         """MLKA: keys from the reference, values from y, only from OUTSIDE each window."""
-        if self.impl == "reference" or masks.outside_bias is None:
+        if self.impl == "reference":
             return self.mlka(y, ref, y, ~masks.inside)
         return self.mlka(y, ref, y, masks.outside_bias)
 
@@ -132,18 +115,23 @@ class RLRLayer(nn.Module):
         return self.norm2(z + self.ffn(z))
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype attention runs in for input x: the autocast dtype when autocast is on."""
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
+def _additive_mask(blocked: torch.Tensor) -> torch.Tensor:
+    """0 where a key may be read, -inf where `blocked` (float32; autocast casts it with q)."""
+    return torch.zeros(blocked.shape).masked_fill(blocked, float("-inf"))
 
 
 class RLRLevel(nn.Module):
     """The reconstruction network of one feature level (H x W tokens of C channels)."""
 
     def __init__(
-        self, channels: int, height: int, width: int, dim: int, window: int, config: RLRConfig
+        self,
+        channels: int,
+        height: int,
+        width: int,
+        dim: int,
+        window: int,
+        config: RLRConfig,
+        impl: str,
     ) -> None:
         super().__init__()
         self.height, self.width, self.window = height, width, window
@@ -152,59 +140,40 @@ class RLRLevel(nn.Module):
         self.reference = nn.Parameter(torch.randn(height * width, channels))
         self.reference_embed = TokenEmbedding(channels, dim, height, width, pos)
         self.layers = nn.ModuleList(
-            RLRLayer(dim, config.num_heads, config.ffn_ratio, config)
+            RLRLayer(dim, config.num_heads, config.ffn_ratio, config, impl)
             for _ in range(config.num_layers)
         )
         self.out_norm = nn.LayerNorm(dim)
         self.out_proj = nn.Linear(dim, channels)
-        # Shape-derived tables: non-persistent buffers (not in the state_dict), built here once.
-        self.register_buffer(
-            "window_mask", neighbourhood_mask(height, width, window), persistent=False
-        )
+        # Shape-derived tables: non-persistent buffers (not in the state_dict), built here once
+        # for the level's attention path; they follow the module's device and dtype moves.
+        inside = neighbourhood_mask(height, width, window)
+        self.register_buffer("window_mask", inside, persistent=False)
         index, valid = window_index_table(height, width, window)
         self.register_buffer("window_index", index, persistent=False)
         self.register_buffer("window_valid", valid, persistent=False)
-        impl, kind = config.attention_impl, config.attention
-        self.needs_outside_bias = impl != "reference" and kind in ("rlr", "mlka")
-        self.dense_lca_off_cuda = impl == "fast" and kind in ("rlr", "lca")
-        # (device, dtype, inside) -> additive mask
-        self._bias_cache: dict[tuple[torch.device, torch.dtype, bool], torch.Tensor] = {}
+        kind = config.attention
+        outside = impl != "reference" and kind in ("rlr", "mlka")
+        dense_lca = impl == "dense" and kind in ("rlr", "lca")
+        self.register_buffer(
+            "outside_bias", _additive_mask(inside) if outside else None, persistent=False
+        )
+        self.register_buffer(
+            "inside_bias", _additive_mask(~inside) if dense_lca else None, persistent=False
+        )
 
-    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> RLRLevel:
-        self._bias_cache = {}  # device/dtype moves invalidate the cached additive masks
-        return super()._apply(fn, recurse)
-
-    def additive_mask(self, dtype: torch.dtype, inside: bool) -> torch.Tensor:
-        """0 where a key may be read, -inf where not: `inside` the window (LCA) or outside it
-        (MLKA). Cached per device, dtype and side.
-
-        Only eager calls fill the cache. Inside torch.compile the mask is built in the graph
-        (one N x N fill per step, fused by the compiler): a tensor made there belongs to the
-        graph, and CUDA-graph replay would overwrite a cached copy on the next step.
-        """
-        key = (self.window_mask.device, dtype, inside)
-        bias = self._bias_cache.get(key)
-        if bias is None:
-            blocked = ~self.window_mask if inside else self.window_mask
-            bias = torch.zeros(self.window_mask.shape, device=key[0], dtype=dtype)
-            bias = bias.masked_fill(blocked, float("-inf"))
-            if not torch.compiler.is_compiling():
-                self._bias_cache[key] = bias
-        return bias
-
-    def masks(self, y: torch.Tensor) -> WindowMasks:
-        """This forward's masks for embedded tokens y (their device and compute dtype)."""
-        dtype = _compute_dtype(y)
-        outside = self.additive_mask(dtype, inside=False) if self.needs_outside_bias else None
-        dense_lca = self.dense_lca_off_cuda and y.device.type != "cuda"
-        inside = self.additive_mask(dtype, inside=True) if dense_lca else None
-        return WindowMasks(self.window_mask, self.window_index, self.window_valid, outside, inside)
+    def masks(self) -> WindowMasks:
+        """The masks of this level's attention path."""
+        return WindowMasks(
+            self.window_mask, self.window_index, self.window_valid, self.outside_bias,
+            self.inside_bias,
+        )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, C) input tokens -> (B, N, C) reconstruction."""
         y = self.input_embed(tokens)
         ref = self.reference_embed(self.reference.to(tokens.dtype))[None]  # once per forward
-        masks = self.masks(y)
+        masks = self.masks()
         for layer in self.layers:
             y = layer(y, ref, masks)
         return self.out_proj(self.out_norm(y))
@@ -215,9 +184,17 @@ class RLR(ReconstructionModel):
 
     method = "rlr"
 
-    def __init__(self, spec: FeatureSpec, config: RLRConfig | None = None) -> None:
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        config: RLRConfig | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        """`device`: where the model will run; it only decides the "fast" attention path (the
+        parameters are created on the CPU, the caller moves them)."""
         config = config or RLRConfig()
         super().__init__(spec, config)
+        self.attention_impl = resolve_attention_impl(config.attention_impl, device)
         dims = config.hidden_dims or [128 * 2 ** (lvl - 1) for lvl in spec.levels]
         if len(dims) != len(spec.levels):
             raise ConfigError(
@@ -228,7 +205,7 @@ class RLR(ReconstructionModel):
             if d % config.num_heads != 0 or d % 4 != 0:
                 raise ConfigError(f"hidden width {d} must divide by num_heads and by 4")
             window = window_size_for(max(h, w), config.windows)
-            self.levels.append(RLRLevel(c, h, w, d, window, config))
+            self.levels.append(RLRLevel(c, h, w, d, window, config, self.attention_impl))
 
     def with_attention_impl(self, impl: AttentionImpl) -> RLR:
         """A copy with the same weights, device and mode, computing attention by `impl`.
@@ -237,21 +214,22 @@ class RLR(ReconstructionModel):
         checked against the plain masked one (tests, benchmarks).
         """
         config = self.config.model_copy(update={"attention_impl": impl})
-        copy = RLR(self.spec, config)
         param = next(self.parameters())
+        copy = RLR(self.spec, config, param.device)
         copy.to(device=param.device, dtype=param.dtype)
         copy.load_state_dict(self.state_dict())
         buffers = dict(copy.named_buffers())
         with torch.no_grad():  # non-persistent tables too (e.g. an imported positional table)
             for name, buf in self.named_buffers():
-                buffers[name].copy_(buf)
+                if name in buffers and buffers[name].shape == buf.shape:
+                    buffers[name].copy_(buf)
         return copy.train(self.training)
 
     def targets(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
         return levels
 
     def reconstruct(
-        self, targets: list[torch.Tensor], generator: torch.Generator | None = None
+        self, targets: list[torch.Tensor], generator: Noise = None
     ) -> list[torch.Tensor]:
         out = []
         for net, target in zip(self.levels, targets, strict=True):
@@ -262,7 +240,7 @@ class RLR(ReconstructionModel):
         return out
 
     def loss(
-        self, levels: list[torch.Tensor], generator: torch.Generator | None = None
+        self, levels: list[torch.Tensor], generator: Noise = None
     ) -> torch.Tensor:
         targets = self.targets(levels)
         recs = self.reconstruct(targets, generator)

@@ -11,18 +11,17 @@ Feature jitter on the input during training adds a denoising objective.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field, field_validator
 from torch import nn
 
-from refad.config_base import StrictModel
+from refad.config.methods import UniADConfig
 from refad.errors import ConfigError
 from refad.models.base import FeatureSpec, Scores
-from refad.models.blocks import (
+from refad.models.grid import GridReconstructionModel
+from refad.models.layers import (
     LearnedPositionEmbedding2d,
     MultiHeadAttention,
+    Noise,
     PostNormEncoderLayer,
     feature_jitter,
     feed_forward,
@@ -31,35 +30,7 @@ from refad.models.blocks import (
     to_map,
     to_tokens,
 )
-from refad.models.grid import GridReconstructionModel
 from refad.models.scoring import avg_pool_max_score, l2_map, upsample_maps
-
-
-class UniADConfig(StrictModel):
-    """Hyper-parameters of UniAD (defaults: the authors' released MVTec-AD configuration)."""
-
-    hidden_dim: int = Field(256, ge=4)
-    num_heads: int = Field(8, ge=1)
-    num_encoder_layers: int = Field(4, ge=0)
-    num_decoder_layers: int = Field(4, ge=1)
-    ffn_dim: int = Field(1024, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    position_embedding: Literal["learned", "sine"] = "learned"
-    neighbour_window: int = Field(7, ge=1)
-    mask_encoder: bool = True  # the authors' neighbor_mask.mask[0]
-    mask_decoder_memory: bool = True  # mask[1]: decoder queries -> encoder output
-    mask_decoder_previous: bool = True  # mask[2]: decoder queries -> previous decoder output
-    jitter_scale: float = Field(20.0, ge=0)
-    jitter_prob: float = Field(1.0, ge=0, le=1)
-    grid_level: int = -1  # position in backbone.levels whose grid all levels are resized to
-    image_pool: int = Field(16, ge=1)  # image score: max after this average pool
-
-    @field_validator("neighbour_window")
-    @classmethod
-    def _odd(cls, v: int) -> int:
-        if v % 2 == 0:
-            raise ValueError("must be odd")
-        return v
 
 
 class QueryDecoderLayer(nn.Module):
@@ -174,13 +145,19 @@ class UniAD(GridReconstructionModel):
 
     method = "uniad"
 
-    def __init__(self, spec: FeatureSpec, config: UniADConfig | None = None) -> None:
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        config: UniADConfig | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        """`device` is part of the common constructor; this method makes no per-device choice."""
         config = config or UniADConfig()
         super().__init__(spec, config)
         self.net = UniADNetwork(sum(spec.channels), *self.grid, config)
 
     def reconstruct(
-        self, targets: list[torch.Tensor], generator: torch.Generator | None = None
+        self, targets: list[torch.Tensor], generator: Noise = None
     ) -> list[torch.Tensor]:
         (target,) = targets
         tokens = to_tokens(target)

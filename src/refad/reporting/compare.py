@@ -8,25 +8,21 @@ normal refad run (`OUT/<method>/`), so each can be re-evaluated or used for pred
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from refad.config import RunConfig, apply_overrides
-from refad.engine.evaluate import METRIC_LABELS, evaluate
-from refad.engine.io import write_text_atomic
-from refad.engine.train import CONFIG_FILE, fit
+from refad.atomic import write_text_atomic
+from refad.config import PRESETS, RunConfig, apply_overrides, build_config, preset
+from refad.config import shared_train_fields as shared_fields
 from refad.errors import ConfigError
 from refad.metrics import METRIC_NAMES
-from refad.models.registry import method_config
-from refad.presets import PRESETS, preset
-
-# RunConfig parts that describe the dataset/run, not the method: taken from a RunConfig base.
-SHARED_TRAIN_FIELDS = ("mode", "feature_cache", "val_fraction", "threshold_quantile",
-                       "feature_batch_size", "amp", "feature_storage")
+from refad.reporting.evaluation import evaluate
+from refad.reporting.tables import METRIC_LABELS, percent
+from refad.runs import RunDir, write_json
+from refad.runs.layout import COMPARISON_JSON, COMPARISON_MD
+from refad.training import fit
 
 
 def method_run_config(
@@ -46,24 +42,17 @@ def method_run_config(
     if isinstance(base, RunConfig):
         cfg = preset(method)
         train = cfg.train.model_copy(
-            update={f: getattr(base.train, f) for f in SHARED_TRAIN_FIELDS}
+            update={f: getattr(base.train, f) for f in shared_fields()}
         )
         cfg = cfg.model_copy(update={"data": base.data, "device": base.device, "train": train})
         cfg = apply_overrides(cfg, list(overrides))
     else:
-        from refad.api import build_config
-
         kwargs = dict(base or {})
         if "method" in kwargs:
             raise ConfigError("compare: give the methods as a list, not base['method']")
         extra = list(kwargs.pop("overrides", None) or [])
         cfg = build_config(method=method, overrides=extra + list(overrides), **kwargs)
-    method_config(cfg.method, cfg.model)  # fail before any training
     return cfg
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
 
 def comparison_markdown(result: dict[str, Any]) -> str:
@@ -82,7 +71,7 @@ def comparison_markdown(result: dict[str, Any]) -> str:
             name, r["backbone"], ",".join(str(v) for v in r["levels"]), str(r["image_size"]),
             str(r["epochs"]), f"{r['train_seconds']:.0f}",
         ]
-        cells += [_fmt(r["mean"][m]) for m in METRIC_NAMES]
+        cells += [percent(r["mean"][m]) for m in METRIC_NAMES]
         lines.append("| " + " | ".join(cells) + " |")
     categories = sorted({c for r in methods.values() for c in r["categories"]})
     lines += [
@@ -96,7 +85,8 @@ def comparison_markdown(result: dict[str, Any]) -> str:
         cells = []
         for r in methods.values():
             m = r["categories"].get(cat)
-            cells.append("n/a" if m is None else f"{_fmt(m['i_auroc'])} / {_fmt(m['p_auroc'])}")
+            pair = None if m is None else f"{percent(m['i_auroc'])} / {percent(m['p_auroc'])}"
+            cells.append(pair or "n/a")
         lines.append(f"| {cat} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -131,7 +121,7 @@ def compare(
     }
     out_dir = Path(out_dir)
     if not resume:
-        taken = [m for m in methods if (out_dir / m / CONFIG_FILE).exists()]
+        taken = [m for m in methods if RunDir(out_dir / m).exists()]
         if taken:
             raise ConfigError(
                 f"{out_dir / taken[0]}: already holds a run; use resume or another output folder"
@@ -142,7 +132,7 @@ def compare(
     for name, cfg in configs.items():
         run_dir = out_dir / name
         tic = time.perf_counter()
-        fit(cfg, run_dir, resume=resume and (run_dir / CONFIG_FILE).exists(), progress=progress)
+        fit(cfg, run_dir, resume=resume and RunDir(run_dir).exists(), progress=progress)
         train_seconds = time.perf_counter() - tic
         metrics = evaluate(
             run_dir, batch_size=batch_size, metrics_mode=metrics_mode, progress=progress
@@ -160,6 +150,6 @@ def compare(
             "categories": metrics["categories"],
         }
     result = {"dataset": dataset, "metrics_mode": metrics_mode, "methods": rows}
-    write_text_atomic(out_dir / "comparison.json", json.dumps(result, indent=2) + "\n")
-    write_text_atomic(out_dir / "comparison.md", comparison_markdown(result))
+    write_json(out_dir / COMPARISON_JSON, result)
+    write_text_atomic(out_dir / COMPARISON_MD, comparison_markdown(result))
     return result

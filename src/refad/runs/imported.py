@@ -7,23 +7,21 @@ checking that the saved config alone rebuilds the same network.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from refad.backbones import FeatureExtractor
+from refad.backbones import FeatureExtractor, build_extractor
 from refad.config import RunConfig
-from refad.engine.checkpoint import CheckpointMeta, backbone_identity, save_checkpoint, spec_to_dict
-from refad.engine.device import resolve_device
-from refad.engine.io import write_text_atomic
-from refad.engine.train import CONFIG_FILE, build_extractor
-from refad.engine.units import UNIFIED, unit_dir
+from refad.device import resolve_device
 from refad.errors import CheckpointError, ConfigError
-from refad.models.authors import ImportReport, import_authors_checkpoint_with_report
+from refad.models.authors import ImportReport, import_authors_checkpoint
 from refad.models.base import FeatureSpec, ReconstructionModel
 from refad.models.registry import build_model
+from refad.runs.checkpoint import CheckpointMeta, backbone_identity, spec_to_dict
+from refad.runs.layout import IMPORTED_FILE, UNIFIED
+from refad.runs.rundir import RunDir, write_json
 
 
 def _probe(spec: FeatureSpec, seed: int = 0) -> list[torch.Tensor]:
@@ -76,7 +74,8 @@ def write_imported_run(
     without a decision.
     """
     run_dir = Path(run_dir)
-    if (run_dir / CONFIG_FILE).exists():
+    folder = RunDir(run_dir)
+    if folder.exists():
         raise ConfigError(f"{run_dir}: already holds a run; choose another output folder")
     if config.method != model.method:
         raise ConfigError(f"method: config says {config.method!r}, the model is {model.method!r}")
@@ -95,9 +94,8 @@ def write_imported_run(
             f"{model.spec.image_size} px"
         )
     check_reload(model, str(run_dir))
-    config = config.model_copy(update={"model": model.config.model_dump()})
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(run_dir / CONFIG_FILE)
+    config = config.model_copy(update={"model": model.config})
+    folder.write_config(config)
     epoch = report.epoch if report is not None and report.epoch is not None else 0
     meta = CheckpointMeta(
         method=model.method,
@@ -107,11 +105,9 @@ def write_imported_run(
         backbone=backbone_identity(extractor, config.data.image_size),
         model_config=model.config.model_dump(),
     )
-    save_checkpoint(unit_dir(run_dir, UNIFIED), model, meta)
+    folder.save_checkpoint(UNIFIED, model, meta)
     if report is not None:
-        write_text_atomic(
-            run_dir / "imported.json", json.dumps(asdict(report), indent=2) + "\n"
-        )
+        write_json(run_dir / IMPORTED_FILE, asdict(report))
     return run_dir
 
 
@@ -124,14 +120,13 @@ def import_run(
 ) -> Path:
     """CLI entry: build the configured backbone, import the authors' file, write the run."""
     dev = resolve_device(device)
-    extractor = build_extractor(config, dev)
+    extractor = build_extractor(config.backbone, dev)
     spec = FeatureSpec(
         levels=tuple(extractor.levels),
         channels=tuple(extractor.channels),
         shapes=tuple(extractor.output_shapes(config.data.image_size)),
         image_size=config.data.image_size,
     )
-    model, report = import_authors_checkpoint_with_report(
-        method, checkpoint, spec, config.model or None
-    )
+    overrides = config.model.model_dump() if config.model.method == method else None
+    model, report = import_authors_checkpoint(method, checkpoint, spec, overrides)
     return write_imported_run(model.to(dev), run_dir, config, extractor, report)

@@ -19,14 +19,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from refad.atomic import write_atomic, write_text_atomic
 from refad.errors import CheckpointError
 from refad.models.base import FeatureSpec, ReconstructionModel, load_state_checked
 from refad.models.registry import build_model
+from refad.runs.layout import META_FILE, MODEL_FILE, OPTIMIZER_FILE
 
 FORMAT = "refad-checkpoint/1"
-MODEL_FILE = "model.safetensors"
-OPTIMIZER_FILE = "optimizer.safetensors"
-META_FILE = "checkpoint.json"
 
 
 @dataclass
@@ -68,8 +67,6 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
 ) -> None:
     """Write weights, optimiser state and metadata atomically (metadata last)."""
-    from refad.engine.io import write_atomic, write_text_atomic
-
     unit_dir = Path(unit_dir)
     tag = {"format": FORMAT, "method": meta.method, "epoch": str(meta.epoch)}
     weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -122,14 +119,17 @@ def _load_tensors(path: Path, meta: CheckpointMeta) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_model(unit_dir: Path, device: torch.device) -> tuple[ReconstructionModel, CheckpointMeta]:
-    """Rebuild the model from metadata and load its weights strictly; eval mode on `device`."""
+def load_model(
+    unit_dir: Path, device: torch.device | str
+) -> tuple[ReconstructionModel, CheckpointMeta]:
+    """Rebuild the model from metadata for `device`, load its weights strictly; eval mode."""
     unit_dir = Path(unit_dir)
     meta = read_meta(unit_dir)
-    model = build_model(meta.method, meta.feature_spec(), meta.model_config)
+    model = build_model(meta.method, meta.feature_spec(), meta.model_config, device)
     path = unit_dir / MODEL_FILE
-    load_state_checked(model, _load_tensors(path, meta), str(path), f" ({meta.method})")
-    return model.to(device).eval(), meta
+    state = {k: v.to(device) for k, v in _load_tensors(path, meta).items()}
+    load_state_checked(model, state, str(path), f" ({meta.method})")
+    return model.eval(), meta
 
 
 def backbone_identity(extractor: Any, image_size: int) -> dict[str, Any]:

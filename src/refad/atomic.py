@@ -1,4 +1,8 @@
-"""Atomic file writes: a crash or a full disk never leaves a half-written file in place."""
+"""Atomic file writes: a crash or a full disk never leaves a half-written file in place.
+
+The one writer of every file refad produces (run folders, feature caches, reports); it sits
+at the bottom of the layers so that each of them can use it.
+"""
 
 from __future__ import annotations
 

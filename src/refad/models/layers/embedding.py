@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from refad.models.blocks.positions import integer_sine_position_embedding_2d
+from refad.models.layers.positions import integer_sine_position_embedding_2d
 
 
 def sine_position_embedding_2d(

@@ -7,19 +7,18 @@ conservative towards false alarms); `source` records which.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from refad.engine.inference import score_cached
-from refad.models.base import ReconstructionModel
+from refad.inference.scorer import Scorer
 
 
 def calibrate(
-    model: ReconstructionModel,
-    levels: list[torch.Tensor],
-    device: torch.device,
+    scorer: Scorer,
+    levels: Sequence[torch.Tensor],
     batch_size: int,
     quantile: float,
     source: str,
@@ -28,8 +27,7 @@ def calibrate(
     image_scores: list[np.ndarray] = []
     map_medians: list[np.ndarray] = []
     map_maxima: list[np.ndarray] = []
-    model.eval()
-    for scores in score_cached(model, levels, device, batch_size):
+    for scores in scorer.score_cached(levels, batch_size):
         image_scores.append(scores.image.float().cpu().numpy())
         flat = scores.maps.flatten(1).float()
         map_medians.append(flat.median(dim=1).values.cpu().numpy())

@@ -9,6 +9,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from refad.errors import ConfigError
 
 T = TypeVar("T", bound="StrictModel")
+# Sections that are discriminated unions, and their tags (pydantic puts the tag in the path).
+_UNION_TAGS = {
+    "model": ("rlr", "uniad", "crad"),
+    "data": ("mvtec", "visa", "folder"),
+}
 
 
 class StrictModel(BaseModel):
@@ -28,7 +33,13 @@ class StrictModel(BaseModel):
 def describe_validation_error(exc: ValidationError, where: str) -> str:
     """First problem of a pydantic ValidationError as `where: field.path: message (got value)`."""
     err = exc.errors()[0]
-    path = ".".join(str(p) for p in err["loc"]) or "(root)"
+    loc = list(err["loc"])
+    # drop a discriminated union's tag: the user wrote `model.alpha`, not `model.rlr.alpha`
+    loc = [
+        p for i, p in enumerate(loc)
+        if not (i + 1 < len(loc) and p in _UNION_TAGS.get(loc[i - 1] if i else where, ()))
+    ]
+    path = ".".join(str(p) for p in loc) or "(root)"
     got = err.get("input")
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
     more = f"; {len(exc.errors()) - 1} more problem(s)" if len(exc.errors()) > 1 else ""

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from refad.errors import ConfigError
-from refad.models.blocks.attention import MultiHeadAttention
+from refad.models.layers.attention import MultiHeadAttention
 
 
 def window_index_table(

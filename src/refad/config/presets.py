@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from refad.config import BackboneConfig, DataConfig, RunConfig, TrainConfig
+from refad.config.methods import CRADConfig
+from refad.config.schema import BackboneConfig, MVTecData, RunConfig, TrainConfig
 from refad.errors import ConfigError
 
 
@@ -12,7 +13,7 @@ def rlr_preset() -> RunConfig:
     """RLR (ECCV 2024), as in the authors' released command."""
     return RunConfig(
         method="rlr",
-        data=DataConfig(image_size=256),
+        data=MVTecData(image_size=256),
         backbone=BackboneConfig(name="tf_efficientnet_b6", levels=[2, 3], aggregate_kernel=3),
         train=TrainConfig(epochs=200, batch_size=4, optimizer="adam", lr=1e-4, seed=3407),
     )
@@ -26,7 +27,7 @@ def uniad_preset() -> RunConfig:
     """
     return RunConfig(
         method="uniad",
-        data=DataConfig(image_size=224),
+        data=MVTecData(image_size=224),
         backbone=BackboneConfig(
             name="tf_efficientnet_b4", levels=[0, 1, 2, 3], aggregate_kernel=1
         ),
@@ -45,13 +46,13 @@ def crad_preset(expansion: int = 864, seed: int = 2) -> RunConfig:
     """
     return RunConfig(
         method="crad",
-        data=DataConfig(image_size=224),
+        data=MVTecData(image_size=224),
         backbone=BackboneConfig(name="tf_efficientnet_b4", levels=[2, 3], aggregate_kernel=1),
         train=TrainConfig(
             epochs=50, batch_size=64, optimizer="adamw", lr=1e-3, weight_decay=0.01,
             lr_step_epoch=40, lr_gamma=0.1, grad_clip=0.1, seed=seed,
         ),
-        model={"expansion": expansion},
+        model=CRADConfig(expansion=expansion),
     )
 
 

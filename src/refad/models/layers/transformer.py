@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from refad.models.blocks.attention import MultiHeadAttention
+from refad.models.layers.attention import MultiHeadAttention
 
 
 def feed_forward(dim: int, hidden: int, dropout: float) -> nn.Sequential:

@@ -9,42 +9,44 @@ batches and noise an uninterrupted run would have drawn.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from refad.backbones import FeatureCache, FeatureExtractor, compute_features, feature_cache_key
-from refad.config import RunConfig
-from refad.data import ImageDataset, Sample, samples_fingerprint
-from refad.engine.calibrate import calibrate
-from refad.engine.checkpoint import (
-    CheckpointMeta,
-    backbone_identity,
-    has_checkpoint,
-    load_model,
-    load_optimizer,
-    read_meta,
-    save_checkpoint,
-    spec_to_dict,
+from refad.backbones import (
+    FeatureCache,
+    FeatureExtractor,
+    build_extractor,
+    compute_features,
+    feature_cache_key,
 )
-from refad.engine.device import resolve_device
-from refad.engine.distributed import DistContext, init_distributed
-from refad.engine.steps import (
+from refad.config import RunConfig
+from refad.data import (
+    ImageDataset,
+    Sample,
+    by_category,
+    load_split,
+    samples_fingerprint,
+    split_validation,
+)
+from refad.device import resolve_device
+from refad.inference import Scorer, calibrate
+from refad.models.base import FeatureSpec
+from refad.models.registry import build_model
+from refad.runs import UNIFIED, CheckpointMeta, RunDir, backbone_identity, spec_to_dict
+from refad.training.distributed import DistContext, init_distributed
+from refad.training.loop import (
     STORAGE_DTYPES,
     DeviceFeatures,
     StepHook,
+    StepSettings,
     compiled_loss,
     make_optimizer,
     run_epoch,
 )
-from refad.engine.units import group_units, load_split, split_validation, unit_dir
-from refad.errors import ConfigError
-from refad.models.base import FeatureSpec
-from refad.models.registry import build_model, method_config
-
-CONFIG_FILE = "config.json"
 
 
 @dataclass
@@ -53,14 +55,6 @@ class UnitResult:
     epochs: int
     final_loss: float
     seconds: float
-
-
-def build_extractor(config: RunConfig, device: torch.device) -> FeatureExtractor:
-    b = config.backbone
-    weights = None if b.weights == "none" else b.weights
-    return FeatureExtractor(
-        b.name, levels=b.levels, weights=weights, aggregate_kernel=b.aggregate_kernel
-    ).to(device)
 
 
 def extract_features(
@@ -95,7 +89,7 @@ def train_unit(
     calib_source: str,
     config: RunConfig,
     extractor: FeatureExtractor,
-    run_dir: Path,
+    folder: RunDir,
     device: torch.device,
     resume: bool,
     progress: bool,
@@ -104,7 +98,7 @@ def train_unit(
     """Train one model on cached levels, checkpointing every epoch; calibrate at the end.
 
     Under torchrun every rank runs this with the same data; each takes its shard of every
-    global batch (see `refad.engine.distributed`) and only rank 0 writes files.
+    global batch (see `refad.training.distributed`) and only rank 0 writes files.
     """
     dctx = dctx or DistContext()
     t = config.train
@@ -114,22 +108,21 @@ def train_unit(
         shapes=tuple((lvl.shape[2], lvl.shape[3]) for lvl in levels),
         image_size=config.data.image_size,
     )
-    folder = unit_dir(run_dir, name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(t.seed)
-        model = build_model(config.method, spec, config.model).to(device)
+        model = build_model(config.method, spec, config.model, device)
     optimizer = make_optimizer(model, config, device)
     loss_fn = compiled_loss(model, t.compile)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     history: list[dict[str, float]] = []
     start = 0
-    if resume and has_checkpoint(folder):
-        loaded, meta = load_model(folder, device)
+    if resume and folder.has_checkpoint(name):
+        loaded, meta = folder.load_model(name, device)
         model.load_state_dict(loaded.state_dict())
-        load_optimizer(folder, optimizer, meta)
+        folder.load_optimizer(name, optimizer, meta)
         history, start = list(meta.history), meta.epoch
     backbone_info = backbone_identity(extractor, config.data.image_size)
-    model_cfg = method_config(config.method, config.model).model_dump()
+    model_cfg = config.model.model_dump()
     features = DeviceFeatures(levels, device, STORAGE_DTYPES[t.feature_storage])
     steps = -(-len(features) // t.batch_size)
     bar = tqdm(
@@ -139,8 +132,10 @@ def train_unit(
     t_start = time.perf_counter()
     loss_value = history[-1]["loss"] if history else float("nan")
     for epoch in range(start, t.epochs):
-        stats = run_epoch(model, optimizer, features, config, epoch, base_lrs, loss_fn, dctx,
-                          on_step=progress_hook(bar, epoch, device))
+        settings = StepSettings.from_config(
+            t, loss_fn=loss_fn, dctx=dctx, on_step=progress_hook(bar, epoch, device)
+        )
+        stats = run_epoch(model, optimizer, features, config, epoch, base_lrs, settings)
         loss_value = stats.loss
         history.append({"epoch": epoch + 1, "loss": loss_value, "seconds": stats.seconds})
         meta = CheckpointMeta(
@@ -148,16 +143,16 @@ def train_unit(
             backbone=backbone_info, model_config=model_cfg, history=history,
         )
         if dctx.is_main:
-            save_checkpoint(folder, model, meta, optimizer)
+            folder.save_checkpoint(name, model, meta, optimizer)
     bar.close()
     if dctx.is_main:
-        meta = read_meta(folder)
+        meta = folder.read_meta(name)
         if meta.calibration is None:
             meta.calibration = calibrate(
-                model, calib_levels, device, t.feature_batch_size, t.threshold_quantile,
+                Scorer(model, device), calib_levels, t.feature_batch_size, t.threshold_quantile,
                 calib_source,
             )
-            save_checkpoint(folder, model, meta, optimizer)
+            folder.save_checkpoint(name, model, meta, optimizer)
     dctx.barrier()
     return UnitResult(name, t.epochs, loss_value, time.perf_counter() - t_start)
 
@@ -177,21 +172,11 @@ def progress_hook(bar: tqdm, epoch: int, device: torch.device) -> StepHook:
     return hook
 
 
-def prepare_run_dir(config: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
-    """Create the run folder and its config.json; on resume, the saved config is authoritative."""
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / CONFIG_FILE
-    if resume:
-        if not cfg_path.is_file():
-            raise ConfigError(f"{run_dir}: nothing to resume (no {CONFIG_FILE})")
-        return RunConfig.load(cfg_path)
-    if cfg_path.exists():
-        raise ConfigError(
-            f"{run_dir}: already holds a run; use --resume to continue it or choose another --out"
-        )
-    method_config(config.method, config.model)  # fail before any work on a bad model section
-    config.save(cfg_path)
-    return config
+def group_units(config: RunConfig, samples: Sequence[Sample]) -> dict[str, list[Sample]]:
+    """Unified: one unit with every category. Per-category: one unit per category."""
+    if config.train.mode == "unified":
+        return {UNIFIED: list(samples)}
+    return by_category(samples)
 
 
 def fit(
@@ -201,15 +186,15 @@ def fit(
 
     Under torchrun (WORLD_SIZE > 1) this joins the process group and trains data-parallel.
     """
-    run_dir = Path(run_dir)
+    folder = RunDir(Path(run_dir))
     dctx, device = init_distributed(resolve_device(config.device))
     if dctx.is_main:
-        config = prepare_run_dir(config, run_dir, resume)
+        config = folder.resume() if resume else folder.create(config)
     dctx.barrier()
     if not dctx.is_main:
-        config = RunConfig.load(run_dir / CONFIG_FILE)
+        config = folder.read_config()
     progress = progress and dctx.is_main
-    extractor = build_extractor(config, device)
+    extractor = build_extractor(config.backbone, device)
     samples = load_split(config.data, "train")
     train_samples, val_samples = split_validation(
         samples, config.train.val_fraction, config.train.seed
@@ -227,7 +212,7 @@ def fit(
         else:
             calib, source = levels, "train-normal"
         results.append(
-            train_unit(name, levels, calib, source, config, extractor, run_dir, device, resume,
+            train_unit(name, levels, calib, source, config, extractor, folder, device, resume,
                        progress, dctx)
         )
     return results

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from refad.config import RunConfig
-from refad.engine.device import amp_active, autocast
-from refad.engine.distributed import DistContext
+from refad.config import RunConfig, TrainConfig
+from refad.device import amp_active, autocast
 from refad.errors import DataError
 from refad.models.base import ReconstructionModel
-from refad.models.blocks.jitter import BatchShard, Noise
+from refad.models.layers.jitter import Noise
+from refad.training.distributed import DistContext
+from refad.training.noise import BatchShard
 
 STORAGE_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -72,8 +73,8 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """The method's optimiser (its own parameter groups if it has them); fused kernels on CUDA."""
     t = config.train
-    params = model.parameter_groups(t.lr) if hasattr(model, "parameter_groups") else None
-    params = params or [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    params = model.parameter_groups(t.lr) or [{"params": trainable}]
     cls = torch.optim.Adam if t.optimizer == "adam" else torch.optim.AdamW
     extra = {"fused": True} if device is not None and device.type == "cuda" else {}
     return cls(params, lr=t.lr, weight_decay=t.weight_decay, **extra)
@@ -147,28 +148,39 @@ def _sharded_loss(
     return torch.zeros((), device=features.device), 0
 
 
+@dataclass(frozen=True)
+class StepSettings:
+    """How the steps of an epoch run (everything but the data, model and optimiser)."""
+
+    batch_size: int
+    amp: bool = False
+    grad_clip: float | None = None
+    loss_fn: LossFn | None = None  # default: model.loss (or its compiled form)
+    dctx: DistContext = field(default_factory=DistContext)
+    on_step: StepHook | None = None
+
+    @classmethod
+    def from_config(cls, train: TrainConfig, **kw: object) -> StepSettings:
+        return cls(batch_size=train.batch_size, amp=train.amp, grad_clip=train.grad_clip, **kw)
+
+
 def train_steps(
     model: ReconstructionModel,
     optimizer: torch.optim.Optimizer,
     features: DeviceFeatures,
     order: torch.Tensor,
     noise: torch.Generator,
-    batch_size: int,
-    amp: bool = False,
-    grad_clip: float | None = None,
-    loss_fn: LossFn | None = None,
-    dctx: DistContext | None = None,
-    on_step: StepHook | None = None,
+    settings: StepSettings,
 ) -> tuple[torch.Tensor, int]:
     """Optimise over `order` (image indices) in batches; returns (summed loss on device, images).
 
-    Under DDP (`dctx.active`) each rank computes its shard of every global batch and the
-    gradients are summed before the step; the returned sum is this rank's part.
+    Under DDP (`settings.dctx.active`) each rank computes its shard of every global batch and
+    the gradients are summed before the step; the returned sum is this rank's part.
     """
-    dctx = dctx or DistContext()
-    loss_fn = loss_fn or model.loss
+    dctx, on_step, batch_size = settings.dctx, settings.on_step, settings.batch_size
+    loss_fn = settings.loss_fn or model.loss
     params = [p for p in model.parameters() if p.requires_grad]
-    use_amp = amp_active(features.device, amp)
+    use_amp = amp_active(features.device, settings.amp)
     total = torch.zeros((), device=features.device)
     seen = 0
     for start in range(0, order.numel(), batch_size):
@@ -186,8 +198,8 @@ def train_steps(
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
             dctx.sum_gradients(params)
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        if settings.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
         optimizer.step()
         total += step_sum.float()
         seen += len(idx)
@@ -203,13 +215,10 @@ def run_epoch(
     config: RunConfig,
     epoch: int,
     base_lrs: Sequence[float],
-    loss_fn: LossFn | None = None,
-    dctx: DistContext | None = None,
-    on_step: StepHook | None = None,
+    settings: StepSettings,
 ) -> EpochStats:
     """One epoch (0-based index `epoch`): the schedule's lr, the (seed, epoch) order and noise."""
     t = config.train
-    dctx = dctx or DistContext()
     device = features.device
     model.train()
     for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
@@ -220,9 +229,6 @@ def run_epoch(
     tic = time.perf_counter()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(t.seed * 7919 + epoch)  # dropout (UniAD) draws from here
-        total, seen = train_steps(
-            model, optimizer, features, order.to(device), noise, t.batch_size, t.amp,
-            t.grad_clip, loss_fn, dctx, on_step,
-        )
-        loss = dctx.sum_scalar(total.item(), device)  # the one synchronisation per epoch
+        total, seen = train_steps(model, optimizer, features, order.to(device), noise, settings)
+        loss = settings.dctx.sum_scalar(total.item(), device)  # one synchronisation per epoch
     return EpochStats(loss / seen, seen, time.perf_counter() - tic)

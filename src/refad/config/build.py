@@ -1,0 +1,58 @@
+"""`build_config`: a method's preset with typed fields set, for the CLI and the Python API."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from refad.config.overrides import parse_override, with_fields
+from refad.config.presets import preset
+from refad.config.schema import RunConfig
+
+
+def build_config(
+    method: str = "rlr",
+    data: str = "mvtec",
+    root: str | Path | None = None,
+    categories: Sequence[str] | None = None,
+    normal_dir: str | Path | None = None,
+    anomalous_dir: str | Path | None = None,
+    mask_dir: str | Path | None = None,
+    test_normal_dir: str | Path | None = None,
+    backbone: str | None = None,
+    levels: Sequence[int] | None = None,
+    weights: str | Path | None = None,
+    image_size: int | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    seed: int | None = None,
+    per_category: bool = False,
+    feature_cache: str | Path | None = None,
+    val_fraction: float | None = None,
+    device: str = "auto",
+    overrides: Sequence[str] | None = None,
+    base: RunConfig | None = None,
+) -> RunConfig:
+    """`base` (default: the method's preset) with the given fields set (None keeps the
+    base's value), then `overrides` (`section.field=value` strings), validated once."""
+    cfg = base if base is not None else preset(method)
+    fields: dict[str, Any] = {"device": device}
+    if base is None or data != cfg.data.kind:
+        fields["data.kind"] = data
+    named = {
+        "data.root": root, "data.categories": list(categories) if categories else None,
+        "data.normal_dir": normal_dir, "data.anomalous_dir": anomalous_dir,
+        "data.mask_dir": mask_dir, "data.test_normal_dir": test_normal_dir,
+        "data.image_size": image_size, "backbone.name": backbone,
+        "backbone.levels": list(levels) if levels else None,
+        "backbone.weights": str(weights) if weights is not None else None,
+        "train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr,
+        "train.seed": seed, "train.feature_cache": feature_cache,
+        "train.val_fraction": val_fraction,
+        "train.mode": "per-category" if per_category else None,
+    }
+    fields.update({k: v for k, v in named.items() if v is not None})
+    fields.update(parse_override(item) for item in overrides or ())
+    return with_fields(cfg, fields, where="config")

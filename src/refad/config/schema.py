@@ -1,0 +1,199 @@
+"""The configuration of a run (`RunConfig`), validated once and saved as `config.json`.
+
+Two discriminated unions keep every field meaningful for the run it describes: `data` by
+dataset layout (`kind`), `model` by method (`method`). Presets (`refad.config.presets`) fill
+them with each paper's settings; flags, `--set`, a config file and the Python API all reach
+this same schema (`refad.config.overrides`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import pairwise
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from refad.config.base import StrictModel
+from refad.config.methods import METHOD_CONFIGS, ModelConfig, RLRConfig
+from refad.errors import ConfigError
+
+# The paper's backbone: the documented default for users who can download timm weights.
+DEFAULT_BACKBONE = "tf_efficientnet_b6"
+DEFAULT_LEVELS: tuple[int, ...] = (2, 3)
+# Input sizes beyond this need more memory than any supported device holds for one image's
+# attention maps; a typo such as 100000 is refused up front instead of running out of memory.
+MAX_IMAGE_SIZE = 2048
+
+
+def check_levels(levels: Sequence[int]) -> tuple[int, ...]:
+    """Feature levels: distinct, ascending, non-negative timm out_indices (timm's order)."""
+    levels = tuple(int(v) for v in levels)
+    if not levels:
+        raise ConfigError("backbone.levels: at least one feature level is needed")
+    if any(v < 0 for v in levels) or any(b <= a for a, b in pairwise(levels)):
+        raise ConfigError(f"backbone.levels: {list(levels)} must be non-negative and ascending")
+    return levels
+
+
+def check_kernel(kernel: int) -> int:
+    """Local aggregation kernel: odd, so the aggregated map keeps its size."""
+    if int(kernel) != kernel or kernel < 1 or kernel % 2 == 0:
+        raise ConfigError(f"backbone.aggregate_kernel: {kernel} must be a positive odd integer")
+    return int(kernel)
+
+
+class _DataCommon(StrictModel):
+    categories: list[str] | None = None  # None: all categories found
+    image_size: int = Field(256, ge=32, le=MAX_IMAGE_SIZE)
+    num_workers: int = Field(0, ge=0)
+
+
+class MVTecData(_DataCommon):
+    """MVTec-AD layout: ROOT/CAT/{train,test,ground_truth}/..."""
+
+    kind: Literal["mvtec"] = "mvtec"
+    root: str | None = None
+
+
+class VisaData(_DataCommon):
+    """VisA layout with its split file (default ROOT/split_csv/1cls.csv)."""
+
+    kind: Literal["visa"] = "visa"
+    root: str | None = None
+    split_csv: str | None = None
+
+
+class FolderData(StrictModel):
+    """Plain folders of one product: normal images, test defects, their masks, test normals."""
+
+    kind: Literal["folder"] = "folder"
+    normal_dir: str | None = None
+    anomalous_dir: str | None = None
+    mask_dir: str | None = None
+    test_normal_dir: str | None = None
+    image_size: int = Field(256, ge=32, le=MAX_IMAGE_SIZE)
+    num_workers: int = Field(0, ge=0)
+
+
+DataConfig = Annotated[MVTecData | VisaData | FolderData, Field(discriminator="kind")]
+DATA_LAYOUTS: dict[str, type[StrictModel]] = {
+    "mvtec": MVTecData,
+    "visa": VisaData,
+    "folder": FolderData,
+}
+
+
+class BackboneConfig(StrictModel):
+    """Frozen feature extractor: timm name, feature levels (timm out_indices) and weights."""
+
+    name: str = DEFAULT_BACKBONE
+    levels: list[int] = Field(default_factory=lambda: list(DEFAULT_LEVELS))
+    weights: str = "auto"  # "auto" | "none" | path to .pth/.safetensors
+    aggregate_kernel: int = 3
+
+    @field_validator("levels")
+    @classmethod
+    def _levels_valid(cls, v: list[int]) -> list[int]:
+        if not v or any(lvl < 0 or lvl > 4 for lvl in v) or len(set(v)) != len(v):
+            raise ValueError("levels must be distinct timm stage indices in 0..4")
+        return sorted(v)
+
+    @field_validator("aggregate_kernel")
+    @classmethod
+    def _kernel_valid(cls, v: int) -> int:
+        if v < 1 or v % 2 == 0:
+            raise ValueError("must be a positive odd integer (the map keeps its size)")
+        return v
+
+
+def _shared(default: Any, **kw: Any) -> Any:
+    """A training field that describes the run, not the method: `refad compare` gives every
+    method the same value (see `shared_train_fields`)."""
+    return Field(default, json_schema_extra={"shared": True}, **kw)
+
+
+class TrainConfig(StrictModel):
+    """Optimisation schedule. Checkpoint = last epoch (never chosen on test data)."""
+
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(4, ge=1)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_step_epoch: int | None = Field(None, ge=1)  # multiply lr by lr_gamma from this epoch
+    lr_gamma: float = Field(0.1, gt=0)
+    grad_clip: float | None = Field(None, gt=0)
+    seed: int = 3407
+    mode: Literal["unified", "per-category"] = _shared("unified")
+    feature_cache: str | None = _shared(None)  # folder for cached features; None: in memory
+    val_fraction: float = _shared(0.0, ge=0, lt=1)  # normal train images held out (calibration)
+    threshold_quantile: float = _shared(0.99, gt=0, lt=1)
+    feature_batch_size: int = _shared(16, ge=1)
+    # bf16 autocast of training steps on CUDA (ignored on the CPU, which stays float32); off by
+    # default so that CPU and GPU runs agree to float tolerance.
+    amp: bool = _shared(False)
+    # dtype of the cached features held on the training device ("float16" halves the memory)
+    feature_storage: Literal["float32", "float16", "bfloat16"] = _shared("float32")
+    # torch.compile of the training loss (forward and backward): "none" runs eagerly; on CUDA,
+    # "reduce-overhead" adds CUDA graphs (the eager step is bound by kernel launches). The
+    # jitter's generator draws stay eager, so the noise stream is the same in every mode;
+    # dropout (UniAD) draws from the compiler's generator instead: other masks, same law.
+    compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = _shared("none")
+
+
+def shared_train_fields() -> tuple[str, ...]:
+    """Training fields marked as describing the run (same for every method in a comparison)."""
+    return tuple(
+        name
+        for name, f in TrainConfig.model_fields.items()
+        if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("shared")
+    )
+
+
+class RunConfig(StrictModel):
+    """Everything needed to reproduce a run."""
+
+    method: str = "rlr"
+    data: DataConfig = Field(default_factory=MVTecData)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    model: ModelConfig = Field(default_factory=RLRConfig)
+    device: str = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_discriminators(cls, data: Any) -> Any:
+        """Accept the saved form of every refad version: a `model` section without its
+        `method` (taken from the run's), and a flat `data` section holding the empty fields
+        of the other layouts (config.json files written before the unions)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        method = data.get("method", "rlr")
+        model = data.setdefault("model", {})
+        if isinstance(model, dict) and "method" not in model:
+            if method not in METHOD_CONFIGS:
+                raise ValueError(
+                    f"unknown method {method!r}; available: {', '.join(sorted(METHOD_CONFIGS))}"
+                )
+            data["model"] = {"method": method, **model}
+        section = data.get("data")
+        if isinstance(section, dict):
+            section = {"kind": "mvtec", **section}
+            layout = DATA_LAYOUTS.get(section["kind"])
+            if layout is not None:
+                data["data"] = {
+                    k: v
+                    for k, v in section.items()
+                    if k in layout.model_fields or v is not None
+                }
+        return data
+
+    @model_validator(mode="after")
+    def _method_matches_model(self) -> RunConfig:
+        if self.model.method != self.method:
+            raise ValueError(
+                f"model.method is {self.model.method!r} but the run's method is {self.method!r}"
+            )
+        return self

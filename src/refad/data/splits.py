@@ -1,0 +1,106 @@
+"""Which images a run uses: the one dispatcher from a `data` config to samples, the grouping
+by category, the held-out normals for calibration, and the images to predict on."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import TypeAdapter, ValidationError
+
+from refad.config.base import describe_validation_error
+from refad.config.schema import DataConfig, FolderData, MVTecData, VisaData
+from refad.data.folder import folder_samples
+from refad.data.images import is_image_file
+from refad.data.mvtec import mvtec_samples
+from refad.data.samples import Sample
+from refad.data.visa import visa_samples
+from refad.errors import ConfigError, DataError
+
+_DATA_ADAPTER: TypeAdapter[Any] = TypeAdapter(DataConfig)
+
+
+def data_config(data: MVTecData | VisaData | FolderData | Mapping[str, Any]) -> Any:
+    """A typed `data` section (a mapping is validated, its layout chosen by `kind`)."""
+    if isinstance(data, MVTecData | VisaData | FolderData):
+        return data
+    try:
+        return _DATA_ADAPTER.validate_python(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, "data")) from None
+
+
+def _path(value: str | None, field: str) -> Path:
+    if not value:
+        raise ConfigError(f"data.{field} is required for this dataset layout")
+    return Path(value).expanduser()
+
+
+def load_split(
+    data: MVTecData | VisaData | FolderData | Mapping[str, Any],
+    split: Literal["train", "test"],
+) -> list[Sample]:
+    """Samples of one split for the configured layout (errors name the missing folder/file)."""
+    data = data_config(data)
+    if isinstance(data, MVTecData):
+        return mvtec_samples(_path(data.root, "root"), split, data.categories)
+    if isinstance(data, VisaData):
+        csv = Path(data.split_csv) if data.split_csv else None
+        return visa_samples(_path(data.root, "root"), split, data.categories, split_csv=csv)
+    optional = {
+        "anomalous_dir": data.anomalous_dir,
+        "mask_dir": data.mask_dir,
+        "test_normal_dir": data.test_normal_dir,
+    }
+    return folder_samples(
+        split,
+        normal_dir=_path(data.normal_dir, "normal_dir"),
+        **{k: Path(v).expanduser() for k, v in optional.items() if v},
+    )
+
+
+def by_category(samples: Sequence[Sample]) -> dict[str, list[Sample]]:
+    """Samples grouped by category, categories in sorted order, sample order kept."""
+    groups: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        groups[s.category].append(s)
+    return dict(sorted(groups.items()))
+
+
+def split_validation(
+    samples: Sequence[Sample], fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """Hold out a deterministic `fraction` of normal training images of each category."""
+    if fraction <= 0:
+        return list(samples), []
+    train: list[Sample] = []
+    val: list[Sample] = []
+    for _, group in by_category(samples).items():
+        order = list(range(len(group)))
+        random.Random(seed).shuffle(order)
+        n_val = max(1, round(fraction * len(group))) if len(group) > 1 else 0
+        held = set(order[:n_val])
+        for i, s in enumerate(group):
+            (val if i in held else train).append(s)
+    return train, val
+
+
+def collect_images(inputs: Sequence[Path | str]) -> list[Path]:
+    """Files given directly, plus the image files found recursively in folders (by suffix,
+    the same list the dataset layouts use)."""
+    found: list[Path] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            files = sorted(p for p in item.rglob("*") if is_image_file(p))
+            if not files:
+                raise DataError(f"{item}: folder holds no images")
+            found.extend(files)
+        elif item.is_file():
+            found.append(item)
+        else:
+            raise DataError(f"{item}: no such file or folder")
+    return found

@@ -1,0 +1,171 @@
+"""A run folder: creating, resuming and opening it. The only code that reads or writes the
+files inside one (their names are in `refad.runs.layout`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from refad.atomic import write_text_atomic
+from refad.backbones import FeatureExtractor, build_extractor
+from refad.config import RunConfig, load_config_file
+from refad.device import resolve_device
+from refad.errors import CheckpointError, ConfigError
+from refad.models.base import ReconstructionModel
+from refad.runs import checkpoint as ckpt
+from refad.runs.layout import (
+    CATEGORIES_DIR,
+    CONFIG_FILE,
+    METRICS_JSON,
+    METRICS_MD,
+    UNIFIED,
+    unit_for_category,
+    unit_path,
+)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Strict JSON (no NaN or Infinity: those become null), written atomically."""
+    write_text_atomic(path, json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths and files of one run folder."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    def exists(self) -> bool:
+        return self.config_path.is_file()
+
+    def unit_path(self, unit: str) -> Path:
+        return unit_path(self.path, unit)
+
+    def create(self, config: RunConfig) -> RunConfig:
+        """Start a new run here: refuses a folder that already holds one."""
+        if self.config_path.exists():
+            raise ConfigError(
+                f"{self.path}: already holds a run; use --resume to continue it or choose "
+                "another --out"
+            )
+        self.write_config(config)
+        return config
+
+    def write_config(self, config: RunConfig) -> None:
+        write_json(self.config_path, config.model_dump())
+
+    def read_config(self) -> RunConfig:
+        if not self.config_path.is_file():
+            raise CheckpointError(f"{self.path}: not a refad run folder (no {CONFIG_FILE})")
+        return load_config_file(self.config_path)
+
+    def resume(self) -> RunConfig:
+        """The saved config of a run to continue (it is authoritative over new flags)."""
+        if not self.config_path.is_file():
+            raise ConfigError(f"{self.path}: nothing to resume (no {CONFIG_FILE})")
+        return load_config_file(self.config_path)
+
+    def units(self, config: RunConfig) -> list[str]:
+        """Trained units: `unified`, or the categories with a checkpoint folder."""
+        if config.train.mode == "unified":
+            return [UNIFIED]
+        root = self.path / CATEGORIES_DIR
+        return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+    # checkpoints
+    def has_checkpoint(self, unit: str) -> bool:
+        return ckpt.has_checkpoint(self.unit_path(unit))
+
+    def save_checkpoint(
+        self,
+        unit: str,
+        model: ReconstructionModel,
+        meta: ckpt.CheckpointMeta,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
+        ckpt.save_checkpoint(self.unit_path(unit), model, meta, optimizer)
+
+    def read_meta(self, unit: str) -> ckpt.CheckpointMeta:
+        return ckpt.read_meta(self.unit_path(unit))
+
+    def load_model(
+        self, unit: str, device: torch.device | str
+    ) -> tuple[ReconstructionModel, ckpt.CheckpointMeta]:
+        return ckpt.load_model(self.unit_path(unit), device)
+
+    def load_optimizer(
+        self, unit: str, optimizer: torch.optim.Optimizer, meta: ckpt.CheckpointMeta
+    ) -> None:
+        ckpt.load_optimizer(self.unit_path(unit), optimizer, meta)
+
+    # results
+    def write_metrics(self, result: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+        """`metrics.json` (strict JSON) and `metrics.md`."""
+        write_json(self.path / METRICS_JSON, result)
+        write_text_atomic(self.path / METRICS_MD, markdown)
+        return self.path / METRICS_JSON, self.path / METRICS_MD
+
+
+@dataclass
+class TrainedRun:
+    """A run opened for scoring: config and backbone now, each unit's model on first use."""
+
+    folder: RunDir
+    config: RunConfig
+    device: torch.device
+    extractor: FeatureExtractor
+    _models: dict[str, tuple[ReconstructionModel, ckpt.CheckpointMeta]] = field(
+        default_factory=dict
+    )
+
+    @property
+    def path(self) -> Path:
+        return self.folder.path
+
+    @property
+    def units(self) -> list[str]:
+        return self.folder.units(self.config)
+
+    def unit_for(self, category: str) -> str:
+        return unit_for_category(self.config.train.mode, category)
+
+    def model(self, unit: str) -> tuple[ReconstructionModel, ckpt.CheckpointMeta]:
+        if unit not in self._models:
+            model, meta = self.folder.load_model(unit, self.device)
+            if meta.backbone["weights_id"] != self.extractor.weights_id:
+                raise CheckpointError(
+                    f"{self.folder.unit_path(unit)}: trained with backbone weights "
+                    f"{meta.backbone['weights_id']}, but {self.extractor.weights_id} are loaded"
+                )
+            self._models[unit] = (model, meta)
+        return self._models[unit]
+
+
+def open_run(run_dir: Path | str, device: str | torch.device | None = None) -> TrainedRun:
+    """Open a run folder written by training or import (config + backbone; models lazily)."""
+    folder = RunDir(Path(run_dir))
+    config = folder.read_config()
+    dev = resolve_device(device if device is not None else config.device)
+    return TrainedRun(folder, config, dev, build_extractor(config.backbone, dev))

@@ -72,11 +72,10 @@ def _drop_unused_stages(model: nn.Module) -> None:
 def _conv_layout(images: torch.Tensor) -> torch.Tensor:
     """The input layout the convolutions run fastest in, within the memory targets.
 
-    On the CPU, an NHWC input makes oneDNN run every convolution channels-last: 1.8x the
-    images/s of NCHW for Lite2 on 2 cores. On CUDA, NHWC gained 18% for B6 in float32 but
-    more than doubled the cuDNN workspace (5.8 GiB peak end to end at batch 64 against 2.6),
-    so CUDA stays NCHW. The features go back to NCHW (`contiguous`) for the token views and
-    the safetensors caches.
+    On the CPU, an NHWC input makes oneDNN run every convolution channels-last, which is much
+    faster there. On CUDA, NHWC is a little faster but multiplies the cuDNN workspace past the
+    memory target, so CUDA stays NCHW (both measured in benchmarks/speed*.md). The features go
+    back to NCHW (`contiguous`) for the token views and the safetensors caches.
     """
     if images.device.type == "cpu":
         return images.contiguous(memory_format=torch.channels_last)

@@ -17,14 +17,14 @@ def evaluate(
     run_dir: Path | str,
     device: str | torch.device | None = None,
     data: DataConfig | None = None,
-    batch_size: int = 16,
-    metrics_mode: str = "exact",
-    progress: bool = True,
-    amp: bool = False,
-    compile_mode: str | None = None,
+    *args: Any,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Evaluate a run folder and write `metrics.json` and `metrics.md` into it."""
+    """Evaluate a run folder and write `metrics.json` and `metrics.md` into it.
+
+    `args`/`options`: those of `refad.inference.evaluate_run` after `data` (batch_size,
+    metrics_mode, progress, amp, compile_mode)."""
     run = open_run(run_dir, device)
-    result = evaluate_run(run, data, batch_size, metrics_mode, progress, amp, compile_mode)
+    result = evaluate_run(run, data, *args, **options)
     run.folder.write_metrics(result, metrics_markdown(result))
     return result

@@ -1,7 +1,7 @@
 """The training loop on cached features: one implementation for `fit`, DDP and the benchmarks.
 
 The backbone is frozen and there is no augmentation, so a training set's features are held on
-the training device once (`DeviceFeatures`; MVTec-AD, B6, levels [2, 3] is about 1 GB in fp16):
+the training device once (`DeviceFeatures`; its size for MVTec-AD is in benchmarks/speed.md):
 no data loader and no host-to-device copy per step. Randomness comes from generators seeded by
 (seed, epoch): the shuffling order on the CPU, the jitter on the training device, dropout from
 the global RNG reseeded per epoch. So a resumed run, a DDP run and a single process all replay

@@ -2,7 +2,7 @@
 
 Dense attention with a neighbourhood mask spends N^2 work per head although at most p^2 keys per
 query can receive weight. Gathering every query's window through a fixed (N, p*p) index table
-gives the same softmax over the same keys at N * p^2 cost (N = 1024, p = 7: 21x less). Windows
+gives the same softmax over the same keys at N * p^2 cost instead of N^2. Windows
 are clipped at the map borders exactly like `neighbourhood_mask`: positions outside the map are
 marked invalid and get zero weight, so the result equals the masked dense attention.
 

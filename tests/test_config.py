@@ -1,0 +1,136 @@
+"""Configuration: one schema reached the same way by flags, `--set`, config files and the API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import tiny_config
+from pydantic import BaseModel
+from typer.testing import CliRunner
+
+import refad.api
+from refad.cli.main import app
+from refad.config import (
+    METHOD_CONFIGS,
+    CRADConfig,
+    FolderData,
+    RunConfig,
+    apply_overrides,
+    build_config,
+    load_config_file,
+    preset,
+)
+from refad.errors import ConfigError
+from refad.runs import RunDir
+
+runner = CliRunner()
+
+
+def leaf_fields(model: BaseModel, prefix: str = "") -> dict[str, Any]:
+    """Every settable leaf of a config, as `section.field` -> current value."""
+    out: dict[str, Any] = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        key = f"{prefix}{name}"
+        if isinstance(value, BaseModel):
+            out.update(leaf_fields(value, f"{key}."))
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.mark.parametrize("method", ["rlr", "uniad", "crad"])
+def test_every_schema_field_is_reachable_by_set_and_by_file(method: str, tmp_path: Path) -> None:
+    """A field added to the schema needs no code elsewhere: `--set` and a config file reach it."""
+    cfg = preset(method)
+    fields = leaf_fields(cfg)
+    assert "train.compile" in fields and "model.method" in fields
+    for key, value in fields.items():
+        if key in ("method", "model.method", "data.kind"):
+            continue
+        item = f"{key}={json.dumps(value)}"
+        assert apply_overrides(cfg, [item]) == cfg, key
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump()))
+    assert load_config_file(path) == cfg
+
+
+def test_cli_flags_are_schema_fields() -> None:
+    """Each flag of `refad train` lands in the same schema field as its `--set` spelling."""
+    cfg = build_config(method="crad", root="/data", backbone="tf_efficientnet_lite0",
+                       levels=[1, 2], image_size=96, epochs=3, batch_size=5, lr=0.01, seed=9,
+                       per_category=True, val_fraction=0.2)
+    spelled = apply_overrides(preset("crad"), [
+        "data.root=/data", "backbone.name=tf_efficientnet_lite0", "backbone.levels=[1,2]",
+        "data.image_size=96", "train.epochs=3", "train.batch_size=5", "train.lr=0.01",
+        "train.seed=9", "train.mode=per-category", "train.val_fraction=0.2",
+    ])
+    assert cfg == spelled
+    assert isinstance(cfg.model, CRADConfig) and cfg.model.expansion == 864
+
+
+def test_model_and_data_are_discriminated_unions() -> None:
+    with pytest.raises(ConfigError, match="model.hidden_dim"):  # UniAD's field on RLR
+        apply_overrides(preset("rlr"), ["model.hidden_dim=64"])
+    with pytest.raises(ConfigError, match="data.normal_dir"):  # folder field, MVTec layout
+        apply_overrides(preset("rlr"), ["data.normal_dir=/x"])
+    folder = build_config(data="folder", normal_dir="/good")
+    assert isinstance(folder.data, FolderData) and folder.data.normal_dir == "/good"
+    with pytest.raises(ConfigError, match="model.method"):
+        RunConfig.parse({"method": "rlr", "model": {"method": "crad"}})
+    assert set(METHOD_CONFIGS) == {"rlr", "uniad", "crad"}
+
+
+def test_even_aggregate_kernel_and_huge_image_size_fail_at_validation() -> None:
+    with pytest.raises(ConfigError, match="backbone.aggregate_kernel"):
+        apply_overrides(preset("rlr"), ["backbone.aggregate_kernel=4"])
+    with pytest.raises(ConfigError, match="data.image_size"):
+        apply_overrides(preset("rlr"), ["data.image_size=100000"])
+
+
+def test_config_json_before_the_unions_still_loads(tmp_path: Path) -> None:
+    """A config.json of the flat layout (every data field, a model section without its
+    method) reads as the same run."""
+    old = {
+        "method": "rlr",
+        "data": {"kind": "mvtec", "root": "/d", "categories": None, "split_csv": None,
+                 "normal_dir": None, "anomalous_dir": None, "mask_dir": None,
+                 "test_normal_dir": None, "image_size": 128, "num_workers": 0},
+        "backbone": {"name": "tf_efficientnet_lite2", "levels": [2, 3], "weights": "auto",
+                     "aggregate_kernel": 3},
+        "train": {"epochs": 12, "batch_size": 8},
+        "model": {"alpha": 3.0},
+        "device": "auto",
+    }
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    cfg = load_config_file(tmp_path / "config.json")
+    assert cfg.data.root == "/d" and cfg.data.image_size == 128 and cfg.model.alpha == 3.0
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        (tmp_path / "bad.json").write_text("{")
+        load_config_file(tmp_path / "bad.json")
+
+
+def test_train_config_file_reproduces_a_run(
+    demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`refad train --config` takes a saved config.json (flags and --set apply on top)."""
+    saved = tmp_path / "saved.json"
+    RunDir(tmp_path / "first").write_config(tiny_config(demo_root))
+    saved.write_text((tmp_path / "first" / "config.json").read_text())
+    seen: list[RunConfig] = []
+    monkeypatch.setattr(refad.api, "fit", lambda config, *a, **k: seen.append(config) or [])
+    result = runner.invoke(app, ["train", "--config", str(saved), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert seen[0] == tiny_config(demo_root)
+    result = runner.invoke(app, ["train", "--config", str(saved), "--out", str(tmp_path / "r"),
+                                 "--epochs", "5", "--set", "model.alpha=3"])
+    assert result.exit_code == 0, result.output
+    assert seen[1].train.epochs == 5 and seen[1].model.alpha == 3.0
+    assert seen[1].data == seen[0].data
+    result = runner.invoke(app, ["train", "--config", str(tmp_path / "none.yaml"),
+                                 "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "no such config file" in result.output

@@ -301,7 +301,7 @@ def _bad_files(tmp: Path, state: dict[str, torch.Tensor]) -> dict[str, tuple[Pat
     cases["garbage_safetensors"] = (bad_st, "not a readable")
     pickled = tmp / "object.pth"
     torch.save({"state": Path("an arbitrary object")}, pickled)
-    cases["arbitrary_object"] = (pickled, "not a readable")
+    cases["arbitrary_object"] = (pickled, "refused, holds pickled Python objects")
     missing = tmp / "missing_key.pth"
     torch.save({k: v for k, v in state.items() if k != "blocks.2.0.conv_dw.weight"}, missing)
     cases["missing_key"] = (missing, "missing key 'blocks.2.0.conv_dw.weight'")
@@ -330,6 +330,7 @@ def test_bad_weight_files_raise_checkpoint_error_naming_the_file(
         message = str(err.value)
         assert str(path) in message and text in message, (case, message)
         assert "\n" not in message, case
+        assert "weights_only=False" not in message, case  # never advise unpickling
 
 
 def test_packaged_file_with_wrong_hash_is_refused(

@@ -14,6 +14,7 @@ import torch
 from conftest import SMALL_MODELS, rel_err, tiny_config
 from safetensors.torch import load_file
 
+from refad.runs import RunDir
 from refad.api import evaluate
 from refad.inference import score_levels
 from refad.models.base import FeatureSpec
@@ -93,7 +94,7 @@ def test_compiled_training_on_cuda_equals_eager(demo_root: Path, tmp_path: Path,
     for name in ("none", mode):
         fit(tiny_config(demo_root, "device=cuda", f"train.compile={name}"), tmp_path / name,
             progress=False)
-        weights[name] = load_file(str(tmp_path / name / "model.safetensors"))
+        weights[name] = load_file(str(RunDir(tmp_path / name).weights_path()))
     eager, graphed = weights["none"], weights[mode]
     shaping = [k for k in eager if not k.endswith("k_proj.bias")]
     assert max(rel_err(graphed[k], eager[k]) for k in shaping) < 1e-4

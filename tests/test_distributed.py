@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from refad.runs import RunDir
 from refad.models.layers.jitter import draw_normal
 from refad.training.distributed import DistContext
 from refad.training.noise import BatchShard
@@ -46,8 +47,8 @@ def test_two_process_gloo_run_matches_single_process(
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    single = load_file(str(trained_run / "model.safetensors"))
-    ddp = load_file(str(out / "model.safetensors"))
+    single = load_file(str(RunDir(trained_run).weights_path()))
+    ddp = load_file(str(RunDir(out).weights_path()))
     assert single.keys() == ddp.keys()
     # A key-projection bias adds the same value to every score of a query, which softmax
     # ignores: its true gradient is exactly zero, so Adam turns float round-off into steps of

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 from pathlib import Path
 
@@ -15,12 +16,12 @@ from refad.api import evaluate, predict
 from refad.errors import CheckpointError, ConfigError, RefadError
 from refad.metrics import METRIC_NAMES
 from refad.runs import checkpoint as ckpt
-from refad.runs import open_run
+from refad.runs import RunDir, open_run
 from refad.training import fit
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run / "model.safetensors"))
+    return load_file(str(RunDir(run).weights_path()))
 
 
 def test_run_folder_contents(trained_run: Path) -> None:
@@ -118,15 +119,20 @@ def test_checkpoint_of_another_model_is_refused(trained_run: Path, tmp_path: Pat
     meta = json.loads((copy / "checkpoint.json").read_text())
     meta["model_config"]["hidden_dims"] = [64, 64]
     (copy / "checkpoint.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match="model.safetensors.*shape"):
+    with pytest.raises(CheckpointError, match=r"model-e0002-\w+\.safetensors.*shape"):
         ckpt.load_model(copy, torch.device("cpu"))
     meta["method"] = "uniad"
     (copy / "checkpoint.json").write_text(json.dumps(meta))
     with pytest.raises((CheckpointError, ConfigError)):
         ckpt.load_model(copy, torch.device("cpu"))
-    (copy / "model.safetensors").write_bytes(b"\x00" * 64)
+    weights_file = copy / meta["files"]["model"]["name"]
+    weights_file.write_bytes(b"\x00" * 64)
     meta["method"] = "rlr"
     meta["model_config"]["hidden_dims"] = [32, 64]
+    (copy / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="does not match its checksum"):
+        ckpt.load_model(copy, torch.device("cpu"))
+    meta["files"]["model"].update(bytes=64, sha256=hashlib.sha256(b"\x00" * 64).hexdigest())
     (copy / "checkpoint.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
         ckpt.load_model(copy, torch.device("cpu"))
@@ -145,17 +151,21 @@ def test_disk_full_keeps_previous_checkpoint(
 
     copy = tmp_path / "copy"
     shutil.copytree(trained_run, copy)
-    before = (copy / "model.safetensors").read_bytes()
+    before = sorted(p.name for p in copy.iterdir())
     model, meta = ckpt.load_model(copy, torch.device("cpu"))
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)  # new weights, so a new file must be written
 
     def full(*_a, **_k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr("refad.atomic.os.replace", full)
-    with pytest.raises(RefadError, match="model.safetensors: cannot write .No space left"):
+    meta.epoch += 1
+    with pytest.raises(RefadError, match=r"model-e0003-\w+\.safetensors: cannot write .No space"):
         ckpt.save_checkpoint(copy, model, meta)
-    assert (copy / "model.safetensors").read_bytes() == before
-    assert not list(copy.glob(".*.tmp"))
+    assert sorted(p.name for p in copy.iterdir()) == before  # nothing half-written is left
+    again, kept = ckpt.load_model(copy, torch.device("cpu"))
+    assert kept.epoch == 2
 
 
 def test_bad_config_values_are_one_line_errors(demo_root: Path, tmp_path: Path) -> None:

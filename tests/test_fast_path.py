@@ -242,7 +242,7 @@ def train_tiny(tmp_path: Path, config: RunConfig) -> dict[str, torch.Tensor]:
         torch.device("cpu"), resume=False, progress=False,
     )
     assert [h["epoch"] for h in read_meta(tmp_path).history] == [1, 2]
-    return load_file(str(tmp_path / "model.safetensors"))
+    return load_file(str(RunDir(tmp_path).weights_path()))
 
 
 def test_amp_switch_keeps_cpu_training_float32(tmp_path: Path) -> None:

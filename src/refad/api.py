@@ -46,6 +46,7 @@ from refad.training.loop import STORAGE_DTYPES
 __all__ = [
     # what users run
     "RunConfig",
+    "RunDir",
     "build_config",
     "compare",
     "evaluate",

@@ -23,8 +23,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
     OS errors (disk full, permissions) become a one-line RefadError naming the file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    ensure_dir(path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise RefadError(f"{path}: cannot write ({exc.strerror or exc})") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -38,6 +41,36 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def ensure_dir(folder: Path | str) -> Path:
+    """Create `folder` (and parents) for writing, or say in one line why it cannot be."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise RefadError(f"{folder}: exists and is not a folder") from None
+    except NotADirectoryError:
+        raise RefadError(f"{folder}: a parent of this path is a file, not a folder") from None
+    except OSError as exc:
+        raise RefadError(f"{folder}: cannot create folder ({exc.strerror or exc})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise RefadError(f"{folder}: folder is not writable")
+    return folder
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the renames inside `folder` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: Path, writer: Callable[[Path], None]) -> None:

@@ -17,3 +17,7 @@ class ConfigError(RefadError):
 
 class CheckpointError(RefadError):
     """A checkpoint is missing, corrupt, or belongs to another model."""
+
+
+class TrainingError(RefadError):
+    """Training cannot go on (e.g. the loss diverged); the last complete epoch stays saved."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import pickle
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -119,6 +120,11 @@ def load_state_dict_file(path: str | Path) -> StateDict:
             loaded: object = safetensors.torch.load_file(str(path), device="cpu")
         else:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's own text would suggest weights_only=False
+        raise CheckpointError(
+            f"{path}: refused, holds pickled Python objects besides tensors; refad never "
+            "unpickles code (save the weights as .safetensors or a plain state_dict)"
+        ) from None
     except Exception as exc:  # any reader failure means the file is not usable weights
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable weights file ({reason[:200]})") from exc

@@ -7,6 +7,7 @@ Every user-facing failure (bad data, config, checkpoint, full disk) is printed a
 from __future__ import annotations
 
 import functools
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,10 +29,22 @@ err_console = Console(stderr=True)
 
 @app.callback()
 def _setup() -> None:
-    """Runs before every command: CPU threads follow the cores this process may use."""
+    """Runs before every command: CPU threads follow the cores this process may use, and a
+    SIGTERM (a service manager, a scheduler's time limit) stops the command like Ctrl-C."""
     from refad.device import set_cpu_threads
 
     set_cpu_threads()
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+INTERRUPTED = (
+    "interrupted; every file refad writes is complete or absent (a training keeps its last "
+    "finished epoch: continue it with `refad train --out RUN --resume`)"
+)
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -45,7 +58,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err_console.print("interrupted; the last finished epoch is saved (use --resume)")
+            err_console.print(INTERRUPTED, soft_wrap=True)
             raise typer.Exit(130) from None
 
     return wrapper
@@ -56,6 +69,11 @@ COMPILE_OPTION = typer.Option(
     help="torch.compile the scoring path: none, default, reduce-overhead (CUDA graphs) or "
     "max-autotune; the same Scorer the speed benchmark measures.",
 )
+
+
+def _at_least_one(flag: str, value: int) -> None:
+    if value < 1:
+        raise RefadError(f"{flag}: must be at least 1, got {value}")
 
 
 def _csv_ints(text: str | None) -> list[int] | None:
@@ -125,6 +143,31 @@ def train(
     """Train one model (unified: all categories) and save it to OUT."""
     from refad.api import build_config, fit, load_config_file
 
+    if resume:
+        given = {
+            "--config": config_file, "--data": data, "--root": root, "--categories": categories,
+            "--normal-dir": normal_dir, "--anomalous-dir": anomalous_dir,
+            "--mask-dir": mask_dir, "--test-normal-dir": test_normal_dir, "--method": method,
+            "--backbone": backbone, "--levels": levels, "--weights": weights,
+            "--image-size": image_size, "--epochs": epochs, "--batch-size": batch_size,
+            "--lr": lr, "--seed": seed, "--per-category": per_category or None,
+            "--feature-cache": feature_cache, "--val-fraction": val_fraction,
+            "--set": set_ or None, "--amp": amp or None, "--compile": compile_,
+        }
+        ignored = [flag for flag, value in given.items() if value is not None]
+        if ignored:
+            raise RefadError(
+                f"--resume: continues {out} with its saved config.json, so {', '.join(ignored)} "
+                "would be ignored; drop them, or train a new run with --out elsewhere"
+            )
+        from refad.api import RunDir
+
+        saved = RunDir(out).resume()
+        results = fit(saved.model_copy(update={"device": device or saved.device}), out,
+                      resume=True, progress=progress)
+        _report_training(results, out)
+        return
+
     base = load_config_file(config_file) if config_file is not None else None
     if base is not None and method is not None and method != base.method:
         raise RefadError(f"--method {method}: the config file's method is {base.method!r}")
@@ -143,7 +186,10 @@ def train(
             *([f"train.compile={compile_}"] if compile_ is not None else []),
         ],
     )
-    results = fit(config, out, resume=resume, progress=progress)
+    _report_training(fit(config, out, resume=False, progress=progress), out)
+
+
+def _report_training(results: list, out: Path) -> None:
     for r in results:
         console.print(f"{r.name}: {r.epochs} epochs, final loss {r.final_loss:.4f}, "
                       f"{r.seconds:.0f} s")
@@ -163,9 +209,9 @@ def test(
     compile_: Annotated[str | None, COMPILE_OPTION] = None,
 ) -> None:
     """Evaluate a run on its test split: seven metrics per category and the mean."""
-    from refad.api import evaluate, markdown_table
-    from refad.runs import RunDir
+    from refad.api import RunDir, evaluate, markdown_table
 
+    _at_least_one("--batch-size", batch_size)
     data = None
     if root is not None:
         data = RunDir(run).read_config().data.model_copy(update={"root": str(root)})
@@ -189,6 +235,7 @@ def predict(
     """Score images; write heatmaps, overlays and predictions.json/.csv."""
     from refad.api import predict as run_predict
 
+    _at_least_one("--batch-size", batch_size)
     report = run_predict(run, inputs, out, device, category, batch_size, amp, compile_)
     for p in report.predictions:
         verdict = "" if p.anomalous is None else (" ANOMALOUS" if p.anomalous else " normal")

@@ -25,6 +25,7 @@ def evaluate(
     `args`/`options`: those of `refad.inference.evaluate_run` after `data` (batch_size,
     metrics_mode, progress, amp, compile_mode)."""
     run = open_run(run_dir, device)
-    result = evaluate_run(run, data, *args, **options)
-    run.folder.write_metrics(result, metrics_markdown(result))
+    with run.folder.lock("test"):
+        result = evaluate_run(run, data, *args, **options)
+        run.folder.write_metrics(result, metrics_markdown(result))
     return result

@@ -1,31 +1,41 @@
 """Checkpoints: safetensors for tensors plus JSON for everything else. Nothing is unpickled.
 
-A trained unit (the unified model, or one category's model) lives in one folder:
-- `model.safetensors`      weights; metadata names the method and the epoch
-- `optimizer.safetensors`  optimiser moments, for `--resume`
-- `checkpoint.json`        epoch, feature spec, backbone identity, calibration, history
-Each file is written atomically; `checkpoint.json` goes last and its epoch must match the
-tensors' metadata, so a crash between writes is detected instead of silently mixing epochs.
+A trained unit (the unified model, or one category's model) lives in one folder. A checkpoint
+is transactional: the weights and optimiser moments of an epoch are written first, under
+names that carry the epoch and a hash of their bytes (`model-e0005-<sha>.safetensors`), and
+only then does `checkpoint.json`, the manifest, switch to them in one atomic rename. The
+manifest names each file with its size and sha256; files it does not name are left-overs of
+an interrupted or superseded save, removed by the next writer. So whatever moment a save is
+interrupted at (kill, Ctrl-C, full disk), the unit presents its last complete epoch.
+
+Format 1 (before the manifest): fixed names `model.safetensors`, `optimizer.safetensors`,
+the epoch checked in their metadata; still read, and rewritten as format 2 on the next save.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
 
-from refad.atomic import write_atomic, write_text_atomic
+from refad.atomic import fsync_dir, write_atomic, write_text_atomic
 from refad.errors import CheckpointError
 from refad.models.base import FeatureSpec, ReconstructionModel, load_state_checked
 from refad.models.registry import build_model
 from refad.runs.layout import META_FILE, MODEL_FILE, OPTIMIZER_FILE
 
-FORMAT = "refad-checkpoint/1"
+FORMAT = "refad-checkpoint/2"
+FORMAT_V1 = "refad-checkpoint/1"
+KINDS = ("model", "optimizer")
+LEGACY_NAMES = {"model": MODEL_FILE, "optimizer": OPTIMIZER_FILE}
 
 
 @dataclass
@@ -41,6 +51,7 @@ class CheckpointMeta:
     history: list[dict[str, float]] = field(default_factory=list)
     calibration: dict[str, Any] | None = None
     format: str = FORMAT
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> name, bytes, sha256
 
     def feature_spec(self) -> FeatureSpec:
         s = self.spec
@@ -60,24 +71,58 @@ def has_checkpoint(unit_dir: Path) -> bool:
     return (Path(unit_dir) / META_FILE).is_file()
 
 
+def _tensor_file(kind: str, epoch: int, data: bytes) -> str:
+    return f"{kind}-e{epoch:04d}-{hashlib.sha256(data).hexdigest()[:16]}.safetensors"
+
+
+def _write_blob(unit_dir: Path, kind: str, epoch: int, data: bytes) -> dict[str, Any]:
+    """Write one tensor file under its content name (skipped when it is already there)."""
+    name = _tensor_file(kind, epoch, data)
+    path = unit_dir / name
+    if not (path.is_file() and path.stat().st_size == len(data)):
+        write_atomic(path, lambda tmp: tmp.write_bytes(data))
+    return {"name": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
 def save_checkpoint(
     unit_dir: Path,
     model: ReconstructionModel,
     meta: CheckpointMeta,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> None:
-    """Write weights, optimiser state and metadata atomically (metadata last)."""
+    """Write an epoch's tensors, then switch the manifest to them (the one atomic step),
+    then remove the files no manifest names any more."""
     unit_dir = Path(unit_dir)
+    unit_dir.mkdir(parents=True, exist_ok=True)
     tag = {"format": FORMAT, "method": meta.method, "epoch": str(meta.epoch)}
     weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    write_atomic(unit_dir / MODEL_FILE, lambda p: save_file(weights, str(p), metadata=tag))
+    files = {"model": _write_blob(unit_dir, "model", meta.epoch, save_bytes(weights, tag))}
     if optimizer is not None:
         tensors, groups = _flatten_optimizer(optimizer)
         opt_tag = dict(tag, param_groups=json.dumps(groups))
-        write_atomic(
-            unit_dir / OPTIMIZER_FILE, lambda p: save_file(tensors, str(p), metadata=opt_tag)
-        )
+        blob = save_bytes(tensors, opt_tag)
+        files["optimizer"] = _write_blob(unit_dir, "optimizer", meta.epoch, blob)
+    fsync_dir(unit_dir)
+    meta.format, meta.files = FORMAT, files
     write_text_atomic(unit_dir / META_FILE, json.dumps(asdict(meta), indent=2) + "\n")
+    fsync_dir(unit_dir)
+    remove_leftovers(unit_dir, meta)
+
+
+def remove_leftovers(unit_dir: Path, meta: CheckpointMeta) -> list[Path]:
+    """Delete tensor files the manifest does not name and stale temporaries (writers only)."""
+    keep = {entry["name"] for entry in meta.files.values()}
+    if meta.format == FORMAT_V1:
+        keep |= set(LEGACY_NAMES.values())
+    removed = []
+    for path in Path(unit_dir).iterdir():
+        name = path.name
+        ours = name.startswith(KINDS) and name.endswith(".safetensors")
+        stale = name.startswith(".") and name.endswith(".tmp")
+        if (ours and name not in keep) or stale:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def read_meta(unit_dir: Path) -> CheckpointMeta:
@@ -88,24 +133,52 @@ def read_meta(unit_dir: Path) -> CheckpointMeta:
         raise CheckpointError(f"{path}: no checkpoint here (train first, or check --run)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: corrupt checkpoint metadata ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a refad checkpoint (format {data.get('format')!r})")
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not isinstance(data, dict) or data.get("format") not in (FORMAT, FORMAT_V1):
+        got = data.get("format") if isinstance(data, dict) else None
+        raise CheckpointError(f"{path}: not a refad checkpoint (format {got!r})")
     try:
         return CheckpointMeta(**data)
     except TypeError as exc:
         raise CheckpointError(f"{path}: malformed checkpoint metadata ({exc})") from None
 
 
-def _load_tensors(path: Path, meta: CheckpointMeta) -> dict[str, torch.Tensor]:
-    try:
-        from safetensors import safe_open
+def tensor_path(unit_dir: Path, meta: CheckpointMeta, kind: str = "model") -> Path:
+    """The file holding the `kind` ("model" or "optimizer") tensors of this checkpoint."""
+    if meta.format == FORMAT_V1:
+        return Path(unit_dir) / LEGACY_NAMES[kind]
+    entry = meta.files.get(kind)
+    if entry is None:
+        raise CheckpointError(f"{Path(unit_dir) / META_FILE}: names no {kind} file")
+    return Path(unit_dir) / entry["name"]
 
-        with safe_open(str(path), framework="pt") as fh:
-            tag = fh.metadata() or {}
-        tensors = load_file(str(path))
+
+def _header_metadata(data: bytes) -> dict[str, str]:
+    (size,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + size]).get("__metadata__") or {}
+
+
+def _load_tensors(
+    unit_dir: Path, meta: CheckpointMeta, kind: str
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and safetensors metadata of one file, checked against the manifest."""
+    path = tensor_path(unit_dir, meta, kind)
+    try:
+        data = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing") from None
-    except (SafetensorError, OSError, ValueError) as exc:
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    entry = meta.files.get(kind)
+    if entry is not None and (
+        len(data) != entry.get("bytes") or hashlib.sha256(data).hexdigest() != entry.get("sha256")
+    ):
+        raise CheckpointError(f"{path}: does not match its checksum in {META_FILE} (edited?)")
+    try:
+        tensors = load_bytes(data)
+        tag = _header_metadata(data)
+    except (SafetensorError, OSError, ValueError, struct.error) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     if tag.get("method") != meta.method:
         raise CheckpointError(
@@ -114,9 +187,9 @@ def _load_tensors(path: Path, meta: CheckpointMeta) -> dict[str, torch.Tensor]:
     if tag.get("epoch") != str(meta.epoch):
         raise CheckpointError(
             f"{path}: written at epoch {tag.get('epoch')}, metadata says {meta.epoch} "
-            "(interrupted save?)"
+            "(interrupted save of a format-1 checkpoint)"
         )
-    return tensors
+    return tensors, tag
 
 
 def load_model(
@@ -126,9 +199,10 @@ def load_model(
     unit_dir = Path(unit_dir)
     meta = read_meta(unit_dir)
     model = build_model(meta.method, meta.feature_spec(), meta.model_config, device)
-    path = unit_dir / MODEL_FILE
-    state = {k: v.to(device) for k, v in _load_tensors(path, meta).items()}
-    load_state_checked(model, state, str(path), f" ({meta.method})")
+    tensors, _ = _load_tensors(unit_dir, meta, "model")
+    state = {k: v.to(device) for k, v in tensors.items()}
+    where = str(tensor_path(unit_dir, meta, "model"))
+    load_state_checked(model, state, where, f" ({meta.method})")
     return model.eval(), meta
 
 
@@ -147,12 +221,8 @@ def backbone_identity(extractor: Any, image_size: int) -> dict[str, Any]:
 
 def load_optimizer(unit_dir: Path, optimizer: torch.optim.Optimizer, meta: CheckpointMeta) -> None:
     """Restore optimiser moments saved by `save_checkpoint`."""
-    path = Path(unit_dir) / OPTIMIZER_FILE
-    tensors = _load_tensors(path, meta)
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        groups = json.loads((fh.metadata() or {})["param_groups"])
+    tensors, tag = _load_tensors(Path(unit_dir), meta, "optimizer")
+    groups = json.loads(tag["param_groups"])
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         _, idx, name = key.split(".", 2)

@@ -3,6 +3,7 @@ files inside one (their names are in `refad.runs.layout`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from refad.runs.layout import (
     unit_for_category,
     unit_path,
 )
+from refad.runs.lock import folder_lock
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -94,6 +96,24 @@ class RunDir:
         root = self.path / CATEGORIES_DIR
         return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
+    def lock(self, purpose: str) -> contextlib.AbstractContextManager[None]:
+        """The folder's writer lock (training, resuming, testing, importing)."""
+        return folder_lock(self.path, f"use another folder than {self.path} to {purpose}")
+
+    def remove_leftovers(self, config: RunConfig) -> list[Path]:
+        """Drop what interrupted saves left behind (writers only, under the lock)."""
+        removed = []
+        for unit in self.units(config):
+            if self.has_checkpoint(unit):
+                removed += ckpt.remove_leftovers(self.unit_path(unit), self.read_meta(unit))
+        return removed
+
+    def discard_if_untrained(self, config: RunConfig) -> None:
+        """A run that failed before its first checkpoint leaves no config.json behind, so
+        the same command can simply be run again."""
+        if not any(self.has_checkpoint(u) for u in self.units(config)):
+            self.config_path.unlink(missing_ok=True)
+
     # checkpoints
     def has_checkpoint(self, unit: str) -> bool:
         return ckpt.has_checkpoint(self.unit_path(unit))
@@ -106,6 +126,10 @@ class RunDir:
         optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
         ckpt.save_checkpoint(self.unit_path(unit), model, meta, optimizer)
+
+    def weights_path(self, unit: str = UNIFIED) -> Path:
+        """The file holding a unit's current weights (named by the checkpoint manifest)."""
+        return ckpt.tensor_path(self.unit_path(unit), self.read_meta(unit), "model")
 
     def read_meta(self, unit: str) -> ckpt.CheckpointMeta:
         return ckpt.read_meta(self.unit_path(unit))
@@ -153,6 +177,7 @@ class TrainedRun:
 
     def model(self, unit: str) -> tuple[ReconstructionModel, ckpt.CheckpointMeta]:
         if unit not in self._models:
+            cross_check(self.config, self.folder.read_meta(unit), self.folder.unit_path(unit))
             model, meta = self.folder.load_model(unit, self.device)
             if meta.backbone["weights_id"] != self.extractor.weights_id:
                 raise CheckpointError(
@@ -161,6 +186,25 @@ class TrainedRun:
                 )
             self._models[unit] = (model, meta)
         return self._models[unit]
+
+
+def cross_check(config: RunConfig, meta: ckpt.CheckpointMeta, where: Path) -> None:
+    """config.json and the checkpoint must describe the same model: an edited or foreign
+    file is refused with what differs, never scored with a mismatched backbone or method."""
+    b = meta.backbone
+    pairs = {
+        "method": (config.method, meta.method),
+        "backbone.name": (config.backbone.name, b.get("name")),
+        "backbone.levels": (list(config.backbone.levels), list(b.get("levels", []))),
+        "backbone.aggregate_kernel": (config.backbone.aggregate_kernel, b.get("aggregate_kernel")),
+        "data.image_size": (config.data.image_size, b.get("image_size", meta.spec["image_size"])),
+    }
+    for field_name, (in_config, in_checkpoint) in pairs.items():
+        if in_config != in_checkpoint:
+            raise CheckpointError(
+                f"{where}: {CONFIG_FILE} says {field_name} = {in_config!r}, the checkpoint was "
+                f"trained with {in_checkpoint!r} (edited or foreign run folder)"
+            )
 
 
 def open_run(run_dir: Path | str, device: str | torch.device | None = None) -> TrainedRun:

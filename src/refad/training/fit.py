@@ -8,6 +8,8 @@ batches and noise an uninterrupted run would have drawn.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from refad.data import (
     split_validation,
 )
 from refad.device import resolve_device
+from refad.errors import TrainingError
 from refad.inference import Scorer, calibrate
 from refad.models.base import FeatureSpec
 from refad.models.registry import build_model
@@ -136,6 +139,13 @@ def train_unit(
             t, loss_fn=loss_fn, dctx=dctx, on_step=progress_hook(bar, epoch, device)
         )
         stats = run_epoch(model, optimizer, features, config, epoch, base_lrs, settings)
+        if not math.isfinite(stats.loss):
+            kept = f"epoch {epoch} is the last one saved" if epoch else "nothing was saved"
+            raise TrainingError(
+                f"{folder.unit_path(name)}: the training loss became {stats.loss} in epoch "
+                f"{epoch + 1}; training stopped and {kept} (lower train.lr or set "
+                "train.grad_clip)"
+            )
         loss_value = stats.loss
         history.append({"epoch": epoch + 1, "loss": loss_value, "seconds": stats.seconds})
         meta = CheckpointMeta(
@@ -152,6 +162,11 @@ def train_unit(
                 Scorer(model, device), calib_levels, t.feature_batch_size, t.threshold_quantile,
                 calib_source,
             )
+            if not math.isfinite(meta.calibration["threshold"]):
+                raise TrainingError(
+                    f"{folder.unit_path(name)}: the trained model gives non-finite scores on "
+                    "normal images; no calibration saved (training diverged: lower train.lr)"
+                )
             folder.save_checkpoint(name, model, meta, optimizer)
     dctx.barrier()
     return UnitResult(name, t.epochs, loss_value, time.perf_counter() - t_start)
@@ -188,8 +203,28 @@ def fit(
     """
     folder = RunDir(Path(run_dir))
     dctx, device = init_distributed(resolve_device(config.device))
-    if dctx.is_main:
-        config = folder.resume() if resume else folder.create(config)
+    lock = folder.lock("train") if dctx.is_main else contextlib.nullcontext()
+    with lock:
+        created = dctx.is_main and not resume
+        if dctx.is_main:
+            config = folder.resume() if resume else folder.create(config)
+            folder.remove_leftovers(config)
+        try:
+            return _fit_units(config, folder, dctx, device, resume, progress)
+        except BaseException:
+            if created:
+                folder.discard_if_untrained(config)
+            raise
+
+
+def _fit_units(
+    config: RunConfig,
+    folder: RunDir,
+    dctx: DistContext,
+    device: torch.device,
+    resume: bool,
+    progress: bool,
+) -> list[UnitResult]:
     dctx.barrier()
     if not dctx.is_main:
         config = folder.read_config()

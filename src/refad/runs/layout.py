@@ -1,0 +1,33 @@
+"""The names of every file and folder in a run folder: the one place that knows them.
+
+A run folder holds `config.json` and, per trained unit, a checkpoint (weights, optimiser
+moments, metadata). A unified run has one unit, `unified`, whose checkpoint sits in the run
+folder itself; a per-category run keeps one unit per category under `categories/<name>/`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+META_FILE = "checkpoint.json"
+METRICS_JSON = "metrics.json"
+METRICS_MD = "metrics.md"
+IMPORTED_FILE = "imported.json"
+CATEGORIES_DIR = "categories"
+COMPARISON_JSON = "comparison.json"
+COMPARISON_MD = "comparison.md"
+
+UNIFIED = "unified"
+
+
+def unit_path(run_dir: Path, unit: str) -> Path:
+    """Folder of a unit's checkpoint: the run folder itself when unified."""
+    return Path(run_dir) if unit == UNIFIED else Path(run_dir) / CATEGORIES_DIR / unit
+
+
+def unit_for_category(mode: str, category: str) -> str:
+    """The unit that scores `category` in a run trained in `mode`."""
+    return UNIFIED if mode == "unified" else category

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -76,7 +77,10 @@ def test_predict_reports_bad_files_and_exits_nonzero(trained_run: Path, tmp_path
                                  "--out", str(tmp_path / "p"), "--device", "cpu"])
     assert result.exit_code == 2
     assert "bad.png" in result.output and "1 images scored" in result.output
-    assert (tmp_path / "p" / f"{good.stem}_heatmap.png").is_file()
+    # outputs mirror the inputs under their common parent (here the session's temp folder)
+    rows = json.loads((tmp_path / "p" / "predictions.json").read_text())["predictions"]
+    assert [r["relative_path"] for r in rows] == [good.relative_to(tmp_path.parent).as_posix()]
+    assert Path(rows[0]["heatmap"]).is_file()
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
@@ -84,4 +88,4 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
                                  "--image-size", "64", "--device", "cpu", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "**mean**" in result.output and "heatmaps" in result.output
-    assert list((tmp_path / "demo" / "heatmaps").glob("*_overlay.png"))
+    assert list((tmp_path / "demo" / "heatmaps").rglob("*_overlay.png"))

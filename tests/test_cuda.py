@@ -14,11 +14,11 @@ import torch
 from conftest import SMALL_MODELS, rel_err, tiny_config
 from safetensors.torch import load_file
 
-from refad.runs import RunDir
 from refad.api import evaluate
 from refad.inference import score_levels
 from refad.models.base import FeatureSpec
 from refad.models.registry import build_model
+from refad.runs import RunDir
 from refad.training import fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")

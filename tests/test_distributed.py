@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from refad.runs import RunDir
 from refad.models.layers.jitter import draw_normal
+from refad.runs import RunDir
 from refad.training.distributed import DistContext
 from refad.training.noise import BatchShard
 

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from refad.api import evaluate, predict
 from refad.errors import CheckpointError, ConfigError, RefadError
 from refad.metrics import METRIC_NAMES
-from refad.runs import checkpoint as ckpt
 from refad.runs import RunDir, open_run
+from refad.runs import checkpoint as ckpt
 from refad.training import fit
 
 

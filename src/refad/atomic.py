@@ -54,9 +54,14 @@ def ensure_dir(folder: Path | str) -> Path:
         raise RefadError(f"{folder}: a parent of this path is a file, not a folder") from None
     except OSError as exc:
         raise RefadError(f"{folder}: cannot create folder ({exc.strerror or exc})") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not writable(folder):
         raise RefadError(f"{folder}: folder is not writable")
     return folder
+
+
+def writable(folder: Path) -> bool:
+    """Whether this process may create files in `folder` (a read-only mount says no)."""
+    return os.access(folder, os.W_OK | os.X_OK)
 
 
 def fsync_dir(folder: Path) -> None:

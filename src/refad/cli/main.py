@@ -8,16 +8,52 @@ from __future__ import annotations
 
 import functools
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 from rich.console import Console
+
+try:  # typer >= 0.29 carries its own copy of click; its usage errors are raised from there
+    from typer._click import exceptions as cli_errors
+except ImportError:  # older typer runs on click itself
+    from click import exceptions as cli_errors  # type: ignore[no-redef]
 
 from refad.errors import RefadError
 
+
+class OneLineErrors(typer.core.TyperGroup):
+    """Usage errors (unknown flag, a value of the wrong type, a missing option) as the same
+    one line `error: ...` and exit status 2 as every other bad input, not a framed box."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            code = super().main(*args, **{**kwargs, "standalone_mode": False})
+        except cli_errors.NoArgsIsHelpError as exc:
+            console.print(exc.ctx.get_help() if exc.ctx else "", highlight=False)
+            sys.exit(0)
+        except cli_errors.UsageError as exc:
+            hint = f" (see `refad {exc.ctx.command.name} --help`)" if exc.ctx else ""
+            err_console.print(f"[bold red]error:[/] {exc.format_message()}{hint}",
+                              highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except typer.Exit as exc:
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            err_console.print(INTERRUPTED, soft_wrap=True)
+            sys.exit(130)
+        except cli_errors.ClickException as exc:
+            err_console.print(f"[bold red]error:[/] {exc.format_message()}", highlight=False)
+            sys.exit(2)
+        sys.exit(code if isinstance(code, int) else 0)  # without standalone mode, click
+        # returns the status of a typer.Exit instead of exiting with it
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     help="Unified industrial anomaly detection (RLR, UniAD, CRAD) on one honest pipeline.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -296,6 +332,52 @@ def import_authors(
                           weights=weights, device=device, overrides=set_)
     run_dir = import_run(method, checkpoint, out, config, device)
     console.print(f"imported {checkpoint} into {run_dir}; evaluate: refad test --run {run_dir}")
+
+
+@app.command()
+@user_errors
+def export(
+    run: Annotated[Path, typer.Option(help="Run folder written by `refad train`.")],
+    out: Annotated[Path, typer.Option(help="Folder to write (graph + refad-deploy.json).")],
+    format_: Annotated[str, typer.Option("--format", help="onnx or openvino.")] = "onnx",
+    precision: Annotated[str, typer.Option(help="fp32; openvino also fp16, int8.")] = "fp32",
+) -> None:
+    """Export a run to ONNX or OpenVINO: one graph per unit, checked against PyTorch."""
+    from refad.export import export_run
+
+    meta = export_run(run, out, format_, precision)
+    console.print(f"exported {run} to {out} ({format_}, {precision}); parity: "
+                  f"{meta.get('parity', {})}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@user_errors
+def serve(
+    run: Annotated[Path | None, typer.Option(help="Run folder to serve (PyTorch).")] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="Exported folder to serve (torch-free runtime).")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option()] = 8000,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(help="File holding the API key (or set REFAD_API_KEY); never the key."),
+    ] = None,
+    max_batch: Annotated[int, typer.Option(help="Images scored together at most.")] = 16,
+) -> None:
+    """HTTP API and inspection page for a run or an exported folder."""
+    from refad.serve.server import run_server
+
+    if (run is None) == (model is None):
+        raise RefadError("serve: give exactly one of --run and --model")
+    _at_least_one("--max-batch", max_batch)
+    code = run_server(run_dir=run, model_dir=model, host=host, port=port, device=device,
+                      api_key_file=api_key_file, max_batch=max_batch)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from refad.data.images import read_image_rgb, read_mask
+from refad.data.images import empty_mask_reason, read_image_rgb, read_mask
 from refad.data.samples import Sample
 from refad.errors import ConfigError, DataError
 
@@ -39,11 +39,27 @@ def image_tensor(
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
+def check_mask_label(sample: Sample, mask: np.ndarray) -> None:
+    """Refuse a binarised mask that contradicts its image's label.
+
+    Either case would change the pixel metrics without a word: defect pixels on a good image
+    count as missed defects, and a defective image with an empty mask (often a 0/1 mask stored
+    as 8-bit, so nothing passes > 127) adds no defect pixel at all.
+    """
+    count = int(np.count_nonzero(mask))
+    if sample.label == 0 and count:
+        raise DataError(f"{sample.mask}: mask of a good image has {count} defect pixels")
+    if sample.label == 1 and count == 0:
+        reason = empty_mask_reason(sample.mask, label_map=sample.mask_is_label_map)
+        raise DataError(f"{sample.mask}: mask of a defective image is empty: {reason}")
+
+
 class ImageDataset(Dataset):
     """Images resized to ``size`` x ``size`` (PIL bilinear) and normalised per channel.
 
     ``mean`` / ``std`` are in the 0..1 pixel scale (ImageNet: 0.485.. / 0.229..). Masks are
-    binarised at their full resolution first, then resized with NEAREST, so they stay in {0, 1}.
+    binarised at their full resolution first, then resized with NEAREST, so they stay in {0, 1};
+    a mask that contradicts its label is refused (:func:`check_mask_label`).
     Holds only paths and numbers, so it pickles into DataLoader worker processes.
     """
 
@@ -71,6 +87,7 @@ class ImageDataset(Dataset):
         if sample.mask is None:
             return torch.zeros((1, side, side), dtype=torch.float32)
         full = read_mask(sample.mask, hw, image=sample.image, label_map=sample.mask_is_label_map)
+        check_mask_label(sample, full)
         small = Image.fromarray(full.astype(np.uint8) * 255).resize(
             (side, side), Image.Resampling.NEAREST
         )

@@ -16,10 +16,17 @@ Conversions, chosen so that every supported file maps to one well-defined RGB ui
 
 EXIF orientation is NOT applied: masks are drawn on the stored pixels, so images must stay aligned
 with them.
+
+Decompression bombs: a file whose header declares more than :data:`MAX_IMAGE_PIXELS` pixels is
+refused from its header, before any pixel is decoded (a 1-bit PNG of 20000x20000 is a few tens of
+KB on disk and 400 MB once decoded). PIL's own guard is superseded: its warning (from 89.5 MP) is
+silenced because our limit decides, and its error (from 179 MP, raised while the header is read)
+becomes the same one-line :class:`DataError`.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +38,11 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm"}
 )
 """Suffixes (lower case) that folder listings treat as images; decoding never trusts them."""
+
+MAX_IMAGE_PIXELS = 100_000_000
+"""Largest width x height that is decoded (100 MP: a 10000x10000 picture, 300 MB as RGB uint8)."""
+
+_BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
@@ -50,26 +62,79 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _too_many_pixels(path: Path, size: tuple[int, int]) -> DataError:
+    width, height = size
+    return DataError(
+        f"{path}: {width}x{height} pixels is more than the limit of "
+        f"{MAX_IMAGE_PIXELS / 1e6:g} megapixels"
+    )
+
+
+def _checked_size(exc: BaseException) -> tuple[int, int] | None:
+    """The (width, height) PIL's bomb check refused, read from the frame that raised.
+
+    PIL raises before it hands back the image, so the declared size is only in that frame;
+    None when PIL changes that (the message then quotes PIL's own text).
+    """
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    size = tb.tb_frame.f_locals.get("size") if tb is not None else None
+    if isinstance(size, tuple) and len(size) == 2 and all(isinstance(v, int) for v in size):
+        return size
+    return None
+
+
+def _bomb_error(path: Path, exc: BaseException) -> DataError:
+    size = _checked_size(exc)
+    if size is not None:
+        return _too_many_pixels(path, size)
+    return DataError(
+        f"{path}: more than the limit of {MAX_IMAGE_PIXELS / 1e6:g} megapixels "
+        f"({_one_line(exc)})"
+    )
+
+
 def _open(path: Path, *, decode: bool) -> Image.Image:
-    """Open ``path`` with PIL (format from content); with ``decode`` force a full pixel decode."""
+    """Open ``path`` with PIL (format from content); with ``decode`` force a full pixel decode.
+
+    The pixel count is checked from the header before anything is decoded (see module doc).
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if not path.is_file():
         raise DataError(f"{path}: not a regular file")
     try:
-        img = Image.open(path)
+        with warnings.catch_warnings():  # our limit decides, not PIL's lower warning level
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except _BOMB_ERRORS as exc:
+        raise _bomb_error(path, exc) from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image file (format not recognised)") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot open image ({_one_line(exc)})") from None
+    if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:
+        img.close()
+        raise _too_many_pixels(path, img.size)
     if decode:
-        try:
-            img.load()
-        except Exception as exc:  # PIL plugins raise many types (OSError, SyntaxError, ...)
-            img.close()
-            raise DataError(f"{path}: corrupt or truncated image ({_one_line(exc)})") from None
+        _decode(img, path)
     return img
+
+
+def _decode(img: Image.Image, path: Path) -> None:
+    """Decode every pixel now, so a broken file fails here with its name."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+    except _BOMB_ERRORS as exc:  # some formats check frame sizes again while decoding
+        img.close()
+        raise _bomb_error(path, exc) from None
+    except Exception as exc:  # PIL plugins raise many types (OSError, SyntaxError, ...)
+        img.close()
+        raise DataError(f"{path}: corrupt or truncated image ({_one_line(exc)})") from None
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -111,32 +176,67 @@ def read_image_rgb(path: Path) -> np.ndarray:
         return _to_rgb_array(img, path)
 
 
-def _mask_to_bool(img: Image.Image, path: Path, label_map: bool) -> np.ndarray:
-    """Binarise a decoded mask: > half of its value range, or != 0 for label maps."""
+def _mask_values(img: Image.Image, path: Path) -> tuple[np.ndarray, float, float]:
+    """(values, cut, full) of an intensity mask: a pixel is set when its value > cut; ``full``
+    is the value a set pixel should be stored as (255 for 8-bit, 65535 for 16-bit...)."""
     mode = img.mode
-    if label_map:
-        if mode in ("RGB", "RGBA", "CMYK", "RGBX"):
-            values = np.asarray(img.convert("RGB")).max(axis=2)
-        elif mode in ("LA", "PA"):
-            values = np.asarray(img)[:, :, 0]
-        else:  # palette masks hold label indices; grey/16-bit hold label values
-            values = np.asarray(img)
-        return values != 0
     if mode == "1":
-        return np.asarray(img, dtype=bool).copy()
+        return np.asarray(img, dtype=np.uint8), 0, 1
     if mode in _SIXTEEN_BIT_MODES:
-        return np.asarray(img).astype(np.int64) > 32767
+        return np.asarray(img), 32767, 65535
     if mode == "F":
-        return np.asarray(img, dtype=np.float32) > 0.5
+        return np.asarray(img, dtype=np.float32), 0.5, 1.0
     if mode == "L":
-        return np.asarray(img, dtype=np.uint8) > 127
+        return np.asarray(img, dtype=np.uint8), 127, 255
     if mode == "LA":
-        return np.asarray(img, dtype=np.uint8)[:, :, 0] > 127
+        return np.asarray(img, dtype=np.uint8)[:, :, 0], 127, 255
     try:  # colour masks (RGB, RGBA, P, CMYK...): a pixel is set when any colour channel is
         rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
     except (ValueError, OSError) as exc:
         raise DataError(f"{path}: unsupported mask mode {mode} ({_one_line(exc)})") from None
-    return rgb.max(axis=2) > 127
+    return rgb.max(axis=2), 127, 255
+
+
+def _label_values(img: Image.Image) -> np.ndarray:
+    """The label of each pixel of a label-map mask (0 is background)."""
+    mode = img.mode
+    if mode in ("RGB", "RGBA", "CMYK", "RGBX"):
+        return np.asarray(img.convert("RGB")).max(axis=2)
+    if mode in ("LA", "PA"):
+        return np.asarray(img)[:, :, 0]
+    return np.asarray(img)  # palette masks hold label indices; grey/16-bit hold label values
+
+
+def _mask_to_bool(img: Image.Image, path: Path, label_map: bool) -> np.ndarray:
+    """Binarise a decoded mask: > half of its value range, or != 0 for label maps."""
+    if label_map:
+        return _label_values(img) != 0
+    values, cut, _ = _mask_values(img, path)
+    return values > cut
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def empty_mask_reason(path: Path, *, label_map: bool = False) -> str:
+    """Why a mask has no set pixel, for the error about a defective image's empty mask.
+
+    Re-reads the file (only on that error path). The usual mistake is a 0/1 mask stored in
+    8 bits: every value is at or below the cut, so the message says how to store it.
+    """
+    if label_map:  # != 0 found nothing
+        return "all pixels are 0"
+    path = Path(path)
+    with _open(path, decode=True) as img:
+        values, cut, full = _mask_values(img, path)
+    if not values.any():
+        return "all pixels are 0"
+    low, high = values.min().item(), values.max().item()
+    return (
+        f"it holds values {_number(low)}..{_number(high)}; store masks as 0/{_number(full)} "
+        f"(binarised at > {_number(cut)})"
+    )
 
 
 def read_mask(

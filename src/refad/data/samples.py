@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from refad.data.images import is_image_file
+from refad.data.images import IMAGE_EXTENSIONS, is_image_file
 from refad.errors import ConfigError, DataError
 
 SPLITS = ("train", "test")
@@ -47,7 +48,11 @@ def list_images(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: folder not found")
-    images = sorted((p for p in folder.iterdir() if is_image_file(p)), key=lambda p: p.name)
+    entries = sorted(folder.iterdir(), key=lambda p: p.name)
+    for p in entries:  # an image the user put there but that cannot be read is not skipped
+        if p.is_symlink() and not p.exists() and p.suffix.lower() in IMAGE_EXTENSIONS:
+            raise DataError(f"{p}: dangling symbolic link (its target {os.readlink(p)} is gone)")
+    images = [p for p in entries if is_image_file(p)]
     if not images:
         raise DataError(f"{folder}: folder holds no images")
     return images

@@ -3,6 +3,7 @@ by category, the held-out normals for calibration, and the images to predict on.
 
 from __future__ import annotations
 
+import os
 import random
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -90,7 +91,8 @@ def split_validation(
 
 def collect_images(inputs: Sequence[Path | str]) -> list[Path]:
     """Files given directly, plus the image files found recursively in folders (by suffix,
-    the same list the dataset layouts use)."""
+    the same list the dataset layouts use). A file reached twice (given twice, or given and
+    inside a given folder) is listed once, where it first appears: one file, one result."""
     found: list[Path] = []
     for item in inputs:
         item = Path(item)
@@ -103,4 +105,11 @@ def collect_images(inputs: Sequence[Path | str]) -> list[Path]:
             found.append(item)
         else:
             raise DataError(f"{item}: no such file or folder")
-    return found
+    seen: set[str] = set()
+    unique = []
+    for path in found:
+        key = os.path.abspath(path)
+        if key not in seen:
+            seen.add(key)
+            unique.append(path)
+    return unique

@@ -2,23 +2,82 @@
 
 The model is the run's last-epoch checkpoint; nothing here looks at test results to choose a
 checkpoint or a threshold. Metrics stream batch by batch (`refad.metrics.MetricAccumulator`).
+
+A metric a category cannot define (no defective, or for image metrics no normal, test image)
+is NaN for that category and the mean is over the categories that define it: `mean_categories`
+counts them per metric and `notes` says which were left out and why. A model that gives
+non-finite scores or maps (training diverged) gets no metrics at all.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from refad.config import DataConfig
 from refad.data import ImageDataset, by_category, load_split
 from refad.device import amp_active
+from refad.errors import RefadError
 from refad.inference.scorer import Scorer
 from refad.metrics import METRIC_NAMES, MetricAccumulator
+from refad.models.base import Scores
 from refad.runs import TrainedRun
+
+
+def _check_finite(run: TrainedRun, scores: Scores) -> None:
+    """NaN or inf would either stop the metrics midway or rank silently; say why instead."""
+    if not (torch.isfinite(scores.image).all() and torch.isfinite(scores.maps).all()):
+        raise RefadError(
+            f"{run.path}: the model gives non-finite scores (training diverged?); "
+            "no metrics written"
+        )
+
+
+def _undefined_reason(metric: str, n_normal: int, n_defective: int) -> str:
+    if n_defective == 0:
+        return "no defective test image"
+    if n_normal == 0 and metric.startswith("i_"):
+        return "no normal test image"
+    return "not defined on this test split"
+
+
+def summarise(
+    per_category: Mapping[str, Mapping[str, float]],
+    counts: Mapping[str, tuple[int, int]],
+) -> tuple[dict[str, float], dict[str, int], list[str]]:
+    """(mean, mean_categories, notes): each metric's mean over the categories where it is
+    defined, how many those are, and one note per group of metrics left out of categories.
+
+    `counts`: (normal, defective) test images per category, to say why a metric is undefined.
+    """
+    mean: dict[str, float] = {}
+    used: dict[str, int] = {}
+    missing: dict[tuple[tuple[str, str], ...], list[str]] = {}
+    for name in METRIC_NAMES:
+        values = {c: m[name] for c, m in per_category.items()}
+        defined = [v for v in values.values() if not math.isnan(v)]
+        mean[name] = float(np.mean(defined)) if defined else math.nan
+        used[name] = len(defined)
+        gone = tuple((c, _undefined_reason(name, *counts[c])) for c, v in values.items()
+                     if math.isnan(v))
+        if gone:
+            missing.setdefault(gone, []).append(name)
+    total = len(per_category)
+    notes = []
+    for gone, names in missing.items():
+        where = ", ".join(f"{c} ({why})" for c, why in gone)
+        where = f"categor{'y' if len(gone) == 1 else 'ies'} {where}"
+        left = total - len(gone)
+        tail = f"mean over {left} of {total} categories" if left else "no category defines it"
+        notes.append(f"{', '.join(names)}: undefined for {where}; {tail}")
+    return mean, used, notes
 
 
 def evaluate_run(
@@ -39,6 +98,7 @@ def evaluate_run(
     samples = load_split(data, "test")
     size = run.config.data.image_size
     per_category: dict[str, dict[str, float]] = {}
+    counts: dict[str, tuple[int, int]] = {}
     scorers: dict[str, Scorer] = {}
     tic = time.perf_counter()
     for category, group in by_category(samples).items():
@@ -52,6 +112,7 @@ def evaluate_run(
         acc = MetricAccumulator(mode=metrics_mode)
         for batch in tqdm(loader, desc=f"test {category}", disable=not progress, leave=False):
             scores = scorer.images(batch["image"])
+            _check_finite(run, scores)
             acc.update(
                 scores.image.float(),
                 batch["label"],
@@ -59,9 +120,9 @@ def evaluate_run(
                 batch["mask"][:, 0].to(run.device) > 0.5,
             )
         per_category[category] = acc.compute()
-    mean = {
-        name: float(np.mean([m[name] for m in per_category.values()])) for name in METRIC_NAMES
-    }
+        n_defective = sum(s.label for s in group)
+        counts[category] = (len(group) - n_defective, n_defective)
+    mean, mean_categories, notes = summarise(per_category, counts)
     return {
         "method": run.config.method,
         "backbone": run.config.backbone.name,
@@ -73,4 +134,6 @@ def evaluate_run(
         "seconds": time.perf_counter() - tic,
         "categories": per_category,
         "mean": mean,
+        "mean_categories": mean_categories,
+        "notes": notes,
     }

@@ -3,13 +3,26 @@
 A folder with some unreadable files is still processed: every good image gets its result and
 each bad one a one-line failure, so no work is lost (writing the results is
 `refad.reporting.predictions`; the caller exits non-zero when something failed).
+
+Names of the outputs mirror the input tree and never collide:
+
+* each image's `relative_path` is taken from the common parent of the inputs (a folder input
+  counts as its own parent, a file input as its folder): `refad predict in/` gives `a/x.png`
+  and `b/x.png` for `in/a/x.png` and `in/b/x.png`; a single file input gives its name;
+* its output `name` is that path without the suffix (`a/x`), unless another image in the same
+  folder has the same stem, or a name equal to this stem; then the full file name is kept
+  (`c/a.png` and `c/a.jpg`; `c/a.png.jpg` next to `c/a.png`). Two different files therefore never
+  share a name, and the name does not depend on which files happen to be readable.
 """
 
 from __future__ import annotations
 
+import math
+import os
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -23,18 +36,57 @@ from refad.runs import UNIFIED, TrainedRun
 
 @dataclass
 class ImageResult:
-    """One scored image: its pixels, its map at the model's input size, its score."""
+    """One scored image: its pixels, its map at the model's input size, its score, and the
+    names its outputs take (see the module doc)."""
 
     path: Path
     image: np.ndarray  # (H, W, 3) uint8 as read
     amap: np.ndarray  # (S, S) float32
     score: float
+    relative_path: PurePosixPath
+    name: PurePosixPath  # outputs are `<name>_heatmap.png`, ... under the output folder
+
+    @property
+    def finite(self) -> bool:
+        """False when the score or a map value is NaN or infinite (a diverged model): such a
+        result must never become a decision."""
+        return math.isfinite(self.score) and bool(np.isfinite(self.amap).all())
 
 
 @dataclass
 class PredictionBatch:
     results: list[ImageResult]
     failures: list[str]  # one line each: "<file>: <problem>"
+
+
+def _absolute(path: Path | str) -> Path:
+    """Absolute and normalised, without resolving symbolic links (a link inside an input folder
+    stays inside it)."""
+    return Path(os.path.abspath(path))
+
+
+def relative_paths(inputs: Sequence[Path | str], paths: Sequence[Path]) -> list[PurePosixPath]:
+    """Each of `paths` relative to the common parent of `inputs` (module doc)."""
+    bases = [_absolute(p) if Path(p).is_dir() else _absolute(p).parent for p in inputs]
+    root = Path(os.path.commonpath(bases)) if bases else Path.cwd()
+    return [PurePosixPath(_absolute(p).relative_to(root).as_posix()) for p in paths]
+
+
+def output_names(relatives: Sequence[PurePosixPath]) -> list[PurePosixPath]:
+    """The collision-free output name of each relative path (module doc)."""
+    folders: dict[PurePosixPath, list[PurePosixPath]] = defaultdict(list)
+    for rel in relatives:
+        folders[rel.parent].append(rel)
+    chosen: dict[PurePosixPath, PurePosixPath] = {}
+    for folder, files in folders.items():
+        stems = Counter(f.stem for f in files)
+        names = Counter(f.name for f in files)
+        for f in files:
+            # another file has this stem, or is named exactly this stem ("a.png" vs "a.png.jpg")
+            other_named_stem = names[f.stem] - (f.name == f.stem) > 0
+            clash = stems[f.stem] > 1 or other_named_stem
+            chosen[f] = folder / (f.name if clash else f.stem)
+    return [chosen[rel] for rel in relatives]
 
 
 def predict_unit(run: TrainedRun, category: str | None) -> str:
@@ -60,6 +112,8 @@ def predict_images(
     model, meta = run.model(predict_unit(run, category))
     scorer = Scorer(model, run.device, run.extractor, amp, compile_mode)
     paths = collect_images(inputs)
+    relatives = relative_paths(inputs, paths)
+    names = dict(zip(paths, zip(relatives, output_names(relatives), strict=True), strict=True))
     size = run.config.data.image_size
     mean, std = run.extractor.mean, run.extractor.std
 
@@ -79,7 +133,7 @@ def predict_images(
             scores = scorer.images(batch)
             maps = scores.maps.float().cpu().numpy()
             results = [
-                ImageResult(path, image, amap, float(score))
+                ImageResult(path, image, amap, float(score), *names[path])
                 for path, image, amap, score in zip(
                     kept, images, maps, scores.image.float().cpu().tolist(), strict=True
                 )

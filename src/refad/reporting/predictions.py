@@ -1,4 +1,11 @@
-"""Writing predictions: a heatmap and an overlay per image, and predictions.json / .csv."""
+"""Writing predictions: a heatmap and an overlay per image, and predictions.json / .csv.
+
+The pictures of an image go to `OUT/<name>_heatmap.png` and `OUT/<name>_overlay.png`, where
+`name` mirrors the image's place under the common parent of the inputs (sub-folders are
+created) and is never shared by two files (rule: `refad.inference.predict`). Each row keeps the
+absolute `path` and the `relative_path`. A non-finite score or map (a diverged model) gives
+`anomalous` None with a `note`, never a decision.
+"""
 
 from __future__ import annotations
 
@@ -13,20 +20,25 @@ import numpy as np
 import torch
 from PIL import Image
 
-from refad.atomic import write_atomic, write_text_atomic
-from refad.inference.predict import PredictionBatch, predict_images
+from refad.atomic import ensure_dir, write_atomic, write_text_atomic
+from refad.inference.predict import ImageResult, PredictionBatch, predict_images
 from refad.reporting.render import heatmap_rgb, normalise_map, overlay, resize_map
 from refad.runs import open_run, write_json
+from refad.runs.lock import folder_lock
+
+NOT_FINITE = "score or anomaly map is not finite (training diverged?); no decision"
 
 
 @dataclass
 class Prediction:
     path: str
+    relative_path: str
     score: float
     normalised_score: float | None
     anomalous: bool | None
     heatmap: str
     overlay: str
+    note: str | None = None  # why there is no decision, when that is not plain "no threshold"
 
 
 @dataclass
@@ -49,32 +61,36 @@ def write_predictions(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = PredictReport([], [])
-    seen: dict[str, int] = {}
-    threshold = calibration.get("threshold")
     for batch in batches:
         report.failures.extend(batch.failures)
-        for r in batch.results:
-            n = seen.get(r.path.stem, 0)
-            seen[r.path.stem] = n + 1
-            stem = r.path.stem if n == 0 else f"{r.path.stem}_{n}"
-            h, w = r.image.shape[:2]
-            unit_map = normalise_map(
-                resize_map(r.amap, w, h),
-                calibration.get("map_floor", r.amap.min()),
-                calibration.get("map_ceiling", r.amap.max()),
-            )
-            heat = heatmap_rgb(unit_map)
-            heat_path, over_path = out_dir / f"{stem}_heatmap.png", out_dir / f"{stem}_overlay.png"
-            save_png(heat_path, heat)
-            save_png(over_path, overlay(r.image, heat))
-            report.predictions.append(Prediction(
-                path=str(r.path), score=r.score,
-                normalised_score=float(r.score / threshold) if threshold else None,
-                anomalous=bool(r.score > threshold) if threshold is not None else None,
-                heatmap=str(heat_path), overlay=str(over_path),
-            ))
+        report.predictions.extend(_write_result(out_dir, r, calibration) for r in batch.results)
     _write_summary(out_dir, report, calibration)
     return report
+
+
+def _write_result(out_dir: Path, r: ImageResult, calibration: dict[str, Any]) -> Prediction:
+    """The two pictures of one image, and its row."""
+    heat_path = out_dir / f"{r.name}_heatmap.png"
+    over_path = out_dir / f"{r.name}_overlay.png"
+    heat_path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = r.image.shape[:2]
+    unit_map = normalise_map(
+        resize_map(r.amap, w, h),
+        calibration.get("map_floor", r.amap.min()),
+        calibration.get("map_ceiling", r.amap.max()),
+    )
+    heat = heatmap_rgb(unit_map)
+    save_png(heat_path, heat)
+    save_png(over_path, overlay(r.image, heat))
+    threshold = calibration.get("threshold")
+    decided = threshold is not None and r.finite
+    return Prediction(
+        path=str(r.path.absolute()), relative_path=r.relative_path.as_posix(), score=r.score,
+        normalised_score=float(r.score / threshold) if decided and threshold else None,
+        anomalous=bool(r.score > threshold) if decided else None,
+        heatmap=str(heat_path), overlay=str(over_path),
+        note=None if r.finite else NOT_FINITE,
+    )
 
 
 def _write_summary(out_dir: Path, report: PredictReport, calib: dict) -> None:
@@ -100,6 +116,10 @@ def predict(
     compile_mode: str | None = None,
 ) -> PredictReport:
     """`refad predict`: open a run folder, score the images and write the results."""
-    run = open_run(run_dir, device)
-    calibration, batches = predict_images(run, inputs, category, batch_size, amp, compile_mode)
-    return write_predictions(Path(out_dir), calibration, batches)
+    out_dir = ensure_dir(out_dir)
+    with folder_lock(out_dir, "give another --out"):
+        run = open_run(run_dir, device)
+        calibration, batches = predict_images(
+            run, inputs, category, batch_size, amp, compile_mode
+        )
+        return write_predictions(out_dir, calibration, batches)

@@ -24,7 +24,8 @@ def percent(x: float | None) -> str:
 
 
 def markdown_table(result: dict[str, Any]) -> str:
-    """Per-category rows and the mean, in percent."""
+    """Per-category rows and the mean, in percent; then the notes on undefined metrics (a mean
+    over fewer categories than the table shows must say so)."""
     head = "| category | " + " | ".join(METRIC_LABELS[m] for m in METRIC_NAMES) + " |"
     sep = "|---|" + "---:|" * len(METRIC_NAMES)
     rows = [head, sep]
@@ -32,6 +33,10 @@ def markdown_table(result: dict[str, Any]) -> str:
         rows.append(f"| {cat} | " + " | ".join(percent(m[n]) for n in METRIC_NAMES) + " |")
     mean = " | ".join(percent(result["mean"][n]) for n in METRIC_NAMES)
     rows.append(f"| **mean** | {mean} |")
+    notes = result.get("notes") or []
+    if notes:
+        rows.append("")
+        rows.extend(f"- {note}" for note in notes)
     return "\n".join(rows)
 
 

@@ -1,6 +1,5 @@
 """Training: the loop on cached features, data parallelism, and fit/resume of a run folder."""
 
-from refad.training.fit import UnitResult, extract_features, fit, group_units, train_unit
 from refad.training.loop import (
     DeviceFeatures,
     StepSettings,
@@ -9,6 +8,7 @@ from refad.training.loop import (
     run_epoch,
     train_steps,
 )
+from refad.training.train import UnitResult, extract_features, fit, group_units, train_unit
 
 __all__ = [
     "DeviceFeatures",

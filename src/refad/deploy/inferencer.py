@@ -1,0 +1,252 @@
+"""Scoring images with an exported folder, without torch: `Inferencer`.
+
+Decisions follow refad's predict: ``anomalous = score > threshold`` and ``normalised_score =
+score / threshold``. The threshold is, in order: the ``threshold=`` passed to the call
+("override"), the category's own calibrated threshold ("category:<name>"), the unit's global
+one ("global"); with none there is no decision (``anomalous`` is None). A non-finite score never
+becomes a decision either: ``finite`` is False and ``anomalous`` None.
+
+The defect mask marks pixels of the map (at the original image size) above the pixel threshold:
+the calibration's ``pixel_threshold`` when the run has one, else ``map_ceiling``, the largest
+pixel value seen on the normal calibration images (so a mask pixel is "worse than any normal
+pixel seen").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from refad.deploy.images import ImageInput, load_rgb, preprocess_batch
+from refad.deploy.metadata import METADATA_FILE, UNIFIED, read_metadata, verify_files
+from refad.deploy.render import blend, heatmap_rgb, normalise_map, resize_map
+from refad.deploy.runtimes import RUNTIMES, open_runner
+from refad.errors import CheckpointError, ConfigError, DataError
+
+
+@dataclass
+class Prediction:
+    """One image's result. `raw_map` is the graph output at input size; the rest is derived."""
+
+    score: float
+    threshold: float | None
+    threshold_source: str | None  # "override", "category:<c>", "global" or None
+    anomalous: bool | None
+    normalised_score: float | None
+    finite: bool
+    anomaly_map: np.ndarray  # (H, W) float32 at the original image size
+    mask: np.ndarray | None  # (H, W) bool, map > pixel_threshold
+    pixel_threshold: float | None
+    unit: str
+    category: str | None
+    map_floor: float
+    map_ceiling: float
+    image: np.ndarray = field(repr=False)  # the decoded (H, W, 3) uint8 input
+    raw_map: np.ndarray = field(repr=False)
+
+    @cached_property
+    def heatmap(self) -> np.ndarray:
+        """(H, W, 3) uint8 jet heatmap, coloured by the calibrated floor/ceiling."""
+        return heatmap_rgb(normalise_map(self.anomaly_map, self.map_floor, self.map_ceiling))
+
+    @cached_property
+    def overlay(self) -> np.ndarray:
+        """The heatmap blended half and half over the input image."""
+        return blend(self.image, self.heatmap)
+
+
+def _finite_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+class Inferencer:
+    """Run an export folder made by `refad export` with onnxruntime or OpenVINO.
+
+    ``device``: "cpu", or "cuda"/"gpu" for the runtime's GPU backend where installed.
+    ``threads``: CPU threads of the runtime (None: its default). Graph files are checked
+    against their recorded sha256 when the folder is opened; sessions open on first use.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        runtime: str = "onnxruntime",
+        device: str = "cpu",
+        threads: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.meta = read_metadata(self.path)
+        if runtime not in RUNTIMES:
+            raise ConfigError(f"runtime: {runtime!r} is not one of {', '.join(RUNTIMES)}")
+        if self.meta["graph"]["format"] == "openvino" and runtime != "openvino":
+            raise ConfigError(
+                f"runtime: {self.path} holds OpenVINO IR graphs; use runtime='openvino'"
+            )
+        self.runtime, self.device, self.threads = runtime, device, threads
+        self.size: int = self.meta["input"]["size"]
+        self.mean: list[float] = self.meta["input"]["mean"]
+        self.std: list[float] = self.meta["input"]["std"]
+        self.units: dict[str, dict[str, Any]] = self.meta["units"]
+        for name, unit in self.units.items():
+            verify_files(self.path, name, unit)
+        self._runners: dict[str, Any] = {}
+
+    @property
+    def method(self) -> str:
+        return self.meta["method"]
+
+    @property
+    def categories(self) -> list[str]:
+        """Categories the export knows (their units, or those calibrated in a unified unit)."""
+        if UNIFIED in self.units:
+            return sorted(self.units[UNIFIED].get("categories", {}))
+        return sorted(self.units)
+
+    def _unit_for(self, category: str | None) -> str:
+        if UNIFIED in self.units:
+            known = self.units[UNIFIED].get("categories", {})
+            if category is not None and known and category not in known:
+                raise ConfigError(
+                    f"category: {category!r} is not calibrated in this export "
+                    f"(known: {', '.join(sorted(known))})"
+                )
+            return UNIFIED
+        if category is None:
+            if len(self.units) == 1:
+                return next(iter(self.units))
+            raise ConfigError(
+                f"category: {self.path} holds one model per category; name one of "
+                f"{', '.join(sorted(self.units))}"
+            )
+        if category not in self.units:
+            raise ConfigError(
+                f"category: {category!r} is not in this export "
+                f"(categories: {', '.join(sorted(self.units))})"
+            )
+        return category
+
+    def _runner(self, unit: str) -> Any:
+        if unit not in self._runners:
+            info = self.units[unit]
+            runner = open_runner(
+                self.runtime, self.path / info["graph"], self.device, self.threads,
+                self.meta["graph"]["precision"],
+            )
+            shape = runner.input_shapes.get("image")
+            want = [3, self.size, self.size]
+            if shape is None or len(shape) != 4 or list(shape[1:]) != want:
+                raise CheckpointError(
+                    f"{self.path / info['graph']}: graph input {shape} does not take "
+                    f"(B, 3, {self.size}, {self.size}) images as {METADATA_FILE} says"
+                )
+            if not {"anomaly_map", "score"} <= set(runner.output_names):
+                raise CheckpointError(
+                    f"{self.path / info['graph']}: graph lacks the anomaly_map/score outputs"
+                )
+            self._runners[unit] = runner
+        return self._runners[unit]
+
+    def run(self, batch: np.ndarray, category: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Raw graph call on a preprocessed (B, 3, S, S) float32 batch -> (maps, scores)."""
+        want = (3, self.size, self.size)
+        if batch.dtype != np.float32 or batch.ndim != 4 or tuple(batch.shape[1:]) != want:
+            raise DataError(
+                f"batch: expected (B, 3, {self.size}, {self.size}) float32, got "
+                f"{tuple(batch.shape)} {batch.dtype}"
+            )
+        return self._runner(self._unit_for(category))(np.ascontiguousarray(batch))
+
+    def _calibration(self, unit: str, category: str | None) -> tuple[dict[str, Any], str | None]:
+        """(values, source) of the thresholds and colouring range for `category` in `unit`."""
+        info = self.units[unit]
+        calib = dict(info["calibration"])
+        per_cat = info.get("categories", {}).get(category) if category is not None else None
+        if per_cat:
+            calib.update({k: v for k, v in per_cat.items() if v is not None})
+            if per_cat.get("threshold") is not None:
+                return calib, f"category:{category}"
+        if unit != UNIFIED and calib.get("threshold") is not None:
+            return calib, f"category:{unit}"
+        return calib, "global" if calib.get("threshold") is not None else None
+
+    def predict(
+        self,
+        image: ImageInput | Sequence[ImageInput],
+        category: str | None = None,
+        threshold: float | None = None,
+    ) -> Prediction | list[Prediction]:
+        """Score one image (path, PIL image or (H, W, 3) uint8 array) or a list of them."""
+        if isinstance(image, (list, tuple)):
+            return self.predict_batch(image, category, threshold)
+        return self.predict_batch([image], category, threshold)[0]
+
+    def predict_batch(
+        self,
+        images: Sequence[ImageInput],
+        category: str | None = None,
+        threshold: float | None = None,
+        batch_size: int = 8,
+    ) -> list[Prediction]:
+        """Score images in batches of `batch_size`; results keep the input order."""
+        if threshold is not None and _finite_or_none(threshold) is None:
+            raise ConfigError(f"threshold: must be a finite number, got {threshold!r}")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size: must be >= 1, got {batch_size}")
+        unit = self._unit_for(category)
+        calib, source = self._calibration(unit, category)
+        if threshold is not None:
+            calib["threshold"], source = float(threshold), "override"
+        out: list[Prediction] = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            rgbs = [load_rgb(im, _name(im, start + i)) for i, im in enumerate(chunk)]
+            maps, scores = self._runner(unit)(
+                preprocess_batch(rgbs, self.size, self.mean, self.std)
+            )
+            for rgb, amap, score in zip(rgbs, maps, scores, strict=True):
+                out.append(_result(rgb, amap, float(score), calib, source, unit, category))
+        return out
+
+
+def _name(image: Any, index: int) -> str:
+    return str(image) if isinstance(image, (str, Path)) else f"image[{index}]"
+
+
+def _result(
+    rgb: np.ndarray,
+    amap: np.ndarray,
+    score: float,
+    calib: dict[str, Any],
+    source: str | None,
+    unit: str,
+    category: str | None,
+) -> Prediction:
+    h, w = rgb.shape[:2]
+    full = resize_map(amap, w, h)
+    threshold = _finite_or_none(calib.get("threshold"))
+    finite = math.isfinite(score) and bool(np.isfinite(amap).all())
+    decided = threshold is not None and finite
+    pixel_thr = _finite_or_none(calib.get("pixel_threshold", calib.get("map_ceiling")))
+    return Prediction(
+        score=score,
+        threshold=threshold,
+        threshold_source=source if threshold is not None else None,
+        anomalous=bool(score > threshold) if decided else None,
+        normalised_score=score / threshold if decided and threshold else None,
+        finite=finite,
+        anomaly_map=full,
+        mask=(full > pixel_thr) if pixel_thr is not None and finite else None,
+        pixel_threshold=pixel_thr,
+        unit=unit,
+        category=category,
+        map_floor=float(calib.get("map_floor", float(amap.min()))),
+        map_ceiling=float(calib.get("map_ceiling", float(amap.max()))),
+        image=rgb,
+        raw_map=amap,
+    )

@@ -1,0 +1,292 @@
+"""`export_model`: a run's models -> a self-checked, self-describing deploy folder.
+
+Nothing is written at `out_dir` until every graph has passed its parity check: the folder is
+assembled under a temporary name beside it and renamed into place, so a refused export leaves
+no half-written folder that an edge box could pick up.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import refad
+from refad.backbones import FeatureExtractor
+from refad.deploy.images import RESIZE_RULE, check_rgb_array, preprocess_batch
+from refad.deploy.metadata import (
+    FORMAT,
+    FORMAT_VERSION,
+    FORMATS,
+    INPUT_NAME,
+    METADATA_FILE,
+    OUTPUT_NAMES,
+    PRECISIONS,
+    UNIFIED,
+    dumps,
+    file_sha256,
+    seal,
+)
+from refad.deploy.runtimes import open_runner
+from refad.errors import ConfigError, RefadError
+from refad.export.graph import LOGIT_FLOOR, OPSET, ScoringGraph, export_onnx
+from refad.export.openvino import onnx_to_openvino
+from refad.export.parity import TOLERANCES, compare, finite_json, passes, worst
+from refad.models.base import ReconstructionModel
+
+ImagesArg = Sequence[np.ndarray] | Mapping[str, Sequence[np.ndarray]]
+_CALIB_KEYS = ("threshold", "pixel_threshold", "map_floor", "map_ceiling")
+
+
+def _state_sha256(module: torch.nn.Module) -> str:
+    """sha256 over a module's state_dict (names and raw bytes, sorted by name)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (bool, str)) or value is None:
+        return value
+    if isinstance(value, (int, float, np.floating, np.integer)):
+        value = float(value) if isinstance(value, (float, np.floating)) else int(value)
+        return value if not isinstance(value, float) or np.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return str(value)
+
+
+def _unit_calibration(unit: str, calib: Mapping[str, Any] | None) -> tuple[dict, dict]:
+    """(unit-level values, per-category values) from a run's calibration record."""
+    if not calib:
+        raise ConfigError(f"calibration.{unit}: missing (map_floor and map_ceiling are needed)")
+    base = {k: _json_value(v) for k, v in calib.items() if k != "categories"}
+    for key in ("map_floor", "map_ceiling"):
+        if not isinstance(base.get(key), (int, float)):
+            raise ConfigError(f"calibration.{unit}.{key}: missing or not a finite number")
+    cats = {}
+    for cat, values in (calib.get("categories") or {}).items():
+        cats[str(cat)] = {k: _json_value(values.get(k)) for k in _CALIB_KEYS if k in values}
+    return base, cats
+
+
+def _images_for(images: ImagesArg | None, unit: str, what: str) -> list[np.ndarray]:
+    if images is None:
+        return []
+    chosen = images.get(unit, []) if isinstance(images, Mapping) else images
+    return [check_rgb_array(im, f"{what}[{i}]") for i, im in enumerate(chosen)]
+
+
+def _check_inputs(
+    extractor: FeatureExtractor, models: Mapping[str, ReconstructionModel], fmt: str,
+    precision: str,
+) -> tuple[str, int]:
+    if fmt not in FORMATS:
+        raise ConfigError(f"format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if fmt == "onnx" and precision != "fp32":
+        raise ConfigError(f"precision: {precision} needs --format openvino (ONNX export is fp32)")
+    if not models:
+        raise ConfigError("models: nothing to export")
+    if UNIFIED in models and len(models) > 1:
+        raise ConfigError("models: a unified run has exactly one unit, 'unified'")
+    methods = {m.method for m in models.values()}
+    sizes = {m.spec.image_size for m in models.values()}
+    if len(methods) != 1 or len(sizes) != 1:
+        raise ConfigError("models: every unit of a run must share method and image size")
+    for unit, model in models.items():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", unit):
+            raise ConfigError(f"models: unit name {unit!r} is not usable as a file name")
+        if tuple(model.spec.levels) != tuple(extractor.levels):
+            raise ConfigError(
+                f"models.{unit}: trained on levels {list(model.spec.levels)}, the backbone "
+                f"gives {list(extractor.levels)}"
+            )
+    return methods.pop(), sizes.pop()
+
+
+def _prepare_destination(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ConfigError(f"{out_dir}: exists and is not a folder")
+        if any(out_dir.iterdir()) and not overwrite:
+            raise ConfigError(f"{out_dir}: folder exists and is not empty (pass overwrite)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _backbone_info(extractor: FeatureExtractor) -> dict[str, Any]:
+    wid = str(extractor.weights_id)
+    is_hash = re.fullmatch(r"[0-9a-f]{64}", wid) is not None
+    return {
+        "name": extractor.name,
+        "levels": list(extractor.levels),
+        "aggregate_kernel": int(extractor.aggregate_kernel),
+        "weights_id": wid,
+        "weights_sha256": wid if is_hash else _state_sha256(extractor),
+        "weights_sha256_of": "weights file" if is_hash else "state_dict bytes",
+    }
+
+
+def _reference(graph: ScoringGraph, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    with torch.inference_mode():
+        maps, scores = graph(torch.from_numpy(batch))
+    return maps.float().numpy(), scores.float().numpy()
+
+
+def _self_check(
+    graph: ScoringGraph, runner: Any, batch: np.ndarray, thresholds: list[float], limits: dict
+) -> dict[str, Any]:
+    ref_maps, ref_scores = _reference(graph, batch)
+    figs = [compare(ref_maps, ref_scores, *runner(batch), thresholds)]
+    figs.append(compare(ref_maps[:1], ref_scores[:1], *runner(batch[:1]), thresholds))
+    fig = worst(figs)
+    fig.update(images=int(batch.shape[0]), batch_sizes=[int(batch.shape[0]), 1],
+               tolerance=limits)
+    fig["passed"] = passes(fig, limits)
+    return fig
+
+
+def _refusal(unit: str, fig: dict[str, Any], precision: str, tol: dict) -> RefadError:
+    return RefadError(
+        f"export refused: unit {unit!r} {precision} graph differs from the PyTorch model "
+        f"(map max diff {fig['map_max_rel']:.3g} of range, limit {tol['map_rel']}; mean "
+        f"{fig['map_mean_rel']:.3g}, limit {tol['map_mean_rel']:g}; score max rel diff "
+        f"{fig['score_max_rel']:.3g}, limit {tol['score_rel']:g}; decision flips "
+        f"{fig.get('decision_flips')}); nothing written"
+    )
+
+
+def export_model(
+    extractor: FeatureExtractor,
+    models: Mapping[str, ReconstructionModel],
+    calibration: Mapping[str, Mapping[str, Any]],
+    run_info: Mapping[str, Any],
+    out_dir: str | Path,
+    format: str = "onnx",  # noqa: A002 (the CLI's --format)
+    precision: str = "fp32",
+    calibration_images: ImagesArg | None = None,
+    check_images: ImagesArg | None = None,
+    *,
+    exporter: str = "auto",
+    overwrite: bool = False,
+    tolerance: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Export every unit's extractor + model to one graph each and write the metadata.
+
+    `models`: {"unified": model} or {category: model}. `calibration`: per unit, the run's
+    record (threshold, map_floor, map_ceiling, optional pixel_threshold and "categories").
+    `check_images` / `calibration_images`: NORMAL (H, W, 3) uint8 images, one list for all
+    units or a {unit: list} mapping; the check needs at least one per unit, int8 needs the
+    calibration ones. `tolerance` overrides entries of the precision's parity limits
+    (`parity.TOLERANCES`). Returns the metadata written to `out_dir`/refad-deploy.json.
+    """
+    method, size = _check_inputs(extractor, models, format, precision)
+    limits = {**TOLERANCES[precision], **(tolerance or {})}
+    out_dir = Path(out_dir)
+    _prepare_destination(out_dir, overwrite)
+    plan = {}
+    for unit in models:
+        check = _images_for(check_images, unit, "check_images")
+        if not check:
+            raise ConfigError(f"check_images: no normal images to check unit {unit!r} with")
+        calib = _images_for(calibration_images, unit, "calibration_images")
+        if precision == "int8" and not calib:
+            raise ConfigError(f"calibration_images: int8 needs normal images for unit {unit!r}")
+        plan[unit] = (check, calib, *_unit_calibration(unit, calibration.get(unit)))
+    backbone = copy.deepcopy(extractor).cpu().float().eval()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        units = {}
+        exporters = set()
+        runtime = "onnxruntime" if format == "onnx" else "openvino"
+        for unit, model in models.items():
+            check, calib_imgs, base, cats = plan[unit]
+            graph = ScoringGraph(backbone, copy.deepcopy(model).cpu().float().eval()).eval()
+            onnx_path = tmp / f"{unit}.onnx"
+            exporters.add(export_onnx(graph, size, onnx_path, exporter))
+            files = [onnx_path]
+            if format == "openvino":
+                batches = [preprocess_batch([im], size, extractor.mean, extractor.std)
+                           for im in calib_imgs]
+                files = onnx_to_openvino(onnx_path, tmp / f"{unit}.xml", precision, method,
+                                         batches)
+                onnx_path.unlink()
+            runner = open_runner(runtime, files[0], "cpu", None, precision)
+            thresholds = [base["threshold"]] if base.get("threshold") is not None else []
+            thresholds += [v["threshold"] for v in cats.values() if v.get("threshold") is not None]
+            batch = preprocess_batch(check, size, extractor.mean, extractor.std)
+            fig = _self_check(graph, runner, batch, thresholds, limits)
+            fig["runtime"] = runtime
+            if not fig["passed"]:
+                raise _refusal(unit, fig, precision, limits)
+            units[unit] = {
+                "graph": files[0].name,
+                "files": {f.name: file_sha256(f) for f in files},
+                "model_sha256": _state_sha256(model),
+                "calibration": base,
+                "categories": cats,
+                "parity": finite_json(fig),
+            }
+        meta = seal({
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "refad_version": refad.__version__,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "method": method,
+            "mode": "unified" if UNIFIED in models else "per-category",
+            "backbone": _backbone_info(extractor),
+            "run": _json_value(dict(run_info)),
+            "input": {
+                "name": INPUT_NAME, "layout": "NCHW", "dtype": "float32", "size": size,
+                "channels": "RGB", "mean": [float(v) for v in extractor.mean],
+                "std": [float(v) for v in extractor.std], "resize": RESIZE_RULE,
+                "batch": "dynamic",
+            },
+            "outputs": {
+                OUTPUT_NAMES[0]: {"shape": ["batch", size, size], "dtype": "float32",
+                                  "meaning": "per-pixel anomaly (reconstruction error) at the "
+                                  "input size; higher is more anomalous"},
+                OUTPUT_NAMES[1]: {"shape": ["batch"], "dtype": "float32",
+                                  "meaning": "image anomaly score, compared with the threshold"},
+            },
+            "graph": {
+                "format": format, "precision": precision, "opset": OPSET,
+                "exporter": "+".join(sorted(exporters)),
+                "attention": f"matmul-softmax-matmul, logits floored at row max - {LOGIT_FLOOR:g}",
+                "torch_version": torch.__version__,
+            },
+            "decision": {"anomalous": "score > threshold", "normalised_score": "score / threshold",
+                         "mask": "anomaly_map > pixel_threshold (else map_ceiling)"},
+            "units": units,
+        })
+        (tmp / METADATA_FILE).write_text(dumps(meta), encoding="utf-8")
+        _move_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta

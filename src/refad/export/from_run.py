@@ -1,0 +1,57 @@
+"""`refad export`: a run folder -> an exported folder, with the run's own normal images for
+the parity check and (int8) the quantisation calibration. Never test images."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import refad
+from refad.data import load_split, read_image_rgb
+from refad.errors import DataError
+from refad.export.exporter import export_model
+from refad.runs import open_run
+
+
+def _normal_images(run: Any, count: int, seed: int) -> dict[str, list[np.ndarray]]:
+    """Up to `count` normal training images per unit, drawn reproducibly."""
+    samples = [s for s in load_split(run.config.data, "train") if s.label == 0]
+    if not samples:
+        raise DataError(f"{run.path}: the run's training images are not there to check against")
+    per_unit: dict[str, list] = {}
+    for s in samples:
+        per_unit.setdefault(run.unit_for(s.category), []).append(s)
+    rng = random.Random(seed)
+    return {
+        unit: [read_image_rgb(s.image) for s in rng.sample(group, min(count, len(group)))]
+        for unit, group in per_unit.items()
+    }
+
+
+def export_run(
+    run_dir: Path | str,
+    out_dir: Path | str,
+    format: str = "onnx",  # noqa: A002 (the CLI's --format)
+    precision: str = "fp32",
+    check_count: int = 8,
+    calibration_count: int = 64,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Export every unit of a run (CPU, float32 reference) and return the metadata written."""
+    run = open_run(run_dir, "cpu")
+    models = {unit: run.model(unit)[0] for unit in run.units}
+    calibration = {unit: run.model(unit)[1].calibration or {} for unit in run.units}
+    images = _normal_images(run, max(check_count, calibration_count), seed)
+    check = {u: imgs[:check_count] for u, imgs in images.items() if u in models}
+    calib = {u: imgs[:calibration_count] for u, imgs in images.items() if u in models}
+    info = {
+        "run": Path(run_dir).name, "refad_version": refad.__version__,
+        "method": run.config.method, "mode": run.config.train.mode,
+    }
+    return export_model(
+        run.extractor, models, calibration, info, out_dir, format, precision,
+        calibration_images=calib if precision == "int8" else None, check_images=check,
+    )

@@ -1,0 +1,356 @@
+"""The FastAPI app: predict, model card, health, metrics and the inspection page.
+
+The model loads in a background thread after start-up, so the process answers at once: the
+health check says "up", and /readyz, /v1/model and /v1/predict say 503 until the model is loaded
+and warm. Every error is a 4xx (or a 503 while not ready) with {"error": "..."}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+import refad
+from refad.serve.backend import Backend, RequestError, check_category, check_threshold
+from refad.serve.batching import BatcherClosed, MicroBatcher, QueueFull
+from refad.serve.decode import ImageRejected, decode_image
+from refad.serve.errors import ApiError, error_response
+from refad.serve.limits import read_body
+from refad.serve.metrics import Metrics, MetricsMiddleware
+from refad.serve.multipart import Part, parse_form
+from refad.serve.pictures import OUTPUTS, render_outputs
+from refad.serve.schemas import PREDICT_FORM, ErrorBody, ModelCard, PredictResponse, Status
+from refad.serve.security import ApiKeyMiddleware
+from refad.serve.settings import Settings
+
+log = logging.getLogger("refad.serve")
+
+STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
+                "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+                "/static/app.css": ("app.css", "text/css; charset=utf-8")}
+ROUTES = frozenset({"/healthz", "/readyz", "/v1/model", "/v1/predict", "/metrics",
+                    "/openapi.json", *STATIC_FILES})
+FORM_FIELDS = frozenset({"image", "category", "threshold", "outputs"})
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text} for code, text in {
+        400: "Bad request (the message names the problem)", 401: "Missing or wrong API key",
+        413: "Body, image count or pixel count over a limit", 415: "Not an image or not multipart",
+        503: "Model not loaded yet, or the server is busy or shutting down",
+    }.items()
+}
+
+
+@dataclass
+class ServeState:
+    """What one app holds: one backend, one batcher, its own metrics."""
+
+    settings: Settings
+    metrics: Metrics
+    batcher: MicroBatcher
+    backend: Backend | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    ready: bool = False
+    load_error: str | None = None
+
+
+def _load(state: ServeState, factory: Callable[[], Backend], loop: asyncio.AbstractEventLoop,
+          on_error: Callable[[BaseException], None] | None) -> None:
+    """Build and warm the backend (in a daemon thread), then flip the app to ready."""
+    try:
+        tic = time.perf_counter()
+        backend = factory()
+        if state.settings.warmup:
+            backend.warmup()
+        info = dict(backend.info())
+    except BaseException as exc:  # noqa: BLE001 - reported by /readyz and the log
+        message = " ".join(str(exc).split())[:300] or type(exc).__name__
+        log.error("model failed to load: %s", message)
+
+        def failed(error: BaseException = exc) -> None:  # `exc` is unbound after `except`
+            state.load_error = message
+            if on_error is not None:
+                on_error(error)
+
+        loop.call_soon_threadsafe(failed)
+        return
+
+    def ready() -> None:
+        state.backend, state.info, state.ready = backend, info, True
+        state.metrics.ready.set(1)
+        log.info("model ready in %.1f s (%s %s)", time.perf_counter() - tic,
+                 info.get("method"), info.get("backbone"))
+
+    loop.call_soon_threadsafe(ready)
+
+
+def _static(name: str) -> bytes:
+    return resources.files("refad.serve").joinpath("static", name).read_bytes()
+
+
+def create_app(
+    backend_factory: Callable[[], Backend],
+    settings: Settings | None = None,
+    on_load_error: Callable[[BaseException], None] | None = None,
+) -> FastAPI:
+    """An app that builds its backend with ``backend_factory`` in the background at start-up.
+
+    ``on_load_error`` is called (on the event loop) if loading fails; the server uses it to exit.
+    """
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    def predict(images, categories, thresholds):  # runs in the batcher's worker thread
+        assert state.backend is not None
+        return state.backend.predict_batch(images, categories, thresholds)
+
+    def on_batch(size: int, seconds: float, waits: list[float]) -> None:
+        metrics.observe_batch(size, seconds)
+        for wait in waits:
+            metrics.queue_wait.observe(wait)
+
+    state = ServeState(settings, metrics, MicroBatcher(
+        predict, settings.max_batch, settings.max_wait_ms, settings.max_queue, on_batch))
+    pages = {path: (_static(name), kind) for path, (name, kind) in STATIC_FILES.items()}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.batcher.start()
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=_load, args=(state, backend_factory, loop, on_load_error),
+                         name="refad-load", daemon=True).start()
+        yield
+        await state.batcher.stop()
+
+    app = FastAPI(title="refad serve", version=refad.__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None,
+                  description="Anomaly scores, decisions and heatmaps from a trained refad model.")
+    app.state.serve = state
+    _add_error_handlers(app)
+    app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=ROUTES)
+
+    def require_ready() -> None:
+        if state.load_error is not None:
+            raise ApiError(503, f"model failed to load: {state.load_error}")
+        if not state.ready:
+            raise ApiError(503, "model is loading; retry shortly", {"Retry-After": "1"})
+
+    @app.get("/healthz", response_model=Status, tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process is up (whether or not the model is loaded)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", response_model=Status, responses={503: ERRORS[503]}, tags=["health"])
+    async def readyz() -> dict[str, str]:
+        """The model is loaded and warmed up: predictions are answered."""
+        require_ready()
+        return {"status": "ready"}
+
+    @app.get("/v1/model", response_model=ModelCard, responses=ERRORS, tags=["model"])
+    async def model_card() -> JSONResponse:
+        """Method, backbone, input size, categories, thresholds, refad version, limits."""
+        require_ready()
+        return JSONResponse(_model_card(state))
+
+    @app.post("/v1/predict", response_model=PredictResponse, responses=ERRORS,
+              openapi_extra=PREDICT_FORM, tags=["model"])
+    async def predict_route(request: Request) -> JSONResponse:
+        """Score one or several images (multipart field ``image``, repeated)."""
+        require_ready()
+        return JSONResponse(await _predict(state, request))
+
+    @app.get("/metrics", tags=["health"], responses={401: ERRORS[401]},
+             response_class=Response)
+    async def metrics_route() -> Response:
+        """Prometheus text format: requests, errors, latency, batch sizes, queue wait."""
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    for path in STATIC_FILES:
+        body, kind = pages[path]
+
+        async def page(body: bytes = body, kind: str = kind) -> Response:  # type: ignore[misc]
+            return Response(body, media_type=kind, headers={
+                "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:",
+            })
+
+        app.add_api_route(path, page, methods=["GET"], include_in_schema=False)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            message = f"no such endpoint: {request.url.path[:100]}"
+        elif exc.status_code == 405:
+            message = f"method {request.method[:20]} not allowed on {request.url.path[:100]}"
+        else:
+            message = str(exc.detail)
+        return error_response(exc.status_code, message, getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error_response(400, f"invalid request: {where} {first.get('msg', '')}".strip())
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return error_response(500, "internal error (details are in the server log)")
+
+
+def _model_card(state: ServeState) -> dict[str, Any]:
+    s = state.settings
+    card = dict(state.info)
+    card["limits"] = {"max_batch": s.max_batch, "max_wait_ms": s.max_wait_ms,
+                      "max_images": s.max_images, "max_body_bytes": s.max_body_bytes,
+                      "max_image_pixels": s.max_image_pixels}
+    card["api_key_required"] = s.api_key is not None
+    return card
+
+
+@dataclass
+class _Form:
+    images: list[Part]
+    category: str | None
+    threshold: float | None
+    outputs: tuple[str, ...]
+
+
+def _text(part: Part) -> str:
+    try:
+        return part.data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ApiError(400, f"form field {part.name!r} is not UTF-8 text") from None
+
+
+def _parse_outputs(values: list[str]) -> tuple[str, ...]:
+    wanted: list[str] = []
+    for value in values:
+        for item in (v.strip().lower() for v in value.split(",")):
+            if item in ("", "none"):
+                continue
+            if item not in OUTPUTS:
+                raise ApiError(400, f"unknown output {item[:30]!r}; choose from "
+                                    f"{', '.join(OUTPUTS)} or none")
+            if item not in wanted:
+                wanted.append(item)
+    return tuple(wanted)
+
+
+def _read_form(parts: list[Part], max_images: int) -> _Form:
+    images = [p for p in parts if p.name == "image"]
+    singles: dict[str, str] = {}
+    outputs: list[str] = []
+    for part in parts:
+        if part.name not in FORM_FIELDS:
+            raise ApiError(400, f"unknown form field {part.name[:40]!r}; expected "
+                                f"{', '.join(sorted(FORM_FIELDS))}")
+        if part.name == "outputs":
+            outputs.append(_text(part))
+        elif part.name != "image":
+            if part.name in singles:
+                raise ApiError(400, f"form field {part.name!r} given more than once")
+            singles[part.name] = _text(part)
+    if not images:
+        raise ApiError(400, "no image: send one or more files in the form field 'image'")
+    if len(images) > max_images:
+        raise ApiError(413, f"{len(images)} images in one request; the limit is {max_images}")
+    threshold: float | None = None
+    if singles.get("threshold"):
+        try:
+            threshold = float(singles["threshold"])
+        except ValueError:
+            raise ApiError(400, "threshold is not a number") from None
+    try:
+        check_threshold(threshold)
+    except RequestError as exc:
+        raise ApiError(400, str(exc)) from None
+    return _Form(images, singles.get("category") or None, threshold, _parse_outputs(outputs))
+
+
+def _decode_all(parts: list[Part], max_pixels: int) -> list[np.ndarray]:
+    images = []
+    for i, part in enumerate(parts):
+        try:
+            images.append(decode_image(part.data, part.filename or f"image {i}", max_pixels))
+        except ImageRejected as exc:
+            raise ApiError(exc.status, str(exc)) from None
+    return images
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+async def _predict(state: ServeState, request: Request) -> dict[str, Any]:
+    s = state.settings
+    tic = time.perf_counter()
+    body = await read_body(request, s.max_body_bytes)
+    try:
+        parts = parse_form(body, request.headers.get("content-type"), s.max_images + 8)
+    except RequestError as exc:
+        status = 415 if "expected a multipart" in str(exc) else 400
+        raise ApiError(status, str(exc)) from None
+    form = _read_form(parts, s.max_images)
+    try:
+        check_category(state.info, form.category)
+    except RequestError as exc:
+        raise ApiError(400, str(exc)) from None
+    images = await asyncio.to_thread(_decode_all, form.images, s.max_image_pixels)
+    decoded = time.perf_counter()
+    n = len(images)
+    try:
+        scored = await state.batcher.submit(images, [form.category] * n, [form.threshold] * n)
+    except QueueFull as exc:
+        raise ApiError(503, f"server busy: {exc}; retry shortly", {"Retry-After": "1"}) from None
+    except BatcherClosed as exc:
+        raise ApiError(503, str(exc)) from None
+    done = time.perf_counter()
+
+    def render() -> list[dict[str, str]]:
+        return [render_outputs(sc.result, im, form.outputs) for sc, im in zip(scored, images,
+                                                                             strict=True)]
+
+    pictures = await asyncio.to_thread(render) if form.outputs else [{} for _ in scored]
+    rendered = time.perf_counter()
+    results = []
+    for i, (sc, image, part, outs) in enumerate(zip(scored, images, form.images, pictures,
+                                                    strict=True)):
+        r = sc.result
+        results.append({
+            "index": i, "filename": part.filename or f"image {i}",
+            "width": int(image.shape[1]), "height": int(image.shape[0]),
+            "category": form.category, "score": _finite(r.score), "threshold": r.threshold,
+            "threshold_source": r.threshold_source, "anomalous": r.anomalous,
+            "normalised_score": _finite(r.normalised_score), "outputs": outs,
+            "timing": {"batch_size": sc.batch_size, "queue_ms": round(sc.queue_ms, 3),
+                       "score_ms": round(sc.score_ms, 3)},
+        })
+    return {"results": results, "timing": {
+        "decode_ms": round((decoded - tic) * 1000, 3),
+        "queue_ms": round(max(sc.queue_ms for sc in scored), 3),
+        "score_ms": round(max(sc.score_ms for sc in scored), 3),
+        "render_ms": round((rendered - done) * 1000, 3),
+        "total_ms": round((rendered - tic) * 1000, 3),
+    }}

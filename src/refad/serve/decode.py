@@ -1,0 +1,76 @@
+"""Uploaded bytes -> RGB array, in memory, by content, refusing bombs before the pixel decode.
+
+The conversions are refad's own (``refad.data.images``), so an image scores the same whether it
+is read from disk by ``refad predict`` or uploaded here.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import PurePath
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from refad.data.images import _to_rgb_array
+from refad.errors import DataError
+
+
+class ImageRejected(ValueError):
+    """An upload that is not a usable image; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    """Decode one upload to (H, W, 3) uint8. ``name`` only labels error messages.
+
+    The size comes from the header first: more than ``max_pixels`` is refused without decoding
+    (a few-kB PNG can declare gigapixels). PIL's own bomb guard is kept as a second line.
+    """
+    if not data:
+        raise ImageRejected(f"{name}: empty file")
+    label = PurePath(name)  # _to_rgb_array names the file in its messages; nothing is opened
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PIL warns on odd files; the errors below are what count
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise ImageRejected(f"{name}: not an image (format not recognised)", 415) from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageRejected(f"{name}: image too large ({_one_line(exc)})", 413) from None
+        except Exception as exc:  # noqa: BLE001 - PIL plugins raise many types on bad headers
+            raise ImageRejected(f"{name}: cannot read image header ({_one_line(exc)})") from None
+        with img:
+            width, height = img.size
+            if width < 1 or height < 1:
+                raise ImageRejected(f"{name}: image has no pixels")
+            if width * height > max_pixels:
+                raise ImageRejected(
+                    f"{name}: {width}x{height} pixels is over the limit of {max_pixels}", 413
+                )
+            try:
+                img.load()
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                raise ImageRejected(f"{name}: image too large ({_one_line(exc)})", 413) from None
+            except Exception as exc:  # noqa: BLE001
+                raise ImageRejected(f"{name}: corrupt or truncated image ({_one_line(exc)})") \
+                    from None
+            try:
+                rgb = _to_rgb_array(img, label)
+            except DataError as exc:
+                raise ImageRejected(str(exc)) from None
+            except Exception as exc:  # noqa: BLE001 - exotic modes PIL cannot convert
+                raise ImageRejected(f"{name}: unsupported image ({_one_line(exc)})") from None
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ImageRejected(f"{name}: could not convert to RGB")
+    return rgb

@@ -1,0 +1,143 @@
+"""`refad serve`'s entry point: pick a backend, build the app, run uvicorn until SIGTERM/SIGINT.
+
+On SIGTERM uvicorn stops accepting connections, lets in-flight requests finish (up to
+``drain_seconds``), then the app stops its batcher and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import uvicorn
+
+from refad.errors import ConfigError
+from refad.serve.app import create_app
+from refad.serve.backend import Backend
+from refad.serve.security import load_api_key
+from refad.serve.settings import Settings
+
+log = logging.getLogger("refad.serve")
+
+
+def make_backend_factory(
+    run_dir: Path | None, model_dir: Path | None, device: str = "auto"
+) -> Callable[[], Backend]:
+    """A factory for the backend of a run folder (PyTorch) or an exported folder.
+
+    The exported-folder backend wraps the torch-free ``refad.deploy.Inferencer``; it lives in
+    ``refad.serve.deploy_backend`` (a class ``DeployBackend(model_dir, device)`` implementing
+    :class:`refad.serve.backend.Backend`). Until that module exists, ``--model`` is refused.
+    """
+    if (run_dir is None) == (model_dir is None):
+        raise ConfigError("serve: give exactly one of a run folder (--run) or an exported "
+                          "folder (--model)")
+    folder = Path(run_dir if run_dir is not None else model_dir)  # type: ignore[arg-type]
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: no such folder")
+    if run_dir is not None:
+        def torch_factory() -> Backend:
+            from refad.serve.torch_backend import TorchBackend
+
+            return TorchBackend(folder, device)
+
+        return torch_factory
+    try:
+        from refad.serve.deploy_backend import DeployBackend  # type: ignore[import-not-found]
+    except ImportError:
+        raise ConfigError("serve: exported folders (--model) need refad.deploy, which this "
+                          "install does not provide; serve the run folder with --run") from None
+
+    def deploy_factory() -> Backend:
+        return DeployBackend(folder, device)
+
+    return deploy_factory
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def _signals_end_quietly():
+    """Let a drained shutdown exit 0: uvicorn re-raises the SIGTERM/SIGINT it handled once it
+    has shut down, which with the default handlers kills the process (or raises
+    KeyboardInterrupt). With no-op handlers underneath, that re-raise is harmless."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in sigs}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_server(
+    run_dir: Path | None = None,
+    model_dir: Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "auto",
+    api_key_file: Path | None = None,
+    max_batch: int = 16,
+    max_wait_ms: float = 5.0,
+    *,
+    max_images: int = 64,
+    max_body_mb: int = 64,
+    max_image_pixels: int = 16_000_000,
+    drain_seconds: int = 30,
+    log_level: str = "info",
+    backend_factory: Callable[[], Backend] | None = None,
+    sock: socket.socket | None = None,
+) -> int:
+    """Serve until stopped; returns the process exit code (0, or 1 if the model failed to load).
+
+    The API key comes from ``api_key_file`` or $REFAD_API_KEY, never from an argument.
+    ``backend_factory`` replaces ``run_dir``/``model_dir`` (embedding, tests); ``sock`` is an
+    already bound socket to serve on instead of ``host``/``port``.
+    """
+    factory = backend_factory or make_backend_factory(
+        Path(run_dir) if run_dir is not None else None,
+        Path(model_dir) if model_dir is not None else None, device)
+    settings = Settings(
+        max_batch=max_batch, max_wait_ms=max_wait_ms, max_images=max_images,
+        max_body_bytes=max_body_mb * 1024 * 1024, max_image_pixels=max_image_pixels,
+        api_key=load_api_key(Path(api_key_file) if api_key_file is not None else None),
+    )
+    if sock is None and not _is_loopback(host) and settings.api_key is None:
+        log.warning("serving on %s without an API key: anyone who can reach it can use it "
+                    "(set --api-key-file or REFAD_API_KEY)", host)
+    exit_code = [0]
+    server: uvicorn.Server | None = None
+
+    def on_load_error(exc: BaseException) -> None:
+        exit_code[0] = 1
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(factory, settings, on_load_error)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, access_log=False, server_header=False,
+        timeout_graceful_shutdown=drain_seconds, lifespan="on", proxy_headers=False,
+        limit_concurrency=1024,
+    )
+    server = uvicorn.Server(config)
+    with _signals_end_quietly():
+        server.run(sockets=[sock] if sock is not None else None)
+    if not server.started and exit_code[0] == 0:
+        exit_code[0] = 1  # could not bind, or start-up failed (uvicorn has logged why)
+    return exit_code[0]

@@ -1,0 +1,69 @@
+"""`refad.deploy` imports and scores images in a Python where torch cannot be imported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from refad.backbones import FeatureExtractor
+from refad.export import export_model
+from refad.models.base import FeatureSpec
+from refad.models.registry import build_model
+
+SCRIPT = r"""
+import builtins, json, sys
+real_import = builtins.__import__
+def guarded(name, *args, **kwargs):
+    if name == "torch" or name.startswith("torch."):
+        raise ImportError("torch is blocked in this test")
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = guarded
+sys.modules["torch"] = None
+from refad.deploy import Inferencer
+inf = Inferencer(sys.argv[1], runtime="onnxruntime")
+results = inf.predict([sys.argv[2], sys.argv[3]])
+print(json.dumps({
+    "scores": [r.score for r in results],
+    "anomalous": [r.anomalous for r in results],
+    "shape": list(results[0].anomaly_map.shape),
+    "heat": list(results[0].heatmap.shape),
+    "torch": any(m == "torch" or m.startswith("torch.") for m, v in sys.modules.items()
+                 if v is not None),
+}))
+"""
+
+
+def test_deploy_runs_without_torch(tmp_path: Path) -> None:
+    size = 64
+    ext = FeatureExtractor("tf_efficientnet_lite0", levels=[2, 3], weights=None)
+    spec = FeatureSpec(tuple(ext.levels), tuple(ext.channels), tuple(ext.output_shapes(size)),
+                       size)
+    torch.manual_seed(0)
+    model = build_model("rlr", spec, {"num_layers": 1, "hidden_dims": [16, 32], "num_heads": 4})
+    rng = np.random.default_rng(0)
+    rgbs = [rng.integers(0, 255, (70, 60, 3), dtype=np.uint8) for _ in range(2)]
+    paths = []
+    for i, rgb in enumerate(rgbs):
+        paths.append(tmp_path / f"img{i}.png")
+        Image.fromarray(rgb).save(paths[-1])
+    calib = {"unified": {"threshold": 1.0, "map_floor": 0.0, "map_ceiling": 2.0}}
+    meta = export_model(ext, {"unified": model.eval()}, calib, {}, tmp_path / "export",
+                        check_images=rgbs)
+    cmd = [sys.executable, "-c", SCRIPT, str(tmp_path / "export"), *map(str, paths)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["torch"] is False and out["shape"] == [70, 60] and out["heat"] == [70, 60, 3]
+    from refad.deploy import Inferencer
+
+    local = Inferencer(tmp_path / "export").predict(paths)
+    assert out["scores"] == pytest.approx([r.score for r in local], rel=1e-6)
+    assert out["anomalous"] == [r.anomalous for r in local]
+    assert meta["units"]["unified"]["parity"]["passed"]

@@ -1,0 +1,227 @@
+"""Export to ONNX / OpenVINO: parity with the PyTorch model for every method, the refusal of a
+graph that differs, the metadata's tamper checks, and the torch-free reader and renderer
+matching refad's own (Lite0 with random weights at 64 px: seconds per export)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from refad.backbones import FeatureExtractor
+from refad.deploy import METADATA_FILE, Inferencer, preprocess, read_rgb
+from refad.deploy.render import heatmap_rgb, normalise_map, resize_map
+from refad.errors import CheckpointError, ConfigError, DataError, RefadError
+from refad.export import ScoringGraph, export_model
+from refad.models.base import FeatureSpec
+from refad.models.registry import build_model
+
+SIZE = 64
+SMALL = {
+    "rlr": {"num_layers": 2, "hidden_dims": [16, 32], "num_heads": 4},
+    "uniad": {"hidden_dim": 32, "num_heads": 4, "num_encoder_layers": 1,
+              "num_decoder_layers": 1, "ffn_dim": 64, "neighbour_window": 3},
+    "crad": {"num_blocks": 1, "expansion": 24},
+}
+CALIB = {"threshold": 1.0, "map_floor": 0.1, "map_ceiling": 2.0,
+         "categories": {"a": {"threshold": 1.5}}}
+
+
+def images(n: int, seed: int = 0, hw: tuple[int, int] = (72, 80)) -> list[np.ndarray]:
+    """Smooth random pictures (closer to photos than white noise)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        small = rng.integers(0, 255, (9, 10, 3), dtype=np.uint8)
+        out.append(np.asarray(Image.fromarray(small).resize(hw[::-1], Image.Resampling.BICUBIC)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def extractor() -> FeatureExtractor:
+    return FeatureExtractor("tf_efficientnet_lite0", levels=[2, 3], weights=None)
+
+
+def make_model(extractor: FeatureExtractor, method: str):
+    spec = FeatureSpec(tuple(extractor.levels), tuple(extractor.channels),
+                       tuple(extractor.output_shapes(SIZE)), SIZE)
+    torch.manual_seed(0)
+    return build_model(method, spec, SMALL[method]).eval()
+
+
+def export(extractor, method, out, fmt="onnx", precision="fp32", calib=CALIB, **kw):
+    return export_model(extractor, {"unified": make_model(extractor, method)},
+                        {"unified": calib}, {"run": "test"}, out, fmt, precision,
+                        calibration_images=images(4, 1), check_images=images(3), **kw)
+
+
+@pytest.fixture(scope="module")
+def rlr_export(extractor, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("exports") / "rlr-onnx"
+    export(extractor, "rlr", out)
+    return out
+
+
+def torch_outputs(extractor, method, rgbs):
+    graph = ScoringGraph(extractor, make_model(extractor, method)).eval()
+    batch = torch.from_numpy(np.stack([preprocess(im, SIZE, extractor.mean, extractor.std)
+                                       for im in rgbs]))
+    with torch.inference_mode():
+        maps, scores = graph(batch)
+    return maps.numpy(), scores.numpy()
+
+
+@pytest.mark.parametrize("method", ["rlr", "uniad", "crad"])
+def test_onnx_parity_every_method(extractor, method, tmp_path) -> None:
+    out = tmp_path / method if method != "rlr" else tmp_path / "rlr"
+    meta = export(extractor, method, out)
+    parity = meta["units"]["unified"]["parity"]
+    assert parity["passed"] and parity["map_max_rel"] <= 1e-4 and parity["score_max_rel"] <= 1e-5
+    assert meta["graph"]["opset"] >= 17 and meta["method"] == method
+    rgbs = images(5, seed=7, hw=(50, 90))  # other images, other size, batch of 5
+    ref_maps, ref_scores = torch_outputs(extractor, method, rgbs)
+    results = Inferencer(out).predict(rgbs, category="a")
+    scores = np.array([r.score for r in results])
+    span = ref_maps.max() - ref_maps.min()
+    raw = np.stack([r.raw_map for r in results])
+    assert np.abs(raw - ref_maps).max() <= 1e-4 * span
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5)
+    assert [r.anomalous for r in results] == list(ref_scores > 1.5)
+    assert results[0].threshold_source == "category:a" and results[0].anomaly_map.shape == (50, 90)
+
+
+def test_prediction_fields_and_threshold_rules(rlr_export) -> None:
+    inf = Inferencer(rlr_export)
+    r = inf.predict(images(1)[0])
+    assert (r.threshold, r.threshold_source) == (1.0, "global")
+    assert r.anomalous == (r.score > 1.0) and r.normalised_score == pytest.approx(r.score)
+    assert r.mask.dtype == bool and r.mask.shape == (72, 80)
+    np.testing.assert_array_equal(r.mask, r.anomaly_map > 2.0)  # no pixel_threshold: ceiling
+    assert r.heatmap.shape == (72, 80, 3) and r.heatmap.dtype == np.uint8
+    o = inf.predict(images(1)[0], threshold=r.score + 1)
+    assert (o.threshold_source, o.anomalous) == ("override", False)
+    with pytest.raises(ConfigError, match="category"):
+        inf.predict(images(1)[0], category="nope")
+
+
+def test_openvino_fp32_fp16_and_int8(extractor, tmp_path) -> None:
+    for precision in ("fp32", "fp16", "int8"):
+        out = tmp_path / precision
+        loose = {"map_mean_rel": 10.0, "score_rel": 10.0} if precision == "int8" else None
+        meta = export(extractor, "rlr", out, "openvino", precision, tolerance=loose)
+        assert meta["graph"]["precision"] == precision and (out / "unified.xml").is_file()
+        parity = meta["units"]["unified"]["parity"]
+        if precision == "fp32":
+            assert parity["map_max_rel"] <= 1e-4 and parity["score_max_rel"] <= 1e-5
+        r = Inferencer(out, runtime="openvino").predict(images(1)[0])
+        assert np.isfinite(r.score) and r.anomaly_map.shape == (72, 80)
+    with pytest.raises(ConfigError, match="runtime"):
+        Inferencer(tmp_path / "fp32", runtime="onnxruntime")
+
+
+def test_failed_parity_refuses_and_writes_nothing(extractor, tmp_path, monkeypatch) -> None:
+    import refad.export.exporter as exporter
+
+    real = exporter.open_runner
+
+    def corrupted(*args, **kwargs):
+        runner = real(*args, **kwargs)
+        return lambda batch: (lambda m, s: (m + 0.01 * np.abs(m).max(), s))(*runner(batch))
+
+    monkeypatch.setattr(exporter, "open_runner", corrupted)
+    out = tmp_path / "refused"
+    with pytest.raises(RefadError, match="export refused.*map max diff") as info:
+        export(extractor, "rlr", out)
+    assert "\n" not in str(info.value)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_bad_export_arguments(extractor, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="precision"):
+        export(extractor, "rlr", tmp_path / "a", "onnx", "int8")
+    with pytest.raises(ConfigError, match="map_floor"):
+        export(extractor, "rlr", tmp_path / "b", calib={"threshold": 1.0})
+    with pytest.raises(DataError, match=r"check_images\[0\].*uint8"):
+        export_model(extractor, {"unified": make_model(extractor, "rlr")}, {"unified": CALIB},
+                     {}, tmp_path / "c", check_images=[np.zeros((8, 8), np.float32)])
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x").write_text("")
+    with pytest.raises(ConfigError, match="not empty"):
+        export(extractor, "rlr", tmp_path / "d")
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_edited_metadata_and_foreign_graph_are_refused(extractor, rlr_export, tmp_path) -> None:
+    edited = _copy(rlr_export, tmp_path / "edited")
+    meta = json.loads((edited / METADATA_FILE).read_text())
+    meta["units"]["unified"]["calibration"]["threshold"] = 0.5
+    (edited / METADATA_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="edited after export"):
+        Inferencer(edited)
+    broken = _copy(rlr_export, tmp_path / "broken")
+    (broken / METADATA_FILE).write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        Inferencer(broken)
+    (broken / METADATA_FILE).unlink()
+    with pytest.raises(CheckpointError, match="not a refad export"):
+        Inferencer(broken)
+    other = tmp_path / "other"
+    export(extractor, "crad", other)
+    swapped = _copy(rlr_export, tmp_path / "swapped")
+    shutil.copy(other / "unified.onnx", swapped / "unified.onnx")
+    with pytest.raises(CheckpointError, match="sha256 differs"):
+        Inferencer(swapped)
+
+
+def test_bad_images_give_one_line_errors(rlr_export, tmp_path) -> None:
+    inf = Inferencer(rlr_export)
+    bad = [np.zeros((8, 8), np.uint8), np.zeros((8, 8, 4), np.uint8),
+           np.zeros((8, 8, 3), np.float32), tmp_path / "missing.png", 3]
+    for item in bad:
+        with pytest.raises(DataError) as info:
+            inf.predict(item)
+        assert "\n" not in str(info.value)
+    (tmp_path / "fake.png").write_text("not an image")
+    with pytest.raises(DataError, match="not an image"):
+        inf.predict(tmp_path / "fake.png")
+    with pytest.raises(DataError, match="float32"):
+        inf.run(np.zeros((1, 3, SIZE + 1, SIZE + 1), np.float32))
+    with pytest.raises(DataError, match="mode F"):
+        inf.predict(Image.fromarray(np.zeros((4, 4), np.float32)))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "RGBA", "LA", "I;16", "1", "CMYK"])
+def test_reader_and_preprocessing_match_refad(tmp_path, mode) -> None:
+    from refad.data.dataset import image_tensor
+    from refad.data.images import read_image_rgb
+
+    rgb = images(1, seed=3, hw=(13, 17))[0]
+    base = Image.fromarray(rgb)
+    img = {"I;16": Image.fromarray(rgb[:, :, 0].astype(np.uint16) * 257),
+           "RGBA": Image.fromarray(np.dstack([rgb, rgb[:, :, :1]]))}.get(mode)
+    img = img if img is not None else base.convert(mode)
+    path = tmp_path / ("x.tif" if mode == "CMYK" else "x.png")
+    img.save(path)
+    ours = read_rgb(path)
+    np.testing.assert_array_equal(ours, read_image_rgb(path))
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    np.testing.assert_array_equal(preprocess(ours, 32, mean, std),
+                                  image_tensor(ours, 32, mean, std).numpy())
+
+
+def test_heatmap_matches_refad_render() -> None:
+    from refad.reporting import render
+
+    amap = np.random.default_rng(0).random((16, 16)).astype(np.float32) * 3
+    ours = heatmap_rgb(normalise_map(resize_map(amap, 20, 12), 0.5, 2.5))
+    theirs = render.heatmap_rgb(render.normalise_map(render.resize_map(amap, 20, 12), 0.5, 2.5))
+    np.testing.assert_array_equal(ours, theirs)

@@ -7,6 +7,7 @@ at the bottom of the layers so that each of them can use it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -87,3 +88,12 @@ def write_atomic(path: Path, writer: Callable[[Path], None]) -> None:
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a text file atomically."""
     write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def file_sha256(path: Path | str) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (weights and graphs are tens of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -13,7 +13,6 @@ of timm's ``blocks.S.I`` stages) and their kind (with or without an expansion co
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import pickle
 import re
@@ -27,6 +26,7 @@ import timm
 import torch
 from torch import nn
 
+from refad.atomic import file_sha256
 from refad.errors import CheckpointError
 
 StateDict = dict[str, torch.Tensor]
@@ -66,15 +66,6 @@ class ResolvedWeights:
     weights_id: str
     source: str
     timm_pretrained: bool = False
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks (weights files are tens of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def packaged_weights_path(name: str) -> Path | None:

@@ -1,50 +1,32 @@
-"""refad.data: reading images and masks, dataset layouts, the torch Dataset, synthetic demo data."""
+"""refad.data: reading images and masks, dataset layouts, the torch Dataset, synthetic demo data.
+
+Names are loaded on first use, so that `refad.data.images` (numpy and PIL only) serves the
+torch-free deployment code without importing the torch Dataset.
+"""
 
 from __future__ import annotations
 
-from refad.data.dataset import ImageDataset, image_tensor, samples_fingerprint
-from refad.data.folder import folder_samples
-from refad.data.images import IMAGE_EXTENSIONS, image_size, read_image_rgb, read_mask
-from refad.data.mvtec import list_mvtec_categories, mvtec_samples
-from refad.data.samples import Sample, find_mask
-from refad.data.splits import (
-    by_category,
-    collect_images,
-    data_config,
-    load_split,
-    split_validation,
-)
-from refad.data.synthetic import (
-    DEFAULT_CATEGORIES,
-    SYNTHETIC_CATEGORIES,
-    defect_types,
-    make_demo_dataset,
-    render_sample,
-)
-from refad.data.visa import visa_samples
+import importlib
+from typing import Any
 
-__all__ = [
-    "DEFAULT_CATEGORIES",
-    "IMAGE_EXTENSIONS",
-    "SYNTHETIC_CATEGORIES",
-    "ImageDataset",
-    "image_tensor",
-    "Sample",
-    "defect_types",
-    "find_mask",
-    "folder_samples",
-    "image_size",
-    "list_mvtec_categories",
-    "load_split",
-    "by_category",
-    "collect_images",
-    "data_config",
-    "split_validation",
-    "make_demo_dataset",
-    "mvtec_samples",
-    "read_image_rgb",
-    "read_mask",
-    "render_sample",
-    "samples_fingerprint",
-    "visa_samples",
-]
+_EXPORTS = {
+    "ImageDataset": "dataset", "image_tensor": "dataset", "samples_fingerprint": "dataset",
+    "folder_samples": "folder",
+    "IMAGE_EXTENSIONS": "images", "image_size": "images", "read_image_rgb": "images",
+    "read_mask": "images",
+    "list_mvtec_categories": "mvtec", "mvtec_samples": "mvtec",
+    "Sample": "samples", "find_mask": "samples",
+    "by_category": "splits", "collect_images": "splits", "data_config": "splits",
+    "load_split": "splits", "split_validation": "splits",
+    "DEFAULT_CATEGORIES": "synthetic", "SYNTHETIC_CATEGORIES": "synthetic",
+    "defect_types": "synthetic", "make_demo_dataset": "synthetic", "render_sample": "synthetic",
+    "visa_samples": "visa",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'refad.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"refad.data.{_EXPORTS[name]}"), name)

@@ -57,7 +57,8 @@ def is_image_file(path: Path) -> bool:
     )
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its type and its message with the whitespace folded."""
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -91,7 +92,7 @@ def _bomb_error(path: Path, exc: BaseException) -> DataError:
         return _too_many_pixels(path, size)
     return DataError(
         f"{path}: more than the limit of {MAX_IMAGE_PIXELS / 1e6:g} megapixels "
-        f"({_one_line(exc)})"
+        f"({one_line(exc)})"
     )
 
 
@@ -114,7 +115,7 @@ def _open(path: Path, *, decode: bool) -> Image.Image:
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image file (format not recognised)") from None
     except OSError as exc:
-        raise DataError(f"{path}: cannot open image ({_one_line(exc)})") from None
+        raise DataError(f"{path}: cannot open image ({one_line(exc)})") from None
     if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:
         img.close()
         raise _too_many_pixels(path, img.size)
@@ -134,7 +135,7 @@ def _decode(img: Image.Image, path: Path) -> None:
         raise _bomb_error(path, exc) from None
     except Exception as exc:  # PIL plugins raise many types (OSError, SyntaxError, ...)
         img.close()
-        raise DataError(f"{path}: corrupt or truncated image ({_one_line(exc)})") from None
+        raise DataError(f"{path}: corrupt or truncated image ({one_line(exc)})") from None
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -150,7 +151,8 @@ def _sixteen_bit_to_uint8(img: Image.Image) -> np.ndarray:
     return ((values * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def _to_rgb_array(img: Image.Image, path: Path) -> np.ndarray:
+def rgb_array(img: Image.Image, path: Path | str) -> np.ndarray:
+    """A decoded PIL image -> (H, W, 3) uint8 RGB by the module's mode rules; `path` names it."""
     mode = img.mode
     if mode == "RGB":
         return np.asarray(img, dtype=np.uint8).copy()
@@ -166,14 +168,14 @@ def _to_rgb_array(img: Image.Image, path: Path) -> np.ndarray:
             return np.asarray(img.convert("RGBA"), dtype=np.uint8)[:, :, :3].copy()
         return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
     except (ValueError, OSError) as exc:
-        raise DataError(f"{path}: unsupported image mode {mode} ({_one_line(exc)})") from None
+        raise DataError(f"{path}: unsupported image mode {mode} ({one_line(exc)})") from None
 
 
 def read_image_rgb(path: Path) -> np.ndarray:
     """Decode ``path`` fully and return it as an (H, W, 3) uint8 RGB array (see module doc)."""
     path = Path(path)
     with _open(path, decode=True) as img:
-        return _to_rgb_array(img, path)
+        return rgb_array(img, path)
 
 
 def _mask_values(img: Image.Image, path: Path) -> tuple[np.ndarray, float, float]:
@@ -193,7 +195,7 @@ def _mask_values(img: Image.Image, path: Path) -> tuple[np.ndarray, float, float
     try:  # colour masks (RGB, RGBA, P, CMYK...): a pixel is set when any colour channel is
         rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
     except (ValueError, OSError) as exc:
-        raise DataError(f"{path}: unsupported mask mode {mode} ({_one_line(exc)})") from None
+        raise DataError(f"{path}: unsupported mask mode {mode} ({one_line(exc)})") from None
     return rgb.max(axis=2), 127, 255
 
 

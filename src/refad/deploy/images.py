@@ -1,10 +1,9 @@
 """Torch-free image input for deployed models: decoding and refad's exact preprocessing.
 
-Decoding follows `refad.data.images.read_image_rgb` rule for rule (alpha dropped, not
-composited; 16-bit grey scaled with rounding; float images refused; EXIF orientation ignored),
-because a deployed model must see the pixels the checkpoint was calibrated on. That module
-cannot be imported here without torch (its package imports the torch dataset), so the rules are
-restated and `tests/test_export.py` checks both readers agree on every mode.
+Decoding IS `refad.data.images` (numpy and PIL only; the same limits and mode rules: alpha
+dropped, not composited; 16-bit grey scaled with rounding; float images refused; EXIF
+orientation ignored), because a deployed model must see the pixels the checkpoint was
+calibrated on.
 
 `preprocess` is `refad.data.dataset.image_tensor` in numpy, operation for operation and dtype for
 dtype (PIL bilinear resize of the uint8 RGB picture, /255 in float32, then (x - mean) / std), so
@@ -18,8 +17,9 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from refad.data.images import one_line, read_image_rgb, rgb_array
 from refad.errors import DataError
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]  # noqa: UP007 (runtime alias on 3.10)
@@ -30,55 +30,8 @@ RESIZE_RULE = (
 )
 """The exact input rule, written into every export's metadata."""
 
-_SIXTEEN_BIT = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
-_ALPHA = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def pil_to_rgb(img: Image.Image, where: str) -> np.ndarray:
-    """A decoded PIL image -> (H, W, 3) uint8 RGB by refad's mode rules; `where` names it."""
-    mode = img.mode
-    if mode == "RGB":
-        return np.asarray(img, dtype=np.uint8).copy()
-    if mode == "P" and "transparency" in img.info:
-        mode = "PA"
-    if mode in _SIXTEEN_BIT:
-        values = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
-        grey = ((values * 255 + 32767) // 65535).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    if mode == "F":
-        raise DataError(f"{where}: unsupported image mode F (32-bit float has no defined range)")
-    try:
-        if mode in _ALPHA:
-            return np.asarray(img.convert("RGBA"), dtype=np.uint8)[:, :, :3].copy()
-        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-    except (ValueError, OSError) as exc:
-        raise DataError(f"{where}: unsupported image mode {mode} ({_one_line(exc)})") from None
-
-
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file by content to (H, W, 3) uint8 RGB; failures are one-line DataErrors."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if not path.is_file():
-        raise DataError(f"{path}: not a regular file")
-    try:
-        img = Image.open(path)
-    except UnidentifiedImageError:
-        raise DataError(f"{path}: not an image file (format not recognised)") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot open image ({_one_line(exc)})") from None
-    with img:
-        try:
-            img.load()
-        except Exception as exc:  # PIL plugins raise many types
-            raise DataError(f"{path}: corrupt or truncated image ({_one_line(exc)})") from None
-        return pil_to_rgb(img, str(path))
+pil_to_rgb = rgb_array
+read_rgb = read_image_rgb
 
 
 def check_rgb_array(arr: np.ndarray, where: str) -> np.ndarray:
@@ -103,7 +56,7 @@ def load_rgb(image: ImageInput, where: str = "image") -> np.ndarray:
         try:
             image.load()
         except Exception as exc:
-            raise DataError(f"{where}: cannot decode PIL image ({_one_line(exc)})") from None
+            raise DataError(f"{where}: cannot decode PIL image ({one_line(exc)})") from None
         return check_rgb_array(pil_to_rgb(image, where), where)
     if isinstance(image, np.ndarray):
         return check_rgb_array(image, where)

@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from refad.atomic import file_sha256
 from refad.errors import CheckpointError
 
 METADATA_FILE = "refad-deploy.json"
@@ -40,15 +41,6 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "units": dict,
     "content_sha256": str,
 }
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def content_hash(meta: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from refad.config.methods import CRADConfig
-from refad.models.base import FeatureSpec, Scores
+from refad.models.base import Scores
 from refad.models.grid import GridReconstructionModel
 from refad.models.layers import (
     MobileBottleneck,
@@ -116,16 +116,8 @@ class CRAD(GridReconstructionModel):
 
     method = "crad"
 
-    def __init__(
-        self,
-        spec: FeatureSpec,
-        config: CRADConfig | None = None,
-        device: torch.device | str | None = None,
-    ) -> None:
-        """`device` is part of the common constructor; this method makes no per-device choice."""
-        config = config or CRADConfig()
-        super().__init__(spec, config)
-        self.net = CRADNetwork(sum(spec.channels), *self.grid, config)
+    config_class = CRADConfig
+    network = CRADNetwork
 
     def parameter_groups(self, lr: float) -> list[dict]:
         """Network at `lr`, the two grids at `grid_lr` (the authors: 1e-3 and 0.1)."""

@@ -16,7 +16,7 @@ from torch import nn
 
 from refad.config.methods import UniADConfig
 from refad.errors import ConfigError
-from refad.models.base import FeatureSpec, Scores
+from refad.models.base import Scores
 from refad.models.grid import GridReconstructionModel
 from refad.models.layers import (
     LearnedPositionEmbedding2d,
@@ -145,16 +145,8 @@ class UniAD(GridReconstructionModel):
 
     method = "uniad"
 
-    def __init__(
-        self,
-        spec: FeatureSpec,
-        config: UniADConfig | None = None,
-        device: torch.device | str | None = None,
-    ) -> None:
-        """`device` is part of the common constructor; this method makes no per-device choice."""
-        config = config or UniADConfig()
-        super().__init__(spec, config)
-        self.net = UniADNetwork(sum(spec.channels), *self.grid, config)
+    config_class = UniADConfig
+    network = UniADNetwork
 
     def reconstruct(
         self, targets: list[torch.Tensor], generator: Noise = None

@@ -26,6 +26,11 @@ import numpy as np
 MAX_CATEGORY_CHARS = 100
 
 
+# One request batch: the images, and per image its category and requested threshold.
+Images = Sequence[np.ndarray]
+Categories = Sequence[str | None]
+Thresholds = Sequence[float | None]
+
 class RequestError(ValueError):
     """A request the model cannot answer as asked (unknown category...): the client's fault."""
 
@@ -75,10 +80,7 @@ class Backend(Protocol):
         ...
 
     def predict_batch(
-        self,
-        images: Sequence[np.ndarray],
-        categories: Sequence[str | None],
-        thresholds: Sequence[float | None],
+        self, images: Images, categories: Categories, thresholds: Thresholds
     ) -> list[ImageResult]:
         """Score (H, W, 3) uint8 RGB images; one category and requested threshold per image."""
         ...

@@ -13,7 +13,7 @@ from pathlib import PurePath
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from refad.data.images import _to_rgb_array
+from refad.data.images import one_line, rgb_array
 from refad.errors import DataError
 
 
@@ -25,11 +25,6 @@ class ImageRejected(ValueError):
         self.status = status
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())[:200]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     """Decode one upload to (H, W, 3) uint8. ``name`` only labels error messages.
 
@@ -38,7 +33,7 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     """
     if not data:
         raise ImageRejected(f"{name}: empty file")
-    label = PurePath(name)  # _to_rgb_array names the file in its messages; nothing is opened
+    label = PurePath(name)  # rgb_array names the file in its messages; nothing is opened
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PIL warns on odd files; the errors below are what count
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -47,9 +42,9 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         except UnidentifiedImageError:
             raise ImageRejected(f"{name}: not an image (format not recognised)", 415) from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageRejected(f"{name}: image too large ({_one_line(exc)})", 413) from None
+            raise ImageRejected(f"{name}: image too large ({one_line(exc)})", 413) from None
         except Exception as exc:  # noqa: BLE001 - PIL plugins raise many types on bad headers
-            raise ImageRejected(f"{name}: cannot read image header ({_one_line(exc)})") from None
+            raise ImageRejected(f"{name}: cannot read image header ({one_line(exc)})") from None
         with img:
             width, height = img.size
             if width < 1 or height < 1:
@@ -61,16 +56,16 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
             try:
                 img.load()
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-                raise ImageRejected(f"{name}: image too large ({_one_line(exc)})", 413) from None
+                raise ImageRejected(f"{name}: image too large ({one_line(exc)})", 413) from None
             except Exception as exc:  # noqa: BLE001
-                raise ImageRejected(f"{name}: corrupt or truncated image ({_one_line(exc)})") \
+                raise ImageRejected(f"{name}: corrupt or truncated image ({one_line(exc)})") \
                     from None
             try:
-                rgb = _to_rgb_array(img, label)
+                rgb = rgb_array(img, label)
             except DataError as exc:
                 raise ImageRejected(str(exc)) from None
             except Exception as exc:  # noqa: BLE001 - exotic modes PIL cannot convert
-                raise ImageRejected(f"{name}: unsupported image ({_one_line(exc)})") from None
+                raise ImageRejected(f"{name}: unsupported image ({one_line(exc)})") from None
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ImageRejected(f"{name}: could not convert to RGB")
     return rgb

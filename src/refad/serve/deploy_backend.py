@@ -8,7 +8,6 @@ source name "override" is reported as "request", like the PyTorch backend.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,14 @@ import numpy as np
 
 from refad.deploy import Inferencer, read_metadata
 from refad.errors import ConfigError
-from refad.serve.backend import ImageResult, RequestError, check_category
+from refad.serve.backend import (
+    Categories,
+    ImageResult,
+    Images,
+    RequestError,
+    Thresholds,
+    check_category,
+)
 
 UNIFIED = "unified"
 
@@ -70,10 +76,7 @@ class DeployBackend:
             self.predict_batch([blank], [cat], [None])
 
     def predict_batch(
-        self,
-        images: Sequence[np.ndarray],
-        categories: Sequence[str | None],
-        thresholds: Sequence[float | None],
+        self, images: Images, categories: Categories, thresholds: Thresholds
     ) -> list[ImageResult]:
         groups: dict[tuple[str | None, float | None], list[int]] = defaultdict(list)
         for i, (cat, thr) in enumerate(zip(categories, thresholds, strict=True)):

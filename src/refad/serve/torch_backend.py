@@ -7,7 +7,6 @@ so the number of connections never changes what is in memory.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,15 @@ from refad.device import set_cpu_threads
 from refad.inference import Scorer
 from refad.reporting.render import heatmap_rgb, normalise_map, overlay, resize_map
 from refad.runs import UNIFIED, TrainedRun, open_run
-from refad.serve.backend import ImageResult, check_category, decide, resolve_threshold
+from refad.serve.backend import (
+    Categories,
+    ImageResult,
+    Images,
+    Thresholds,
+    check_category,
+    decide,
+    resolve_threshold,
+)
 
 
 def _run_categories(run: TrainedRun) -> list[str]:
@@ -88,10 +95,7 @@ class TorchBackend:
         return UNIFIED if self._run.config.train.mode == "unified" else str(category)
 
     def predict_batch(
-        self,
-        images: Sequence[np.ndarray],
-        categories: Sequence[str | None],
-        thresholds: Sequence[float | None],
+        self, images: Images, categories: Categories, thresholds: Thresholds
     ) -> list[ImageResult]:
         groups: dict[str, list[int]] = defaultdict(list)
         for i, category in enumerate(categories):

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from machine import cpu_model
+from machine import cpu_model, kept_notes
 from safetensors.torch import load_file
 
 from refad.api import RunDir, open_run, write_text_atomic
@@ -197,7 +197,7 @@ def main() -> None:
         "n_train": args.n_train, "epochs": args.epochs, "reference_s": reference_s,
         "startup_s": startup_s,
     }
-    write_text_atomic(args.out, render(rows, meta))
+    write_text_atomic(args.out, render(rows, meta) + kept_notes(args.out))
     write_text_atomic(args.out.with_suffix(".json"),
                       json.dumps({"meta": meta, "trials": rows}, indent=2) + "\n")
     print(f"written: {args.out}")

@@ -52,9 +52,7 @@ class QueryDecoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.ffn = feed_forward(dim, ffn_dim, dropout)
         self.norm3 = nn.LayerNorm(dim)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.dropout3 = nn.Dropout(dropout)
+        self.dropout1, self.dropout2, self.dropout3 = (nn.Dropout(dropout) for _ in range(3))
 
     def forward(
         self,

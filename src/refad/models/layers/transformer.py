@@ -28,8 +28,7 @@ class PostNormEncoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.ffn = feed_forward(dim, ffn_dim, dropout)
         self.norm2 = nn.LayerNorm(dim)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout1, self.dropout2 = (nn.Dropout(dropout) for _ in range(2))
 
     def forward(
         self, x: torch.Tensor, pos: torch.Tensor, allowed: torch.Tensor | None

@@ -355,3 +355,31 @@ def test_overlay_and_normalise_keep_their_results() -> None:
     amap = rng.random((40, 30)).astype(np.float32) * 3
     np.testing.assert_allclose(normalise_map(amap, 0.5, 2.5),
                                np.clip((amap - 0.5) / 2.0, 0, 1), atol=1e-6)
+
+
+def test_non_binary_masks_are_reported_in_the_metrics(trained_run: Path, tmp_path: Path) -> None:
+    """Soft mask values are accepted (real masks have anti-aliased edges) but never silently:
+    the evaluation says how many masks the > 0.5 cut had to decide."""
+    import json
+    import shutil
+
+    from PIL import Image
+
+    from refad.api import evaluate
+    from refad.runs import RunDir
+
+    cfg = RunDir(trained_run).read_config()
+    root = tmp_path / "data"
+    shutil.copytree(cfg.data.root, root)
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    RunDir(run).write_config(cfg.model_copy(
+        update={"data": cfg.data.model_copy(update={"root": str(root)})}))
+    mask = sorted((root / "fabric" / "ground_truth").rglob("*.png"))[0]
+    arr = np.asarray(Image.open(mask).convert("L")).copy()
+    arr[(arr == 0) & (np.roll(arr, 1, axis=0) == 255)] = 100  # a soft rim, still 0..255
+    Image.fromarray(arr).save(mask)
+    result = evaluate(run, device="cpu", progress=False)
+    assert any(n.startswith("fabric: 1 of") and "not binary" in n for n in result["notes"])
+    assert not any(n.startswith("mesh:") and "not binary" in n for n in result["notes"])
+    assert json.loads((run / "metrics.json").read_text())["notes"] == result["notes"]

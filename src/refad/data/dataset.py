@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from refad.data.images import empty_mask_reason, read_image_rgb, read_mask
+from refad.data.images import empty_mask_reason, read_image_rgb, read_mask_levels
 from refad.data.samples import Sample
 from refad.errors import ConfigError, DataError
 
@@ -82,17 +82,20 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _mask_tensor(self, sample: Sample, hw: tuple[int, int]) -> torch.Tensor:
+    def _mask_tensor(self, sample: Sample, hw: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """The mask at the model's size, and its count of soft (neither empty nor full) pixels."""
         side = self.size
         if sample.mask is None:
-            return torch.zeros((1, side, side), dtype=torch.float32)
-        full = read_mask(sample.mask, hw, image=sample.image, label_map=sample.mask_is_label_map)
+            return torch.zeros((1, side, side), dtype=torch.float32), 0
+        full, soft = read_mask_levels(
+            sample.mask, hw, image=sample.image, label_map=sample.mask_is_label_map
+        )
         check_mask_label(sample, full)
         small = Image.fromarray(full.astype(np.uint8) * 255).resize(
             (side, side), Image.Resampling.NEAREST
         )
         arr = (np.asarray(small) > 127).astype(np.float32)
-        return torch.from_numpy(arr[None])
+        return torch.from_numpy(arr[None]), soft
 
     def __getitem__(self, i: int) -> dict:
         index = operator.index(i)
@@ -102,9 +105,11 @@ class ImageDataset(Dataset):
             raise IndexError(f"index {i} out of range for {len(self.samples)} samples")
         sample = self.samples[index]
         rgb = read_image_rgb(sample.image)
+        mask, soft = self._mask_tensor(sample, (rgb.shape[0], rgb.shape[1]))
         return {
             "image": image_tensor(rgb, self.size, self.mean, self.std),
-            "mask": self._mask_tensor(sample, (rgb.shape[0], rgb.shape[1])),
+            "mask": mask,
+            "soft_mask_pixels": soft,
             "label": int(sample.label),
             "category": sample.category,
             "path": str(sample.image),

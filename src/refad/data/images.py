@@ -248,6 +248,18 @@ def read_mask(
     image: Path | None = None,
     label_map: bool = False,
 ) -> np.ndarray:
+    """The (H, W) bool mask of ``path`` (see `read_mask_levels`, which also counts soft
+    pixels)."""
+    return read_mask_levels(path, expected_hw, image=image, label_map=label_map)[0]
+
+
+def read_mask_levels(
+    path: Path,
+    expected_hw: tuple[int, int],
+    *,
+    image: Path | None = None,
+    label_map: bool = False,
+) -> tuple[np.ndarray, int]:
     """Decode a ground-truth mask to an (H, W) bool array, checking it matches its image's size.
 
     Binarised at > 0.5 of the value range (> 127 for 8-bit, > 32767 for 16-bit, 1-bit as is; a
@@ -255,14 +267,22 @@ def read_mask(
     defect. ``label_map=True`` is for masks that store label indices (VisA's release: 0 background,
     1, 2, ... defect regions), where any non-zero value is a defect. ``image`` only serves to name
     the image in the size-mismatch error.
+
+    Also returns how many pixels hold a value strictly between empty and full (soft edges,
+    or a mask that is not binary at all); evaluation reports them, since the cut decides them.
     """
     path = Path(path)
     with _open(path, decode=True) as img:
-        mask = _mask_to_bool(img, path, label_map)
+        if label_map:
+            mask, soft = _label_values(img) != 0, 0
+        else:
+            values, cut, full = _mask_values(img, path)
+            mask = values > cut
+            soft = int(np.count_nonzero((values > 0) & (values < full)))
     expected = (int(expected_hw[0]), int(expected_hw[1]))
     if mask.shape != expected:
         got = f"{mask.shape[1]}x{mask.shape[0]}"
         want = f"{expected[1]}x{expected[0]}"
         owner = f"image {image}" if image is not None else "its image"
         raise DataError(f"{path}: mask size {got} (WxH) differs from {owner} size {want}")
-    return mask
+    return mask, soft

@@ -100,6 +100,7 @@ def evaluate_run(
     per_category: dict[str, dict[str, float]] = {}
     counts: dict[str, tuple[int, int]] = {}
     scorers: dict[str, Scorer] = {}
+    soft_notes: list[str] = []
     tic = time.perf_counter()
     for category, group in by_category(samples).items():
         unit = run.unit_for(category)
@@ -110,7 +111,9 @@ def evaluate_run(
         dataset = ImageDataset(group, size, run.extractor.mean, run.extractor.std)
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=data.num_workers)
         acc = MetricAccumulator(mode=metrics_mode)
+        soft_masks = 0
         for batch in tqdm(loader, desc=f"test {category}", disable=not progress, leave=False):
+            soft_masks += int((batch["soft_mask_pixels"] > 0).sum())
             scores = scorer.images(batch["image"])
             _check_finite(run, scores)
             acc.update(
@@ -122,7 +125,13 @@ def evaluate_run(
         per_category[category] = acc.compute()
         n_defective = sum(s.label for s in group)
         counts[category] = (len(group) - n_defective, n_defective)
+        if soft_masks:
+            soft_notes.append(
+                f"{category}: {soft_masks} of {n_defective} masks are not binary (values between "
+                "empty and full, e.g. soft edges); binarised at > half of their range"
+            )
     mean, mean_categories, notes = summarise(per_category, counts)
+    notes += soft_notes
     return {
         "method": run.config.method,
         "backbone": run.config.backbone.name,

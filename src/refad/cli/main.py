@@ -259,9 +259,15 @@ def test(
 @app.command()
 @user_errors
 def predict(
-    run: Annotated[Path, typer.Option(help="Run folder written by `refad train`.")],
     inputs: Annotated[list[Path], typer.Argument(help="Images and/or folders.")],
     out: Annotated[Path, typer.Option(help="Where heatmaps and the summary go.")],
+    run: Annotated[Path | None, typer.Option(help="Run folder written by `refad train`.")] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="Exported folder written by `refad export`.")
+    ] = None,
+    runtime: Annotated[
+        str, typer.Option(help="With --model: onnxruntime or openvino.")
+    ] = "onnxruntime",
     category: Annotated[str | None, typer.Option(help="Per-category runs: which model.")] = None,
     device: Annotated[str | None, typer.Option()] = None,
     batch_size: Annotated[int, typer.Option()] = 8,
@@ -269,10 +275,18 @@ def predict(
     compile_: Annotated[str | None, COMPILE_OPTION] = None,
 ) -> None:
     """Score images; write heatmaps, overlays and predictions.json/.csv."""
-    from refad.api import predict as run_predict
-
     _at_least_one("--batch-size", batch_size)
-    report = run_predict(run, inputs, out, device, category, batch_size, amp, compile_)
+    if (run is None) == (model is None):
+        raise RefadError("predict: give exactly one of --run and --model")
+    if model is not None:
+        from refad.reporting.predictions import predict_exported
+
+        report = predict_exported(model, inputs, out, category, batch_size, runtime,
+                                  device or "cpu")
+    else:
+        from refad.api import predict as run_predict
+
+        report = run_predict(run, inputs, out, device, category, batch_size, amp, compile_)
     for p in report.predictions:
         verdict = "" if p.anomalous is None else (" ANOMALOUS" if p.anomalous else " normal")
         console.print(f"{p.score:.4f}{verdict}  {p.path}", highlight=False)

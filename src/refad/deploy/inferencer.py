@@ -162,6 +162,12 @@ class Inferencer:
             )
         return self._runner(self._unit_for(category))(np.ascontiguousarray(batch))
 
+    def calibration_for(self, category: str | None) -> dict[str, Any]:
+        """The thresholds and colouring range that decide images of `category` (None: the
+        export's global ones), with `source` saying which were used."""
+        calib, source = self._calibration(self._unit_for(category), category)
+        return {**calib, "source": source}
+
     def _calibration(self, unit: str, category: str | None) -> tuple[dict[str, Any], str | None]:
         """(values, source) of the thresholds and colouring range for `category` in `unit`."""
         info = self.units[unit]

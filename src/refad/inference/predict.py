@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -100,6 +100,37 @@ def predict_unit(run: TrainedRun, category: str | None) -> str:
     return category
 
 
+ScoreFn = Callable[[list[np.ndarray]], tuple[np.ndarray, list[float]]]
+"""(H, W, 3) uint8 images -> (maps (B, S, S) float32 at the model's input size, scores)."""
+
+
+def scored_batches(
+    inputs: Sequence[Path | str], batch_size: int, score: ScoreFn
+) -> Iterator[PredictionBatch]:
+    """Read, score and name the images of `inputs` batch by batch; an unreadable image is a
+    failure line, never the end of the others (any scoring path: PyTorch or an export)."""
+    paths = collect_images(inputs)
+    relatives = relative_paths(inputs, paths)
+    names = dict(zip(paths, zip(relatives, output_names(relatives), strict=True), strict=True))
+    for start in range(0, len(paths), batch_size):
+        images, kept, failures = [], [], []
+        for path in paths[start : start + batch_size]:
+            try:
+                images.append(read_image_rgb(path))
+                kept.append(path)
+            except RefadError as exc:
+                failures.append(str(exc))
+        if not images:
+            yield PredictionBatch([], failures)
+            continue
+        maps, values = score(images)
+        results = [
+            ImageResult(path, image, amap, float(value), *names[path])
+            for path, image, amap, value in zip(kept, images, maps, values, strict=True)
+        ]
+        yield PredictionBatch(results, failures)
+
+
 def predict_images(
     run: TrainedRun,
     inputs: Sequence[Path | str],
@@ -111,33 +142,11 @@ def predict_images(
     """(the unit's calibration, a lazy stream of scored batches) for images and folders."""
     model, meta = run.model(predict_unit(run, category))
     scorer = Scorer(model, run.device, run.extractor, amp, compile_mode)
-    paths = collect_images(inputs)
-    relatives = relative_paths(inputs, paths)
-    names = dict(zip(paths, zip(relatives, output_names(relatives), strict=True), strict=True))
     size = run.config.data.image_size
     mean, std = run.extractor.mean, run.extractor.std
 
-    def batches() -> Iterator[PredictionBatch]:
-        for start in range(0, len(paths), batch_size):
-            images, kept, failures = [], [], []
-            for path in paths[start : start + batch_size]:
-                try:
-                    images.append(read_image_rgb(path))
-                    kept.append(path)
-                except RefadError as exc:
-                    failures.append(str(exc))
-            if not images:
-                yield PredictionBatch([], failures)
-                continue
-            batch = torch.stack([image_tensor(im, size, mean, std) for im in images])
-            scores = scorer.images(batch)
-            maps = scores.maps.float().cpu().numpy()
-            results = [
-                ImageResult(path, image, amap, float(score), *names[path])
-                for path, image, amap, score in zip(
-                    kept, images, maps, scores.image.float().cpu().tolist(), strict=True
-                )
-            ]
-            yield PredictionBatch(results, failures)
+    def score(images: list[np.ndarray]) -> tuple[np.ndarray, list[float]]:
+        scores = scorer.images(torch.stack([image_tensor(im, size, mean, std) for im in images]))
+        return scores.maps.float().cpu().numpy(), scores.image.float().cpu().tolist()
 
-    return meta.calibration or {}, batches()
+    return meta.calibration or {}, scored_batches(inputs, batch_size, score)

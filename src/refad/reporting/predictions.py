@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from refad.atomic import ensure_dir, write_atomic, write_text_atomic
-from refad.inference.predict import ImageResult, PredictionBatch, predict_images
+from refad.inference.predict import ImageResult, PredictionBatch, predict_images, scored_batches
 from refad.reporting.render import heatmap_rgb, normalise_map, overlay, resize_map
 from refad.runs import open_run, write_json
 from refad.runs.lock import folder_lock
@@ -123,3 +123,29 @@ def predict(
             run, inputs, category, batch_size, amp, compile_mode
         )
         return write_predictions(out_dir, calibration, batches)
+
+
+def predict_exported(
+    model_dir: Path | str,
+    inputs: Sequence[Path | str],
+    out_dir: Path | str,
+    category: str | None = None,
+    batch_size: int = 8,
+    runtime: str = "onnxruntime",
+    device: str = "cpu",
+) -> PredictReport:
+    """`refad predict --model`: score with an exported folder (`refad.deploy.Inferencer`)
+    and write the same files as `predict` does for a run folder."""
+    from refad.deploy import Inferencer, preprocess_batch
+
+    out_dir = ensure_dir(out_dir)
+    with folder_lock(out_dir, "give another --out"):
+        inferencer = Inferencer(model_dir, runtime=runtime, device=device)
+        calibration = inferencer.calibration_for(category)
+
+        def score(images: list[np.ndarray]) -> tuple[np.ndarray, list[float]]:
+            batch = preprocess_batch(images, inferencer.size, inferencer.mean, inferencer.std)
+            maps, values = inferencer.run(batch, category)
+            return maps.astype(np.float32, copy=False), [float(v) for v in values]
+
+        return write_predictions(out_dir, calibration, scored_batches(inputs, batch_size, score))

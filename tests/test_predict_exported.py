@@ -1,0 +1,44 @@
+"""`refad export` from a run folder, then `refad predict --model`: the same files and the
+same decisions as `refad predict --run`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from refad.cli.main import app
+
+runner = CliRunner()
+
+
+def test_predict_with_an_export_writes_what_the_run_writes(
+    trained_run: Path, demo_root: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    export = tmp_path / "onnx"
+    result = runner.invoke(app, ["export", "--run", str(run), "--out", str(export)])
+    assert result.exit_code == 0, result.output
+    images = demo_root / "fabric" / "test"
+    for flag, folder, out in (("--run", run, "by-run"), ("--model", export, "by-model")):
+        result = runner.invoke(app, ["predict", flag, str(folder), str(images), "--out",
+                                     str(tmp_path / out), "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+    by_run = json.loads((tmp_path / "by-run" / "predictions.json").read_text())
+    by_model = json.loads((tmp_path / "by-model" / "predictions.json").read_text())
+    assert len(by_run["predictions"]) == len(by_model["predictions"]) > 0
+    assert by_run["threshold"] == by_model["threshold"]
+    for a, b in zip(by_run["predictions"], by_model["predictions"], strict=True):
+        assert a["relative_path"] == b["relative_path"]
+        assert abs(a["score"] - b["score"]) <= 1e-5 * abs(a["score"])
+        assert a["anomalous"] == b["anomalous"]
+        assert Path(b["heatmap"]).is_file() and Path(b["overlay"]).is_file()
+    files = {p.relative_to(tmp_path / "by-run") for p in (tmp_path / "by-run").rglob("*.png")}
+    assert files == {p.relative_to(tmp_path / "by-model")
+                     for p in (tmp_path / "by-model").rglob("*.png")}
+    result = runner.invoke(app, ["predict", "--run", str(run), "--model", str(export),
+                                 str(images), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "exactly one of --run and --model" in result.output

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import math
+import numbers
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from refad.errors import RefadError
 
@@ -97,3 +101,25 @@ def file_sha256(path: Path | str) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def json_safe(value: Any, other: Callable[[Any], Any] | None = None) -> Any:
+    """A copy that strict JSON accepts: non-finite numbers become None (JSON has no NaN),
+    numpy scalars plain numbers; `other` converts any remaining object (default: kept)."""
+    if isinstance(value, bool | str) or value is None:
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v, other) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v, other) for v in value]
+    return other(value) if other is not None else value
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Strict JSON (no NaN or Infinity: those become null), written atomically."""
+    write_text_atomic(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 import refad
+from refad.atomic import json_safe
 from refad.backbones import FeatureExtractor
 from refad.deploy.images import RESIZE_RULE, check_rgb_array, preprocess_batch
 from refad.deploy.metadata import (
@@ -58,16 +59,8 @@ def _state_sha256(module: torch.nn.Module) -> str:
 
 
 def _json_value(value: Any) -> Any:
-    if isinstance(value, (bool, str)) or value is None:
-        return value
-    if isinstance(value, (int, float, np.floating, np.integer)):
-        value = float(value) if isinstance(value, (float, np.floating)) else int(value)
-        return value if not isinstance(value, float) or np.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_value(v) for v in value]
-    return str(value)
+    """Strict-JSON copy of a caller's record; objects JSON cannot hold become their text."""
+    return json_safe(value, other=str)
 
 
 def _unit_calibration(unit: str, calib: Mapping[str, Any] | None) -> tuple[dict, dict]:

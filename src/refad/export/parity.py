@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from refad.atomic import json_safe
+
 TOLERANCES: dict[str, dict[str, Any]] = {
     "fp32": {"map_rel": 1e-4, "map_mean_rel": 1e-5, "score_rel": 1e-5, "flips": 0},
     "fp16": {"map_rel": 3e-2, "map_mean_rel": 1e-2, "score_rel": 3e-2, "flips": None},
@@ -77,5 +79,4 @@ def passes(fig: dict[str, Any], tol: dict[str, Any]) -> bool:
 
 def finite_json(fig: dict[str, Any]) -> dict[str, Any]:
     """JSON-safe copy (strict JSON has no inf): non-finite figures become None."""
-    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
-            for k, v in fig.items()}
+    return json_safe(fig)

@@ -33,7 +33,8 @@ from refad.runs import TrainedRun
 
 def _check_finite(run: TrainedRun, scores: Scores) -> None:
     """NaN or inf would either stop the metrics midway or rank silently; say why instead."""
-    if not (torch.isfinite(scores.image).all() and torch.isfinite(scores.maps).all()):
+    finite = torch.isfinite(scores.image).all() & torch.isfinite(scores.maps).all()
+    if not finite.item():  # one host synchronisation per batch
         raise RefadError(
             f"{run.path}: the model gives non-finite scores (training diverged?); "
             "no metrics written"

@@ -13,14 +13,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from refad.atomic import write_text_atomic
+from refad.atomic import write_json, write_text_atomic
 from refad.config import PRESETS, RunConfig, apply_overrides, build_config, preset
 from refad.config import shared_train_fields as shared_fields
 from refad.errors import ConfigError
 from refad.metrics import METRIC_NAMES
 from refad.reporting.evaluation import evaluate
 from refad.reporting.tables import METRIC_LABELS, percent
-from refad.runs import RunDir, write_json
+from refad.runs import RunDir
 from refad.runs.layout import COMPARISON_JSON, COMPARISON_MD
 from refad.training import fit
 

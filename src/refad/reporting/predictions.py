@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from refad.atomic import ensure_dir, write_atomic, write_text_atomic
+from refad.atomic import ensure_dir, write_atomic, write_json, write_text_atomic
 from refad.inference.predict import ImageResult, PredictionBatch, predict_images, scored_batches
 from refad.reporting.render import heatmap_rgb, normalise_map, overlay, resize_map
-from refad.runs import open_run, write_json
+from refad.runs import open_run
 from refad.runs.lock import folder_lock
 
 NOT_FINITE = "score or anomaly map is not finite (training diverged?); no decision"
@@ -83,13 +83,14 @@ def _write_result(out_dir: Path, r: ImageResult, calibration: dict[str, Any]) ->
     save_png(heat_path, heat)
     save_png(over_path, overlay(r.image, heat))
     threshold = calibration.get("threshold")
-    decided = threshold is not None and r.finite
+    finite = r.finite
+    decided = threshold is not None and finite
     return Prediction(
         path=str(r.path.absolute()), relative_path=r.relative_path.as_posix(), score=r.score,
         normalised_score=float(r.score / threshold) if decided and threshold else None,
         anomalous=bool(r.score > threshold) if decided else None,
         heatmap=str(heat_path), overlay=str(over_path),
-        note=None if r.finite else NOT_FINITE,
+        note=None if finite else NOT_FINITE,
     )
 
 

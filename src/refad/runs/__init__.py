@@ -1,5 +1,6 @@
 """Run folders: their layout, creation and resume, checkpoints, opening for scoring, imports."""
 
+from refad.atomic import write_json
 from refad.runs.checkpoint import (
     CheckpointMeta,
     backbone_identity,
@@ -9,7 +10,7 @@ from refad.runs.checkpoint import (
     spec_to_dict,
 )
 from refad.runs.layout import UNIFIED, unit_for_category, unit_path
-from refad.runs.rundir import RunDir, TrainedRun, open_run, write_json
+from refad.runs.rundir import RunDir, TrainedRun, open_run
 
 __all__ = [
     "UNIFIED",

@@ -71,17 +71,14 @@ def has_checkpoint(unit_dir: Path) -> bool:
     return (Path(unit_dir) / META_FILE).is_file()
 
 
-def _tensor_file(kind: str, epoch: int, data: bytes) -> str:
-    return f"{kind}-e{epoch:04d}-{hashlib.sha256(data).hexdigest()[:16]}.safetensors"
-
-
 def _write_blob(unit_dir: Path, kind: str, epoch: int, data: bytes) -> dict[str, Any]:
     """Write one tensor file under its content name (skipped when it is already there)."""
-    name = _tensor_file(kind, epoch, data)
+    digest = hashlib.sha256(data).hexdigest()
+    name = f"{kind}-e{epoch:04d}-{digest[:16]}.safetensors"
     path = unit_dir / name
     if not (path.is_file() and path.stat().st_size == len(data)):
         write_atomic(path, lambda tmp: tmp.write_bytes(data))
-    return {"name": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return {"name": name, "bytes": len(data), "sha256": digest}
 
 
 def save_checkpoint(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from refad.atomic import write_json
 from refad.backbones import FeatureExtractor, build_extractor
 from refad.config import RunConfig
 from refad.device import resolve_device
@@ -21,7 +22,7 @@ from refad.models.base import FeatureSpec, ReconstructionModel
 from refad.models.registry import build_model
 from refad.runs.checkpoint import CheckpointMeta, backbone_identity, spec_to_dict
 from refad.runs.layout import IMPORTED_FILE, UNIFIED
-from refad.runs.rundir import RunDir, write_json
+from refad.runs.rundir import RunDir
 
 
 def _probe(spec: FeatureSpec, seed: int = 0) -> list[torch.Tensor]:

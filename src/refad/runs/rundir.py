@@ -4,15 +4,13 @@ files inside one (their names are in `refad.runs.layout`)."""
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from refad.atomic import write_text_atomic
+from refad.atomic import write_json, write_text_atomic
 from refad.backbones import FeatureExtractor, build_extractor
 from refad.config import RunConfig, load_config_file
 from refad.device import resolve_device
@@ -29,21 +27,6 @@ from refad.runs.layout import (
     unit_path,
 )
 from refad.runs.lock import folder_lock
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Strict JSON (no NaN or Infinity: those become null), written atomically."""
-    write_text_atomic(path, json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from refad.data.images import MAX_IMAGE_PIXELS
 from refad.errors import DataError, RefadError
 from refad.inference import evaluate as evaluate_module
 from refad.inference import evaluate_run
-from refad.inference.predict import output_names, relative_paths
+from refad.inference.batches import output_names, relative_paths
 from refad.metrics import METRIC_NAMES
 from refad.models.base import Scores
 from refad.reporting.render import heatmap_rgb, normalise_map, overlay, resize_map

@@ -7,6 +7,7 @@ Every user-facing failure (bad data, config, checkpoint, full disk) is printed a
 from __future__ import annotations
 
 import functools
+import importlib.util
 import signal
 import sys
 from collections.abc import Callable
@@ -66,10 +67,12 @@ err_console = Console(stderr=True)
 @app.callback()
 def _setup() -> None:
     """Runs before every command: CPU threads follow the cores this process may use, and a
-    SIGTERM (a service manager, a scheduler's time limit) stops the command like Ctrl-C."""
-    from refad.device import set_cpu_threads
+    SIGTERM (a service manager, a scheduler's time limit) stops the command like Ctrl-C.
+    Without PyTorch (the torch-free deploy install) there are no torch threads to set."""
+    if importlib.util.find_spec("torch") is not None:
+        from refad.device import set_cpu_threads
 
-    set_cpu_threads()
+        set_cpu_threads()
     signal.signal(signal.SIGTERM, _terminate)
 
 
@@ -96,8 +99,27 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             err_console.print(INTERRUPTED, soft_wrap=True)
             raise typer.Exit(130) from None
+        except ModuleNotFoundError as exc:
+            if exc.name is None or exc.name.split(".")[0] not in OPTIONAL_STACKS:
+                raise
+            extra = OPTIONAL_STACKS[exc.name.split(".")[0]]
+            err_console.print(
+                f"[bold red]error:[/] this needs {exc.name.split('.')[0]}, which is not installed "
+                f"(install it with: pip install 'refad\\[{extra}]')",
+                highlight=False, soft_wrap=True,
+            )
+            raise typer.Exit(2) from None
 
     return wrapper
+
+
+# Top-level module -> the extra that brings it (the base install is torch-free).
+OPTIONAL_STACKS = {
+    "torch": "torch", "torchvision": "torch", "timm": "torch", "scipy": "torch",
+    "skimage": "torch", "sklearn": "test", "onnx": "export", "onnxscript": "export",
+    "nncf": "export", "onnxruntime": "deploy", "openvino": "deploy", "fastapi": "serve",
+    "uvicorn": "serve", "multipart": "serve", "prometheus_client": "serve",
+}
 
 
 COMPILE_OPTION = typer.Option(

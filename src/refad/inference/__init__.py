@@ -1,17 +1,26 @@
-"""Scoring: the one `Scorer`, calibration from normal images, evaluation and prediction."""
+"""Scoring: the one `Scorer`, calibration from normal images, evaluation and prediction.
 
-from refad.inference.calibrate import calibrate
-from refad.inference.evaluate import evaluate_run
-from refad.inference.predict import ImageResult, PredictionBatch, predict_images
-from refad.inference.scorer import COMPILE_MODES, Scorer, score_levels
+Names load on first use, so that `refad.inference.batches` (reading, batching and naming the
+images to predict; numpy and PIL only) serves the torch-free `refad predict --model`.
+"""
 
-__all__ = [
-    "COMPILE_MODES",
-    "ImageResult",
-    "PredictionBatch",
-    "Scorer",
-    "calibrate",
-    "evaluate_run",
-    "predict_images",
-    "score_levels",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ImageResult": "batches", "PredictionBatch": "batches", "scored_batches": "batches",
+    "calibrate": "calibration",
+    "evaluate_run": "evaluate",
+    "predict_images": "predict",
+    "COMPILE_MODES": "scorer", "Scorer": "scorer", "score_levels": "scorer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'refad.inference' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"refad.inference.{_EXPORTS[name]}"), name)

@@ -2,7 +2,8 @@
 
 The pictures of an image go to `OUT/<name>_heatmap.png` and `OUT/<name>_overlay.png`, where
 `name` mirrors the image's place under the common parent of the inputs (sub-folders are
-created) and is never shared by two files (rule: `refad.inference.predict`). Each row keeps the
+created) and is never shared by two files (rule: `refad.inference.batches`). Importing this
+module needs no torch: only `predict` (a run folder) loads it. Each row keeps the
 absolute `path` and the `relative_path`. A non-finite score or map (a diverged model) gives
 `anomalous` None with a `note`, never a decision.
 """
@@ -14,17 +15,18 @@ import io
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from refad.atomic import ensure_dir, write_atomic, write_json, write_text_atomic
-from refad.inference.predict import ImageResult, PredictionBatch, predict_images, scored_batches
+from refad.inference.batches import ImageResult, PredictionBatch, scored_batches
 from refad.reporting.render import heatmap_rgb, normalise_map, overlay, resize_map
-from refad.runs import open_run
 from refad.runs.lock import folder_lock
+
+if TYPE_CHECKING:
+    import torch
 
 NOT_FINITE = "score or anomaly map is not finite (training diverged?); no decision"
 
@@ -117,6 +119,9 @@ def predict(
     compile_mode: str | None = None,
 ) -> PredictReport:
     """`refad predict`: open a run folder, score the images and write the results."""
+    from refad.inference.predict import predict_images  # torch: only for run folders
+    from refad.runs import open_run
+
     out_dir = ensure_dir(out_dir)
     with folder_lock(out_dir, "give another --out"):
         run = open_run(run_dir, device)

@@ -1,29 +1,25 @@
-"""Run folders: their layout, creation and resume, checkpoints, opening for scoring, imports."""
+"""Run folders: their layout, creation and resume, checkpoints, opening for scoring, imports.
 
-from refad.atomic import write_json
-from refad.runs.checkpoint import (
-    CheckpointMeta,
-    backbone_identity,
-    load_model,
-    read_meta,
-    save_checkpoint,
-    spec_to_dict,
-)
-from refad.runs.layout import UNIFIED, unit_for_category, unit_path
-from refad.runs.rundir import RunDir, TrainedRun, open_run
+Names load on first use, so that `refad.runs.lock` (a file lock, also used on output folders)
+serves the torch-free `refad predict --model` without importing the checkpoint code.
+"""
 
-__all__ = [
-    "UNIFIED",
-    "CheckpointMeta",
-    "RunDir",
-    "TrainedRun",
-    "backbone_identity",
-    "load_model",
-    "open_run",
-    "read_meta",
-    "save_checkpoint",
-    "spec_to_dict",
-    "unit_for_category",
-    "unit_path",
-    "write_json",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CheckpointMeta": "checkpoint", "backbone_identity": "checkpoint", "load_model": "checkpoint",
+    "read_meta": "checkpoint", "save_checkpoint": "checkpoint", "spec_to_dict": "checkpoint",
+    "UNIFIED": "layout", "unit_for_category": "layout", "unit_path": "layout",
+    "RunDir": "rundir", "TrainedRun": "rundir", "open_run": "rundir",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'refad.runs' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"refad.runs.{_EXPORTS[name]}"), name)

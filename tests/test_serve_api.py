@@ -107,7 +107,12 @@ def test_health_ready_and_model_card(server, run_paths):
     assert card["method"] == "rlr" and card["backbone"] == "tf_efficientnet_lite0"
     assert card["input_size"] == 64 and card["mode"] == "unified" and card["backend"] == "torch"
     assert card["categories"] == ["fabric", "mesh", "screw"] and not card["category_required"]
-    assert card["thresholds"]["global"] > 0 and card["thresholds"]["categories"] == {}
+    from refad.runs import open_run
+
+    calib = open_run(run_paths[1], "cpu").model("unified")[1].calibration
+    assert card["thresholds"]["global"] == pytest.approx(calib["threshold"])
+    assert card["thresholds"]["categories"] == pytest.approx(
+        {c: v["threshold"] for c, v in calib["categories"].items()})
     assert card["refad_version"] and card["run"] == "run"  # a folder name, never a path
     assert str(run_paths[1]) not in json.dumps(card)
     assert card["limits"]["max_batch"] == 8 and card["api_key_required"] is False
@@ -145,13 +150,15 @@ def test_predict_matches_refad_predict(server, run_paths, tmp_path):
              category="fabric")
     assert r.status_code == 200, r.text
     body = r.json()
-    expected = predict(run, [good, bad], tmp_path / "pred", device="cpu").predictions
+    expected = predict(run, [good, bad], tmp_path / "pred", device="cpu",
+                       category="fabric").predictions
     assert [x["filename"] for x in body["results"]] == [good.name, bad.name]
     for got, want in zip(body["results"], expected, strict=True):
         assert got["score"] == pytest.approx(want.score, rel=1e-4)
         assert got["anomalous"] == want.anomalous
         assert got["normalised_score"] == pytest.approx(want.normalised_score, rel=1e-4)
-        assert got["category"] == "fabric" and got["threshold_source"] == "global"
+        assert got["category"] == "fabric" and got["threshold_source"] == "category:fabric"
+        assert got["threshold"] == pytest.approx(want.threshold)
         assert got["anomalous"] == (got["score"] > got["threshold"])
         assert got["outputs"] == {}
         assert got["timing"]["batch_size"] >= 2

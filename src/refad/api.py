@@ -20,6 +20,7 @@ import torch
 from refad.atomic import write_text_atomic
 from refad.backbones import FeatureCache, FeatureExtractor, build_extractor
 from refad.config import RLRConfig, RunConfig, build_config, load_config_file
+from refad.deploy.render import heatmap_rgb, normalise_map, overlay
 from refad.device import cpu_threads
 from refad.inference import Scorer
 from refad.models.base import FeatureSpec
@@ -28,8 +29,8 @@ from refad.models.scoring import gaussian_blur, max_score, mse_cosine_map, upsam
 from refad.reporting.compare import compare
 from refad.reporting.evaluation import evaluate
 from refad.reporting.predictions import predict
-from refad.reporting.render import heatmap_rgb, normalise_map, overlay
-from refad.reporting.tables import METRIC_LABELS, markdown_table
+from refad.reporting.report import build_report
+from refad.reporting.tables import METRIC_LABELS, decisions_table, markdown_table
 from refad.runs import UNIFIED, RunDir, TrainedRun, open_run
 from refad.runs.imported import import_run
 from refad.training import (
@@ -50,6 +51,8 @@ __all__ = [
     "build_config",
     "compare",
     "evaluate",
+    "build_report",
+    "decisions_table",
     "fit",
     "import_run",
     "load_config_file",

@@ -115,7 +115,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 # Top-level module -> the extra that brings it (the base install is torch-free).
 OPTIONAL_STACKS = {
-    "torch": "torch", "torchvision": "torch", "timm": "torch", "scipy": "torch",
+    "torch": "torch", "torchvision": "torch", "timm": "torch", "safetensors": "torch",
     "skimage": "torch", "sklearn": "test", "onnx": "export", "onnxscript": "export",
     "nncf": "export", "onnxruntime": "deploy", "openvino": "deploy", "fastapi": "serve",
     "uvicorn": "serve", "multipart": "serve", "prometheus_client": "serve",
@@ -265,9 +265,13 @@ def test(
     progress: Annotated[bool, typer.Option()] = True,
     amp: Annotated[bool, typer.Option(help="bf16 autocast on CUDA (ignored on the CPU).")] = False,
     compile_: Annotated[str | None, COMPILE_OPTION] = None,
+    report_: Annotated[
+        bool, typer.Option("--report/--no-report", help="Also write the run's report.html.")
+    ] = True,
 ) -> None:
-    """Evaluate a run on its test split: seven metrics per category and the mean."""
-    from refad.api import RunDir, evaluate, markdown_table
+    """Evaluate a run on its test split: seven metrics per category and the mean, and the
+    decisions at the calibrated thresholds; then the HTML report."""
+    from refad.api import RunDir, build_report, decisions_table, evaluate, markdown_table
 
     _at_least_one("--batch-size", batch_size)
     data = None
@@ -275,7 +279,27 @@ def test(
         data = RunDir(run).read_config().data.model_copy(update={"root": str(root)})
     result = evaluate(run, device, data, batch_size, metrics, progress, amp, compile_)
     console.print(markdown_table(result), highlight=False)
+    table = decisions_table(result)
+    if table:
+        console.print("\nat the calibrated threshold (set on normal images only):", highlight=False)
+        console.print(table, highlight=False)
     console.print(f"written: {run / 'metrics.json'}, {run / 'metrics.md'}")
+    if report_:
+        console.print(f"report: {build_report(run, device)}")
+
+
+@app.command()
+@user_errors
+def report(
+    run: Annotated[Path, typer.Option(help="Run folder evaluated by `refad test`.")],
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda.")] = None,
+    gallery: Annotated[int, typer.Option(help="Images per gallery row.")] = 3,
+) -> None:
+    """Write the run's self-contained report.html (metrics, curves, decisions, gallery)."""
+    from refad.api import build_report
+
+    _at_least_one("--gallery", gallery)
+    console.print(f"report: {build_report(run, device, gallery)}")
 
 
 @app.command()
@@ -290,7 +314,10 @@ def predict(
     runtime: Annotated[
         str, typer.Option(help="With --model: onnxruntime or openvino.")
     ] = "onnxruntime",
-    category: Annotated[str | None, typer.Option(help="Per-category runs: which model.")] = None,
+    category: Annotated[str | None, typer.Option(
+        help="The images' product: its own threshold (per-category runs: its model); "
+        "without it the global threshold decides."
+    )] = None,
     device: Annotated[str | None, typer.Option()] = None,
     batch_size: Annotated[int, typer.Option()] = 8,
     amp: Annotated[bool, typer.Option(help="bf16 autocast on CUDA (ignored on the CPU).")] = False,

@@ -128,6 +128,10 @@ class TrainConfig(StrictModel):
     mode: Literal["unified", "per-category"] = _shared("unified")
     feature_cache: str | None = _shared(None)  # folder for cached features; None: in memory
     val_fraction: float = _shared(0.0, ge=0, lt=1)  # normal train images held out (calibration)
+    # which normal images set the thresholds: "held_out" (the val_fraction part, never trained
+    # on: honest) or "training" (optimistic scores, so more false alarms); "auto": held_out
+    # when val_fraction > 0, else training (`calibration_set`; the checkpoint records it)
+    calibration_images: Literal["auto", "held_out", "training"] = _shared("auto")
     threshold_quantile: float = _shared(0.99, gt=0, lt=1)
     feature_batch_size: int = _shared(16, ge=1)
     # bf16 autocast of training steps on CUDA (ignored on the CPU, which stays float32); off by
@@ -140,6 +144,29 @@ class TrainConfig(StrictModel):
     # jitter's generator draws stay eager, so the noise stream is the same in every mode;
     # dropout (UniAD) draws from the compiler's generator instead: other masks, same law.
     compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = _shared("none")
+
+
+    @model_validator(mode="after")
+    def _calibration_has_images(self) -> TrainConfig:
+        if self.calibration_images == "held_out" and self.val_fraction == 0:
+            raise ValueError(
+                "calibration_images 'held_out' needs train.val_fraction > 0 (the part of the "
+                "normal training images to hold out)"
+            )
+        if self.calibration_images == "training" and self.val_fraction > 0:
+            raise ValueError(
+                f"calibration_images 'training' with val_fraction {self.val_fraction} would hold "
+                "out training images for nothing; set calibration_images=held_out or "
+                "val_fraction=0"
+            )
+        return self
+
+    @property
+    def calibration_set(self) -> Literal["held_out", "training"]:
+        """The normal images that calibrate this run ("auto" resolved)."""
+        if self.calibration_images != "auto":
+            return self.calibration_images
+        return "held_out" if self.val_fraction > 0 else "training"
 
 
 def shared_train_fields() -> tuple[str, ...]:

@@ -23,11 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from refad.deploy.defects import DefectRegion, defect_mask, defect_regions, pixel_threshold
 from refad.deploy.images import ImageInput, load_rgb, preprocess_batch
-from refad.deploy.metadata import METADATA_FILE, UNIFIED, read_metadata, verify_files
-from refad.deploy.render import blend, heatmap_rgb, normalise_map, resize_map
+from refad.deploy.metadata import METADATA_FILE, read_metadata, verify_files
+from refad.deploy.render import heatmap_rgb, normalise_map, overlay, resize_map
 from refad.deploy.runtimes import RUNTIMES, open_runner
 from refad.errors import CheckpointError, ConfigError, DataError
+from refad.inference.thresholds import calibration_for
+from refad.runs.layout import UNIFIED
 
 
 @dataclass
@@ -57,8 +60,13 @@ class Prediction:
 
     @cached_property
     def overlay(self) -> np.ndarray:
-        """The heatmap blended half and half over the input image."""
-        return blend(self.image, self.heatmap)
+        """The heatmap blended half and half over the input image, defects outlined."""
+        return overlay(self.image, self.heatmap, mask=self.mask)
+
+    @cached_property
+    def regions(self) -> list[DefectRegion]:
+        """The connected regions of the defect mask (boxes, areas), largest first."""
+        return defect_regions(self.mask, self.anomaly_map)
 
 
 def _finite_or_none(value: Any) -> float | None:
@@ -169,17 +177,13 @@ class Inferencer:
         return {**calib, "source": source}
 
     def _calibration(self, unit: str, category: str | None) -> tuple[dict[str, Any], str | None]:
-        """(values, source) of the thresholds and colouring range for `category` in `unit`."""
+        """(values, source) of the thresholds and colouring range for `category` in `unit`
+        (the rule every scoring path shares: `refad.inference.thresholds`)."""
         info = self.units[unit]
-        calib = dict(info["calibration"])
-        per_cat = info.get("categories", {}).get(category) if category is not None else None
-        if per_cat:
-            calib.update({k: v for k, v in per_cat.items() if v is not None})
-            if per_cat.get("threshold") is not None:
-                return calib, f"category:{category}"
-        if unit != UNIFIED and calib.get("threshold") is not None:
-            return calib, f"category:{unit}"
-        return calib, "global" if calib.get("threshold") is not None else None
+        calib = calibration_for(
+            {**info["calibration"], "categories": info.get("categories") or {}}, unit, category
+        )
+        return calib, calib.pop("source")
 
     def predict(
         self,
@@ -238,7 +242,7 @@ def _result(
     threshold = _finite_or_none(calib.get("threshold"))
     finite = math.isfinite(score) and bool(np.isfinite(amap).all())
     decided = threshold is not None and finite
-    pixel_thr = _finite_or_none(calib.get("pixel_threshold", calib.get("map_ceiling")))
+    pixel_thr = pixel_threshold(calib)
     return Prediction(
         score=score,
         threshold=threshold,
@@ -247,7 +251,7 @@ def _result(
         normalised_score=score / threshold if decided and threshold else None,
         finite=finite,
         anomaly_map=full,
-        mask=(full > pixel_thr) if pixel_thr is not None and finite else None,
+        mask=defect_mask(full, pixel_thr) if finite else None,
         pixel_threshold=pixel_thr,
         unit=unit,
         category=category,

@@ -24,7 +24,6 @@ FORMAT = "refad-deploy"
 FORMAT_VERSION = 1
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("anomaly_map", "score")
-UNIFIED = "unified"
 FORMATS = ("onnx", "openvino")
 PRECISIONS = ("fp32", "fp16", "int8")
 

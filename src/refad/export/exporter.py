@@ -33,7 +33,6 @@ from refad.deploy.metadata import (
     METADATA_FILE,
     OUTPUT_NAMES,
     PRECISIONS,
-    UNIFIED,
     dumps,
     file_sha256,
     seal,
@@ -44,6 +43,7 @@ from refad.export.graph import LOGIT_FLOOR, OPSET, ScoringGraph, export_onnx
 from refad.export.openvino import onnx_to_openvino
 from refad.export.parity import TOLERANCES, compare, finite_json, passes, worst
 from refad.models.base import ReconstructionModel
+from refad.runs.layout import UNIFIED
 
 ImagesArg = Sequence[np.ndarray] | Mapping[str, Sequence[np.ndarray]]
 _CALIB_KEYS = ("threshold", "pixel_threshold", "map_floor", "map_ceiling")

@@ -1,8 +1,18 @@
-"""Calibration from NORMAL images only: score normalisation, heatmap range and a threshold.
+"""Calibration from NORMAL images only: thresholds, heatmap range and the defect-mask level.
 
-Never uses test images. With `train.val_fraction > 0` it uses held-out normal training images;
-otherwise the training images themselves (whose scores are optimistic, so the threshold is
-conservative towards false alarms); `source` records which.
+Never uses test images. Which normal images is `train.calibration_images`: "held_out" (a
+part of the training images set aside by `train.val_fraction`, never trained on: honest
+thresholds) or "training" (the training images themselves, whose scores are optimistic, so
+false alarms come out higher); `source` records which.
+
+Per category (and globally, for images of unknown category):
+
+* `threshold`: the `quantile` of the normal images' scores; an image is anomalous when its
+  score is above it;
+* `pixel_threshold`: the same quantile of the normal images' map maxima; a pixel is a defect
+  pixel when above it (so at most 1 - quantile of normal images show any defect pixel);
+* `map_floor` / `map_ceiling`: the median pixel and the largest pixel of the normal maps, the
+  colour range of heatmaps (comparable between images).
 """
 
 from __future__ import annotations
@@ -19,11 +29,13 @@ from refad.inference.scorer import Scorer
 def calibrate(
     scorer: Scorer,
     levels: Sequence[torch.Tensor],
+    categories: Sequence[str],
     batch_size: int,
     quantile: float,
     source: str,
 ) -> dict[str, Any]:
-    """Statistics of normal image scores and pixel maps used by `predict`."""
+    """Global statistics of the normal images of `levels`, plus `categories`: the same
+    statistics per category (`categories[i]` names the category of image i)."""
     image_scores: list[np.ndarray] = []
     map_medians: list[np.ndarray] = []
     map_maxima: list[np.ndarray] = []
@@ -32,14 +44,32 @@ def calibrate(
         flat = scores.maps.flatten(1).float()
         map_medians.append(flat.median(dim=1).values.cpu().numpy())
         map_maxima.append(flat.amax(dim=1).cpu().numpy())
-    img = np.concatenate(image_scores)
+    img, med, peak = (np.concatenate(a) for a in (image_scores, map_medians, map_maxima))
+    names = np.asarray(categories)
+    if names.shape != img.shape:
+        raise ValueError(f"{len(categories)} category names for {img.size} calibration images")
+    per_category = {
+        str(c): normal_statistics(img[names == c], med[names == c], peak[names == c], quantile)
+        for c in sorted(set(categories))
+    }
     return {
         "source": source,
-        "images": int(img.size),
-        "image_score_median": float(np.median(img)),
-        "image_score_max": float(img.max()),
         "threshold_quantile": quantile,
-        "threshold": float(np.quantile(img, quantile)),
-        "map_floor": float(np.median(np.concatenate(map_medians))),
-        "map_ceiling": float(np.concatenate(map_maxima).max()),
+        **normal_statistics(img, med, peak, quantile),
+        "categories": per_category,
+    }
+
+
+def normal_statistics(
+    image_scores: np.ndarray, map_medians: np.ndarray, map_maxima: np.ndarray, quantile: float
+) -> dict[str, Any]:
+    """Thresholds and colour range from one set of normal images (module doc)."""
+    return {
+        "images": int(image_scores.size),
+        "image_score_median": float(np.median(image_scores)),
+        "image_score_max": float(image_scores.max()),
+        "threshold": float(np.quantile(image_scores, quantile)),
+        "pixel_threshold": float(np.quantile(map_maxima, quantile)),
+        "map_floor": float(np.median(map_medians)),
+        "map_ceiling": float(map_maxima.max()),
     }

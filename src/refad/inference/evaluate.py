@@ -1,4 +1,6 @@
-"""Evaluation on the test split: the seven metrics per category and their mean.
+"""Evaluation on the test split: the seven metrics per category and their mean, and the
+decisions at each category's calibrated threshold (false alarms, misses, precision, recall,
+F1: what the line would see), with every test image's score for reports.
 
 The model is the run's last-epoch checkpoint; nothing here looks at test results to choose a
 checkpoint or a threshold. Metrics stream batch by batch (`refad.metrics.MetricAccumulator`).
@@ -23,10 +25,12 @@ from tqdm.auto import tqdm
 
 from refad.config import DataConfig
 from refad.data import ImageDataset, by_category, load_split
+from refad.data.samples import Sample
 from refad.device import amp_active
 from refad.errors import RefadError
 from refad.inference.scorer import Scorer
-from refad.metrics import METRIC_NAMES, MetricAccumulator
+from refad.inference.thresholds import calibration_for
+from refad.metrics import METRIC_NAMES, MetricAccumulator, decision_metrics, mean_decisions
 from refad.models.base import Scores
 from refad.runs import TrainedRun
 
@@ -101,14 +105,19 @@ def evaluate_run(
     per_category: dict[str, dict[str, float]] = {}
     counts: dict[str, tuple[int, int]] = {}
     scorers: dict[str, Scorer] = {}
+    calibrations: dict[str, dict[str, Any] | None] = {}
+    decisions: dict[str, dict[str, Any]] = {}
+    images: list[dict[str, Any]] = []
     soft_notes: list[str] = []
     tic = time.perf_counter()
     for category, group in by_category(samples).items():
         unit = run.unit_for(category)
         if unit not in scorers:
-            model, _ = run.model(unit)
+            model, meta = run.model(unit)
             scorers[unit] = Scorer(model, run.device, run.extractor, amp, compile_mode)
+            calibrations[unit] = meta.calibration
         scorer = scorers[unit]
+        image_scores: list[np.ndarray] = []
         dataset = ImageDataset(group, size, run.extractor.mean, run.extractor.std)
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=data.num_workers)
         acc = MetricAccumulator(mode=metrics_mode)
@@ -117,6 +126,7 @@ def evaluate_run(
             soft_masks += int((batch["soft_mask_pixels"] > 0).sum())
             scores = scorer.images(batch["image"])
             _check_finite(run, scores)
+            image_scores.append(scores.image.float().cpu().numpy())
             acc.update(
                 scores.image.float(),
                 batch["label"],
@@ -124,6 +134,15 @@ def evaluate_run(
                 batch["mask"][:, 0].to(run.device) > 0.5,
             )
         per_category[category] = acc.compute()
+        values = np.concatenate(image_scores)
+        images.extend(_image_rows(group, values))
+        decided = calibration_for(calibrations[unit], unit, category)
+        if decided["threshold"] is not None:
+            decisions[category] = {
+                **decision_metrics(values, np.array([s.label for s in group]),
+                                   decided["threshold"]),
+                "threshold_source": decided["source"],
+            }
         n_defective = sum(s.label for s in group)
         counts[category] = (len(group) - n_defective, n_defective)
         if soft_masks:
@@ -133,6 +152,10 @@ def evaluate_run(
             )
     mean, mean_categories, notes = summarise(per_category, counts)
     notes += soft_notes
+    undecided = sorted(set(per_category) - set(decisions))
+    if undecided:
+        notes.append(f"no calibrated threshold for {', '.join(undecided)}: no decision metrics")
+    sources = {c["source"] for c in calibrations.values() if c}
     return {
         "method": run.config.method,
         "backbone": run.config.backbone.name,
@@ -146,4 +169,20 @@ def evaluate_run(
         "mean": mean,
         "mean_categories": mean_categories,
         "notes": notes,
+        "decisions": {
+            "rule": "anomalous = score > the category's calibrated threshold",
+            "calibration_images": sorted(sources),
+            "categories": decisions,
+            "mean": mean_decisions(decisions) if decisions else {},
+        },
+        "images": images,
     }
+
+
+def _image_rows(group: list[Sample], scores: np.ndarray) -> list[dict[str, Any]]:
+    """One row per test image: where it is, what it is, and its score (for reports)."""
+    return [
+        {"category": s.category, "image": str(s.image), "mask": str(s.mask) if s.mask else None,
+         "defect": s.defect, "label": int(s.label), "score": float(v)}
+        for s, v in zip(group, scores, strict=True)
+    ]

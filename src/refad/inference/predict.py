@@ -7,6 +7,7 @@ models' path); writing the results is `refad.reporting.predictions`.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from refad.data import image_tensor
 from refad.errors import ConfigError
 from refad.inference.batches import PredictionBatch, scored_batches
 from refad.inference.scorer import Scorer
+from refad.inference.thresholds import calibration_for, known_categories
 from refad.runs import UNIFIED, TrainedRun
 
 
@@ -38,8 +40,15 @@ def predict_images(
     amp: bool = False,
     compile_mode: str | None = None,
 ) -> tuple[dict[str, Any], Iterator[PredictionBatch]]:
-    """(the unit's calibration, a lazy stream of scored batches) for images and folders."""
-    model, meta = run.model(predict_unit(run, category))
+    """(the values that decide images of `category`, a lazy stream of scored batches) for
+    images and folders; without a category, the global threshold decides."""
+    unit = predict_unit(run, category)
+    model, meta = run.model(unit)
+    known = known_categories(meta.calibration)
+    if unit == UNIFIED and category is not None and known and category not in known:
+        raise ConfigError(
+            f"category: {category!r} is not calibrated in {run.path} (known: {', '.join(known)})"
+        )
     scorer = Scorer(model, run.device, run.extractor, amp, compile_mode)
     size = run.config.data.image_size
     mean, std = run.extractor.mean, run.extractor.std
@@ -48,4 +57,6 @@ def predict_images(
         scores = scorer.images(torch.stack([image_tensor(im, size, mean, std) for im in images]))
         return scores.maps.float().cpu().numpy(), scores.image.float().cpu().tolist()
 
-    return meta.calibration or {}, scored_batches(inputs, batch_size, score)
+    return calibration_for(meta.calibration, unit, category), scored_batches(
+        inputs, batch_size, score
+    )

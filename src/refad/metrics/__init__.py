@@ -1,13 +1,18 @@
 """refad.metrics: exact, streaming anomaly-detection metrics (see docs/metrics.md).
 
 Image level: I-AUROC, I-AP, I-F1max. Pixel level: P-AUROC, P-AP, P-F1max, AU-PRO (FPR 0.3).
+At a fixed threshold: false-alarm and miss rates, precision, recall, F1 (`decisions`).
 """
 
 from .accumulator import DEFAULT_BINS, METRIC_NAMES, THRESHOLD_NAMES, MetricAccumulator
+from .decisions import DECISION_NAMES, decision_metrics, mean_decisions
 from .functional import F1Max, au_pro, auroc, average_precision, f1_max
 from .ranks import RankTable, table_from_scores
 
 __all__ = [
+    "DECISION_NAMES",
+    "decision_metrics",
+    "mean_decisions",
     "DEFAULT_BINS",
     "METRIC_NAMES",
     "THRESHOLD_NAMES",

@@ -1,6 +1,8 @@
-"""Writing predictions: a heatmap and an overlay per image, and predictions.json / .csv.
+"""Writing predictions: a heatmap, an overlay and a defect mask per image, and
+predictions.json / .csv.
 
-The pictures of an image go to `OUT/<name>_heatmap.png` and `OUT/<name>_overlay.png`, where
+The pictures of an image go to `OUT/<name>_heatmap.png`, `OUT/<name>_overlay.png` (defect
+regions outlined) and `OUT/<name>_mask.png` (`refad.deploy.defects`), where
 `name` mirrors the image's place under the common parent of the inputs (sub-folders are
 created) and is never shared by two files (rule: `refad.inference.batches`). Importing this
 module needs no torch: only `predict` (a run folder) loads it. Each row keeps the
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,8 +24,9 @@ import numpy as np
 from PIL import Image
 
 from refad.atomic import ensure_dir, write_atomic, write_json, write_text_atomic
+from refad.deploy.defects import defect_mask, defect_regions, pixel_threshold
+from refad.deploy.render import heatmap_rgb, normalise_map, overlay, resize_map
 from refad.inference.batches import ImageResult, PredictionBatch, scored_batches
-from refad.reporting.render import heatmap_rgb, normalise_map, overlay, resize_map
 from refad.runs.lock import folder_lock
 
 if TYPE_CHECKING:
@@ -35,11 +39,18 @@ NOT_FINITE = "score or anomaly map is not finite (training diverged?); no decisi
 class Prediction:
     path: str
     relative_path: str
+    category: str | None  # the category given (None: unknown, decided by the global threshold)
     score: float
+    threshold: float | None
+    threshold_source: str | None  # "category:<name>", "global" or None (not calibrated)
     normalised_score: float | None
     anomalous: bool | None
+    defect_pixels: int | None  # pixels of the defect mask (None: no pixel threshold)
+    defect_fraction: float | None  # of the image's pixels
+    regions: list[dict[str, Any]]  # connected defect regions: x, y, width, height, area, peak
     heatmap: str
-    overlay: str
+    overlay: str  # heatmap over the image, defect regions outlined
+    mask: str | None  # binary defect mask PNG (0 / 255), None without a pixel threshold
     note: str | None = None  # why there is no decision, when that is not plain "no threshold"
 
 
@@ -57,54 +68,80 @@ def save_png(path: Path, array: np.ndarray) -> None:
 
 
 def write_predictions(
-    out_dir: Path, calibration: dict[str, Any], batches: Iterable[PredictionBatch]
+    out_dir: Path,
+    calibration: dict[str, Any],
+    batches: Iterable[PredictionBatch],
+    category: str | None = None,
 ) -> PredictReport:
-    """Render and write every scored image of `batches`, then the summary files."""
+    """Render and write every scored image of `batches`, then the summary files.
+
+    `calibration`: the resolved values for `category` (`refad.inference.thresholds`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = PredictReport([], [])
     for batch in batches:
         report.failures.extend(batch.failures)
-        report.predictions.extend(_write_result(out_dir, r, calibration) for r in batch.results)
-    _write_summary(out_dir, report, calibration)
+        report.predictions.extend(
+            _write_result(out_dir, r, calibration, category) for r in batch.results
+        )
+    _write_summary(out_dir, report, calibration, category)
     return report
 
 
-def _write_result(out_dir: Path, r: ImageResult, calibration: dict[str, Any]) -> Prediction:
-    """The two pictures of one image, and its row."""
+def _write_result(
+    out_dir: Path, r: ImageResult, calibration: dict[str, Any], category: str | None
+) -> Prediction:
+    """The pictures of one image (heatmap, overlay, defect mask), and its row."""
     heat_path = out_dir / f"{r.name}_heatmap.png"
     over_path = out_dir / f"{r.name}_overlay.png"
+    mask_path = out_dir / f"{r.name}_mask.png"
     heat_path.parent.mkdir(parents=True, exist_ok=True)
     h, w = r.image.shape[:2]
-    unit_map = normalise_map(
-        resize_map(r.amap, w, h),
-        calibration.get("map_floor", r.amap.min()),
-        calibration.get("map_ceiling", r.amap.max()),
-    )
+    full = resize_map(r.amap, w, h)
+    floor = calibration.get("map_floor", r.amap.min())
+    unit_map = normalise_map(full, floor, calibration.get("map_ceiling", r.amap.max()))
     heat = heatmap_rgb(unit_map)
-    save_png(heat_path, heat)
-    save_png(over_path, overlay(r.image, heat))
-    threshold = calibration.get("threshold")
     finite = r.finite
+    mask = defect_mask(full, pixel_threshold(calibration)) if finite else None
+    save_png(heat_path, heat)
+    save_png(over_path, overlay(r.image, heat, mask=mask))
+    if mask is not None:
+        save_png(mask_path, mask.astype(np.uint8) * 255)
+    threshold = calibration.get("threshold")
     decided = threshold is not None and finite
+    pixels = int(mask.sum()) if mask is not None else None
     return Prediction(
-        path=str(r.path.absolute()), relative_path=r.relative_path.as_posix(), score=r.score,
+        path=str(r.path.absolute()), relative_path=r.relative_path.as_posix(),
+        category=category, score=r.score, threshold=threshold,
+        threshold_source=calibration.get("source") if threshold is not None else None,
         normalised_score=float(r.score / threshold) if decided and threshold else None,
         anomalous=bool(r.score > threshold) if decided else None,
+        defect_pixels=pixels, defect_fraction=None if pixels is None else pixels / (h * w),
+        regions=[g.as_dict() for g in defect_regions(mask, full)],
         heatmap=str(heat_path), overlay=str(over_path),
+        mask=str(mask_path) if mask is not None else None,
         note=None if finite else NOT_FINITE,
     )
 
 
-def _write_summary(out_dir: Path, report: PredictReport, calib: dict) -> None:
+def _write_summary(
+    out_dir: Path, report: PredictReport, calib: dict[str, Any], category: str | None
+) -> None:
     rows = [asdict(p) for p in report.predictions]
-    summary = {"threshold": calib.get("threshold"), "threshold_source": calib.get("source"),
-               "predictions": rows, "failures": report.failures}
+    summary = {
+        "category": category,
+        "threshold": calib.get("threshold"),
+        "threshold_source": calib.get("source") if calib.get("threshold") is not None else None,
+        "pixel_threshold": pixel_threshold(calib),
+        "calibration_images": calib.get("images_source"),
+        "predictions": rows,
+        "failures": report.failures,
+    }
     write_json(out_dir / "predictions.json", summary)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(Prediction.__dataclass_fields__))
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({**row, "regions": json.dumps(row["regions"])} for row in rows)
     write_text_atomic(out_dir / "predictions.csv", buf.getvalue())
 
 
@@ -128,7 +165,7 @@ def predict(
         calibration, batches = predict_images(
             run, inputs, category, batch_size, amp, compile_mode
         )
-        return write_predictions(out_dir, calibration, batches)
+        return write_predictions(out_dir, calibration, batches, category)
 
 
 def predict_exported(
@@ -154,4 +191,6 @@ def predict_exported(
             maps, values = inferencer.run(batch, category)
             return maps.astype(np.float32, copy=False), [float(v) for v in values]
 
-        return write_predictions(out_dir, calibration, scored_batches(inputs, batch_size, score))
+        return write_predictions(
+            out_dir, calibration, scored_batches(inputs, batch_size, score), category
+        )

@@ -40,10 +40,49 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+DECISION_LABELS = {
+    "false_alarm_rate": "false alarms", "miss_rate": "misses", "precision": "precision",
+    "recall": "recall", "f1": "F1",
+}
+
+
+def decisions_table(result: dict[str, Any]) -> str:
+    """Decisions at each category's calibrated threshold (percent), with the counts; empty
+    when the run has no calibrated threshold."""
+    decisions = result.get("decisions") or {}
+    per = decisions.get("categories") or {}
+    if not per:
+        return ""
+    head = ("| category | threshold | " + " | ".join(DECISION_LABELS.values())
+            + " | flagged good / good | missed / defective |")
+    rows = [head, "|---|---:|" + "---:|" * (len(DECISION_LABELS) + 2)]
+    for cat, d in per.items():
+        rates = " | ".join(percent(d[k]) for k in DECISION_LABELS)
+        rows.append(f"| {cat} | {d['threshold']:.4g} | {rates} | {d['fp']} / {d['fp'] + d['tn']}"
+                    f" | {d['fn']} / {d['fn'] + d['tp']} |")
+    mean = decisions.get("mean") or {}
+    rates = " | ".join(percent(mean.get(k)) for k in DECISION_LABELS)
+    rows.append(f"| **mean** | | {rates} | | |")
+    return "\n".join(rows)
+
+
+def decisions_caption(result: dict[str, Any]) -> str:
+    """What the decision table is: which threshold, set on which normal images."""
+    images = ", ".join(result.get("decisions", {}).get("calibration_images") or []) or "none"
+    return ("At the calibrated threshold (each category's own; anomalous = score > threshold), "
+            f"set on normal images only (calibration images: {images}); never on test images.")
+
+
 def metrics_markdown(result: dict[str, Any]) -> str:
-    """The `metrics.md` of a run: a title naming what produced the figures, then the table."""
+    """The `metrics.md` of a run: a title naming what produced the figures, the threshold-free
+    metrics table, then the decisions at the calibrated thresholds."""
     title = (
         f"# {result['method']} - backbone {result['backbone']}, levels {result['levels']}, "
         f"{result['image_size']} px, last epoch\n\n"
     )
-    return title + markdown_table(result) + "\n"
+    text = title + "## Threshold-free metrics\n\n" + markdown_table(result) + "\n"
+    table = decisions_table(result)
+    if table:
+        text += "\n## Decisions at the calibrated threshold\n\n" + decisions_caption(result)
+        text += "\n\n" + table + "\n"
+    return text

@@ -4,6 +4,7 @@ files inside one (their names are in `refad.runs.layout`)."""
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from refad.runs.layout import (
     CONFIG_FILE,
     METRICS_JSON,
     METRICS_MD,
+    REPORT_HTML,
+    TEST_SCORES_JSON,
     UNIFIED,
     unit_for_category,
     unit_path,
@@ -129,10 +132,35 @@ class RunDir:
 
     # results
     def write_metrics(self, result: dict[str, Any], markdown: str) -> tuple[Path, Path]:
-        """`metrics.json` (strict JSON) and `metrics.md`."""
-        write_json(self.path / METRICS_JSON, result)
+        """`metrics.json` (strict JSON) and `metrics.md`; the per-image rows of `result`
+        (`images`) go to `test_scores.json`, the input of `refad report`."""
+        images = result.get("images")
+        summary = {k: v for k, v in result.items() if k != "images"}
+        if images is not None:
+            write_json(self.path / TEST_SCORES_JSON, {"images": images})
+        write_json(self.path / METRICS_JSON, summary)
         write_text_atomic(self.path / METRICS_MD, markdown)
         return self.path / METRICS_JSON, self.path / METRICS_MD
+
+    def read_evaluation(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """(metrics.json, the rows of test_scores.json) written by `refad test`."""
+        found = []
+        for name in (METRICS_JSON, TEST_SCORES_JSON):
+            path = self.path / name
+            if not path.is_file():
+                raise CheckpointError(f"{path}: missing; run `refad test --run {self.path}` first")
+            try:
+                found.append(json.loads(path.read_text()))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+        metrics, scores = found
+        if not isinstance(metrics, dict) or not isinstance(scores.get("images"), list):
+            raise CheckpointError(f"{self.path / TEST_SCORES_JSON}: not written by refad test")
+        return metrics, scores["images"]
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / REPORT_HTML
 
 
 @dataclass

@@ -15,6 +15,7 @@ import numpy as np
 
 from refad.deploy import Inferencer, read_metadata
 from refad.errors import ConfigError
+from refad.runs.layout import UNIFIED
 from refad.serve.backend import (
     Categories,
     ImageResult,
@@ -23,8 +24,6 @@ from refad.serve.backend import (
     Thresholds,
     check_category,
 )
-
-UNIFIED = "unified"
 
 
 class DeployBackend:

@@ -15,9 +15,11 @@ import torch
 
 import refad
 from refad.data import image_tensor, load_split
+from refad.deploy.defects import pixel_threshold
+from refad.deploy.render import heatmap_rgb, normalise_map, overlay, resize_map
 from refad.device import set_cpu_threads
 from refad.inference import Scorer
-from refad.reporting.render import heatmap_rgb, normalise_map, overlay, resize_map
+from refad.inference.thresholds import calibration_for
 from refad.runs import UNIFIED, TrainedRun, open_run
 from refad.serve.backend import (
     Categories,
@@ -73,7 +75,11 @@ class TorchBackend:
             "category_required": not unified,
             "thresholds": {
                 "global": cal[UNIFIED].get("threshold") if unified else None,
-                "categories": {} if unified else {
+                "categories": {
+                    c: v["threshold"]
+                    for c, v in (cal[UNIFIED].get("categories") or {}).items()
+                    if v.get("threshold") is not None
+                } if unified else {
                     u: c["threshold"] for u, c in cal.items() if c.get("threshold") is not None
                 },
             },
@@ -121,12 +127,13 @@ class TorchBackend:
     ) -> ImageResult:
         h, w = image.shape[:2]
         full = resize_map(amap, w, h).astype(np.float32, copy=False)
-        cal = self._calibration[unit]
+        cal = calibration_for(self._calibration[unit], unit, category)
         floor = float(cal.get("map_floor", amap.min()))
         ceiling = float(cal.get("map_ceiling", amap.max()))
-        # Pixel decision: above the worst pixel seen on normal images; uncalibrated, the upper
-        # half of the map's own range.
-        pixel_threshold = ceiling if "map_ceiling" in cal else (floor + ceiling) / 2
+        # Pixel decision: the calibrated pixel threshold (`refad.deploy.defects`);
+        # uncalibrated, the upper half of the map's own range.
+        pixel_level = pixel_threshold(cal)
+        pixel_level = (floor + ceiling) / 2 if pixel_level is None else pixel_level
         threshold, source = resolve_threshold(self._info, category, requested)
         anomalous, normalised = decide(score, threshold)
 
@@ -136,11 +143,11 @@ class TorchBackend:
         result: ImageResult
 
         def blend(rgb: np.ndarray) -> np.ndarray:
-            return overlay(rgb, result.heatmap)
+            return overlay(rgb, result.heatmap, mask=result.mask)
 
         result = ImageResult(
             score=score, threshold=threshold, threshold_source=source, anomalous=anomalous,
-            normalised_score=normalised, anomaly_map=full, mask=full > pixel_threshold,
+            normalised_score=normalised, anomaly_map=full, mask=full > pixel_level,
             _heatmap=heat, _overlay=blend,
         )
         return result

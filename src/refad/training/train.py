@@ -85,11 +85,19 @@ def extract_features(
     )
 
 
+@dataclass
+class CalibrationSet:
+    """The normal images that set a unit's thresholds: their levels, categories and origin."""
+
+    levels: list[torch.Tensor]
+    categories: list[str]
+    source: str  # "validation-normal" (held out) or "train-normal"
+
+
 def train_unit(
     name: str,
     levels: list[torch.Tensor],
-    calib_levels: list[torch.Tensor],
-    calib_source: str,
+    calibration: CalibrationSet,
     config: RunConfig,
     extractor: FeatureExtractor,
     folder: RunDir,
@@ -159,8 +167,8 @@ def train_unit(
         meta = folder.read_meta(name)
         if meta.calibration is None:
             meta.calibration = calibrate(
-                Scorer(model, device), calib_levels, t.feature_batch_size, t.threshold_quantile,
-                calib_source,
+                Scorer(model, device), calibration.levels, calibration.categories,
+                t.feature_batch_size, t.threshold_quantile, calibration.source,
             )
             if not math.isfinite(meta.calibration["threshold"]):
                 raise TrainingError(
@@ -241,13 +249,15 @@ def _fit_units(
     for name, unit_samples in group_units(config, train_samples).items():
         levels = extract_features(extractor, unit_samples, config, device, cache, progress)
         dctx.barrier()
-        if name in val_units:
-            calib = extract_features(extractor, val_units[name], config, device, cache, progress)
+        if config.train.calibration_set == "held_out":
+            calib_samples = val_units[name]
+            calib = extract_features(extractor, calib_samples, config, device, cache, progress)
             source = "validation-normal"
         else:
-            calib, source = levels, "train-normal"
+            calib, calib_samples, source = levels, unit_samples, "train-normal"
+        calibration = CalibrationSet(calib, [s.category for s in calib_samples], source)
         results.append(
-            train_unit(name, levels, calib, source, config, extractor, folder, device, resume,
+            train_unit(name, levels, calibration, config, extractor, folder, device, resume,
                        progress, dctx)
         )
     return results

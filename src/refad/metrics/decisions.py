@@ -1,0 +1,46 @@
+"""Decision metrics at a fixed threshold: what a line sees when the model decides.
+
+``anomalous = score > threshold``. Rates are fractions; a rate whose denominator is empty
+(no good, no defective, or no flagged image) is NaN, never a made-up 0 or 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+DECISION_NAMES = ("false_alarm_rate", "miss_rate", "precision", "recall", "f1")
+
+
+def _ratio(num: int, den: int) -> float:
+    return num / den if den else math.nan
+
+
+def decision_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+    """Counts (tp, fp, tn, fn) and the rates of `DECISION_NAMES` at `threshold`.
+
+    `labels`: 1 for defective, 0 for good images."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
+    flagged = scores > threshold
+    tp = int((flagged & labels).sum())
+    fp = int((flagged & ~labels).sum())
+    fn = int((~flagged & labels).sum())
+    tn = int((~flagged & ~labels).sum())
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    f1 = _ratio(2 * tp, 2 * tp + fp + fn) if tp + fn else math.nan
+    return {
+        "threshold": float(threshold), "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+        "false_alarm_rate": _ratio(fp, fp + tn), "miss_rate": _ratio(fn, tp + fn),
+        "precision": precision, "recall": recall, "f1": f1,
+    }
+
+
+def mean_decisions(per_category: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Each rate's mean over the categories where it is defined (NaN where none is)."""
+    def mean(values: Iterable[float]) -> float:
+        kept = [v for v in values if not math.isnan(v)]
+        return float(np.mean(kept)) if kept else math.nan
+
+    return {name: mean(m[name] for m in per_category.values()) for name in DECISION_NAMES}

@@ -1,0 +1,366 @@
+"""report.html: a self-contained page whose tables say what metrics.json says, whose pictures
+are real PNGs embedded in the page, and which survives images gone from disk."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import re
+import shutil
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from refad.errors import CheckpointError
+from refad.metrics import METRIC_NAMES
+from refad.reporting.evaluation import evaluate
+from refad.reporting.report import (
+    SECTIONS,
+    build_report,
+    display_size,
+    image_curves,
+    operating_point,
+)
+from refad.reporting.tables import DECISION_LABELS, percent
+
+SECTION_IDS = ["summary", "config", "data", "metrics", "decisions", "curves", "histograms",
+               "gallery", "loss"]
+VOID = {"img", "meta", "br", "hr", "link", "input", "source", "wbr", "col", "area", "base"}
+PNG_URI = "data:image/png;base64,"
+
+
+@dataclass
+class Node:
+    tag: str
+    attrs: dict[str, str]
+    children: list[Node] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+
+    def all_text(self) -> str:
+        return "".join(self.text) + "".join(c.all_text() for c in self.children)
+
+    def walk(self):
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+    def find_all(self, tag: str, **attrs: str) -> list[Node]:
+        return [n for n in self.walk() if n.tag == tag
+                and all(n.attrs.get(k.replace("_", "-")) == v for k, v in attrs.items())]
+
+
+class TreeParser(HTMLParser):
+    """A small DOM from the stdlib parser; refuses mismatched end tags (broken markup)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.root = Node("#root", {})
+        self.stack = [self.root]
+        self.errors: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        node = Node(tag, {k: v or "" for k, v in attrs})
+        self.stack[-1].children.append(node)
+        if tag not in VOID:
+            self.stack.append(node)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.stack[-1].children.append(Node(tag, {k: v or "" for k, v in attrs}))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in VOID:
+            return
+        if self.stack[-1].tag != tag:
+            self.errors.append(f"</{tag}> closes <{self.stack[-1].tag}>")
+            return
+        self.stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.stack[-1].text.append(data)
+
+
+def parse(text: str) -> Node:
+    parser = TreeParser()
+    parser.feed(text)
+    parser.close()
+    assert not parser.errors, parser.errors[:5]
+    assert parser.stack == [parser.root], [n.tag for n in parser.stack]
+    return parser.root
+
+
+def section(root: Node, sid: str) -> Node:
+    found = root.find_all("section", id=sid)
+    assert len(found) == 1, sid
+    return found[0]
+
+
+def table_rows(node: Node, name: str) -> list[list[str]]:
+    """The body rows of the table named `name`, as cell texts."""
+    tables = node.find_all("table", data_table=name)
+    assert len(tables) == 1, name
+    body = tables[0].find_all("tbody")[0]
+    return [[c.all_text().strip() for c in tr.children if c.tag in ("td", "th")]
+            for tr in body.find_all("tr")]
+
+
+def table_head(node: Node, name: str) -> list[str]:
+    thead = node.find_all("table", data_table=name)[0].find_all("thead")[0]
+    return [c.all_text().strip() for c in thead.find_all("th")]
+
+
+def decode_png(src: str) -> Image.Image:
+    assert src.startswith(PNG_URI), src[:60]
+    data = base64.b64decode(src[len(PNG_URI):], validate=True)
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "PNG"
+    image.load()
+    return image
+
+
+def evaluated_copy(trained_run: Path, where: Path) -> Path:
+    """A private copy of the session's trained run, evaluated (other tests share the run)."""
+    run = where / "run"
+    shutil.copytree(trained_run, run)
+    evaluate(run, "cpu", progress=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def report(trained_run: Path, tmp_path_factory: pytest.TempPathFactory):
+    run = evaluated_copy(trained_run, tmp_path_factory.mktemp("report"))
+    path = build_report(run, "cpu")
+    metrics = json.loads((run / "metrics.json").read_text())
+    rows = json.loads((run / "test_scores.json").read_text())["images"]
+    text = path.read_text()
+    return run, path, text, parse(text), metrics, rows
+
+
+def test_report_is_written_into_the_run_folder(report) -> None:
+    run, path, text, _, _, _ = report
+    assert path == run / "report.html" and path.is_file()
+    assert text.startswith("<!DOCTYPE html>")
+    assert not list(run.glob(".report.html.*"))  # the atomic write left no temporary file
+
+
+def test_sections_in_order_with_headings(report) -> None:
+    _, _, _, root, _, _ = report
+    sections = [n for n in root.walk() if n.tag == "section"]
+    assert [s.attrs.get("id") for s in sections] == SECTION_IDS
+    assert [sid for sid, _ in SECTIONS] == SECTION_IDS
+    for node in sections:
+        assert node.children[0].tag == "h2" and node.children[0].all_text().strip()
+    toc = [a.attrs["href"] for a in root.find_all("nav")[0].find_all("a")]
+    assert toc == [f"#{sid}" for sid in SECTION_IDS]
+
+
+def test_every_picture_is_an_embedded_png(report) -> None:
+    _, _, _, root, _, _ = report
+    images = root.find_all("img")
+    assert len(images) > 10
+    for img in images:
+        decoded = decode_png(img.attrs["src"])
+        assert decoded.size[0] > 0 and decoded.size[1] > 0
+    gallery = section(root, "gallery").find_all("img")
+    assert gallery and all(max(decode_png(i.attrs["src"]).size) <= 256 for i in gallery)
+
+
+def test_nothing_is_fetched_from_outside(report) -> None:
+    _, _, _, root, _, _ = report
+    for node in root.walk():
+        for name in ("src", "href", "action", "poster", "data"):
+            value = node.attrs.get(name)
+            if value is None:
+                continue
+            assert value.startswith((PNG_URI, "#")), f"<{node.tag} {name}={value[:80]!r}>"
+    assert not root.find_all("script") and not root.find_all("link")
+    styles = " ".join(n.all_text() for n in root.find_all("style"))
+    assert styles and not re.search(r"url\(|@import|https?:|file:", styles)
+
+
+def test_summary_names_the_run(report) -> None:
+    run, _, _, root, metrics, _ = report
+    text = section(root, "summary").all_text()
+    for value in (metrics["method"], metrics["backbone"], f"{metrics['image_size']} px",
+                  run.name, percent(metrics["mean"]["i_auroc"]),
+                  percent(metrics["mean"]["p_auroc"]),
+                  percent(metrics["decisions"]["mean"]["false_alarm_rate"]),
+                  percent(metrics["decisions"]["mean"]["miss_rate"])):
+        assert str(value) in text, value
+    import refad
+    assert refad.__version__ in text
+
+
+def test_config_is_the_runs_config(report) -> None:
+    run, _, _, root, _, _ = report
+    details = section(root, "config").find_all("details")
+    assert details and "open" in details[0].attrs
+    shown = json.loads(details[0].find_all("pre")[0].all_text())
+    from refad.runs import RunDir
+    assert shown == RunDir(run).read_config().model_dump(mode="json")
+
+
+def test_data_counts_images_and_defects(report) -> None:
+    run, _, _, root, _, rows = report
+    body = section(root, "data")
+    table = {r[0]: r for r in table_rows(body, "data")}
+    checkpoint = json.loads((run / "checkpoint.json").read_text())
+    calibration = checkpoint["calibration"]
+    assert set(table) == {"fabric", "mesh", "screw"}
+    for cat, cells in table.items():
+        mine = [r for r in rows if r["category"] == cat]
+        assert cells[1] == str(sum(r["label"] == 0 for r in mine))
+        assert cells[2] == str(sum(r["label"] == 1 for r in mine))
+        for defect in {r["defect"] for r in mine if r["label"] == 1}:
+            n = sum(r["defect"] == defect for r in mine)
+            assert f"{defect} ({n})" in cells[3]
+        assert cells[4] == str(calibration["categories"][cat]["images"])
+    assert calibration["source"] in body.all_text()
+
+
+def test_metrics_table_equals_metrics_json(report) -> None:
+    _, _, _, root, metrics, _ = report
+    body = section(root, "metrics")
+    rows = table_rows(body, "metrics")
+    expected = [[c] + [percent(m[n]) for n in METRIC_NAMES]
+                for c, m in metrics["categories"].items()]
+    expected.append(["mean"] + [percent(metrics["mean"][n]) for n in METRIC_NAMES])
+    assert rows == expected
+    assert len(rows) == len(metrics["categories"]) + 1
+
+
+def test_decision_counts_equal_metrics_json(report) -> None:
+    _, _, _, root, metrics, _ = report
+    body = section(root, "decisions")
+    head = table_head(body, "decisions")
+    rows = {r[0]: dict(zip(head, r, strict=True)) for r in table_rows(body, "decisions")}
+    decided = metrics["decisions"]["categories"]
+    assert set(rows) == set(decided) | {"mean"}
+    for cat, d in decided.items():
+        for key in ("tp", "fp", "tn", "fn"):
+            assert rows[cat][key.upper()] == str(d[key]), (cat, key)
+        for key, label in DECISION_LABELS.items():
+            assert rows[cat][label] == percent(d[key]), (cat, key)
+    for key, label in DECISION_LABELS.items():
+        assert rows["mean"][label] == percent(metrics["decisions"]["mean"][key])
+    assert "train-normal" in body.all_text()  # the caption says which images calibrated
+
+
+def test_curves_and_histograms_per_category(report) -> None:
+    _, _, _, root, metrics, _ = report
+    for sid in ("curves", "histograms"):
+        blocks = section(root, sid).find_all("div", **{"class": "category"})
+        assert [b.attrs["data-category"] for b in blocks] == list(metrics["categories"])
+        assert all(len(b.find_all("img")) == 1 for b in blocks)
+
+
+def test_gallery_has_a_part_per_category(report) -> None:
+    _, _, _, root, metrics, rows = report
+    body = section(root, "gallery")
+    parts = {n.attrs["data-category"]: n for n in body.find_all("div")
+             if "data-category" in n.attrs}
+    assert list(parts) == list(metrics["categories"])
+    for cat, part in parts.items():
+        threshold = metrics["decisions"]["categories"][cat]["threshold"]
+        mine = [r for r in rows if r["category"] == cat]
+        misses = [r for r in mine if r["label"] == 1 and r["score"] <= threshold]
+        alarms = [r for r in mine if r["label"] == 0 and r["score"] > threshold]
+        hits = [r for r in mine if r["label"] == 1 and r["score"] > threshold]
+        entries = part.find_all("figure", **{"class": "entry"})
+        assert len(entries) == sum(min(3, len(k)) for k in (misses, alarms, hits))
+        nones = sum(1 for p in part.find_all("p") if p.attrs.get("class") == "none")
+        assert nones == sum(not k for k in (misses, alarms, hits))
+        # worst misses first: the lowest-scored unflagged defective image leads
+        if misses:
+            first = entries[0].find_all("b")[0].attrs["title"]
+            assert first == min(misses, key=lambda r: r["score"])["image"]
+        for entry in entries:
+            tiles = entry.find_all("div", **{"class": "tile"})
+            assert len(tiles) == 4
+            assert len(entry.find_all("img")) >= 3  # image, overlay, predicted mask (+ truth)
+
+
+def test_loss_section_has_a_curve(report) -> None:
+    run, _, _, root, _, _ = report
+    body = section(root, "loss")
+    assert len(body.find_all("img")) == 1
+    history = json.loads((run / "checkpoint.json").read_text())["history"]
+    rows = table_rows(body, "loss")
+    assert rows[0][:2] == ["unified", str(len(history))]
+
+
+def test_without_refad_test_it_says_what_to_run(trained_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    for name in ("metrics.json", "test_scores.json", "metrics.md"):
+        (run / name).unlink(missing_ok=True)
+    with pytest.raises(CheckpointError, match="refad test"):
+        build_report(run, "cpu")
+    assert not (run / "report.html").exists()
+
+
+def test_a_gallery_image_gone_from_disk_is_a_line_not_a_crash(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    run = evaluated_copy(trained_run, tmp_path)
+    rows = json.loads((run / "test_scores.json").read_text())["images"]
+    # with 3 defective images and 3 of each kind, every defective image is in the gallery
+    defective = [r for r in rows if r["category"] == "fabric" and r["label"] == 1]
+    gone, broken = Path(defective[0]["image"]), Path(defective[1]["image"])
+    data_root = gone.parents[3]
+    copied = tmp_path / "data"
+    shutil.copytree(data_root, copied)  # the session's dataset is shared: damage a copy
+    for row in rows:
+        row["image"] = str(copied / Path(row["image"]).relative_to(data_root))
+        if row["mask"]:
+            row["mask"] = str(copied / Path(row["mask"]).relative_to(data_root))
+    (run / "test_scores.json").write_text(json.dumps({"images": rows}))
+    gone, broken = (copied / p.relative_to(data_root) for p in (gone, broken))
+    gone.unlink()
+    broken.write_bytes(b"not an image at all")
+
+    text = build_report(run, "cpu", gallery_size=3).read_text()
+    failures = [p.all_text() for p in parse(text).find_all("p", **{"class": "failure"})]
+    assert any(str(gone) in f and "not found" in f for f in failures), failures
+    assert any(str(broken) in f and "not an image" in f for f in failures), failures
+    fabric = [n for n in section(parse(text), "gallery").find_all("div")
+              if n.attrs.get("data-category") == "fabric"][0]
+    assert fabric.find_all("figure", **{"class": "entry"})  # the other images still shown
+
+
+def test_curves_group_tied_scores_like_sklearn() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 6, size=60).astype(float)  # many ties
+    labels = (rng.random(60) < 0.4).astype(int)
+    curves = image_curves(scores, labels)
+    assert curves is not None
+    assert math.isclose(curves.auroc, roc_auc_score(labels, scores), rel_tol=1e-12)
+    assert math.isclose(curves.ap, average_precision_score(labels, scores), rel_tol=1e-12)
+    assert len(curves.fpr) == len(np.unique(scores)) + 1  # one point per distinct score
+    t = 2.0
+    point = operating_point(scores, labels, t)
+    assert math.isclose(point.tpr, ((scores > t) & (labels == 1)).sum() / labels.sum())
+    assert any(math.isclose(point.fpr, f) and math.isclose(point.tpr, r)
+               for f, r in zip(curves.fpr, curves.tpr, strict=True))
+    assert image_curves([1.0, 2.0], [1, 1]) is None
+
+
+def test_curve_areas_equal_metrics_json(report) -> None:
+    _, _, _, _, metrics, rows = report
+    for cat, m in metrics["categories"].items():
+        mine = [r for r in rows if r["category"] == cat]
+        curves = image_curves([r["score"] for r in mine], [r["label"] for r in mine])
+        assert math.isclose(curves.auroc, m["i_auroc"], abs_tol=1e-9)
+        assert math.isclose(curves.ap, m["i_ap"], abs_tol=1e-9)
+
+
+def test_pictures_are_shrunk_to_256_px() -> None:
+    assert display_size(1024, 512) == (256, 128)
+    assert display_size(300, 900) == (85, 256)
+    assert display_size(64, 48) == (64, 48)  # never enlarged

@@ -1,8 +1,13 @@
 """Deploy paths side by side on this machine: PyTorch eager, onnxruntime fp32, OpenVINO fp32,
-fp16 and int8, for a Lite2 RLR at 256 px on realmix.
+fp16, bf16 and int8, for a Lite2 RLR at 256 px on realmix.
 
     python benchmarks/deploy.py --root ../shared/data/realmix            # trains 1 epoch first
     python benchmarks/deploy.py --root ../shared/data/realmix --run runs/rlr
+    python benchmarks/deploy.py --root ../shared/data/realmix --timing-only   # re-time only
+
+`--timing-only` reuses the run, the exports and every path's test-set maps and scores of the
+last full invocation on the same `--work` folder and measures speed and memory again (for a
+machine that was busy during the full run).
 
 Each path runs in its own process (the deploy ones without torch), so peak RSS is that path's
 own. Every path scores every realmix test image; parity and decisions are measured against the
@@ -21,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_model
 from PIL import Image
 
 PATHS = {  # name -> (export folder, runtime); "torch" is the checkpoint itself
@@ -28,10 +34,12 @@ PATHS = {  # name -> (export folder, runtime); "torch" is the checkpoint itself
     "onnxruntime-fp32": ("onnx-fp32", "onnxruntime"),
     "openvino-fp32": ("openvino-fp32", "openvino"),
     "openvino-fp16": ("openvino-fp16", "openvino"),
+    "openvino-bf16": ("openvino-bf16", "openvino"),
     "openvino-int8": ("openvino-int8", "openvino"),
 }
 EXPORTS = {"onnx-fp32": ("onnx", "fp32"), "openvino-fp32": ("openvino", "fp32"),
-           "openvino-fp16": ("openvino", "fp16"), "openvino-int8": ("openvino", "int8")}
+           "openvino-fp16": ("openvino", "fp16"), "openvino-bf16": ("openvino", "bf16"),
+           "openvino-int8": ("openvino", "int8")}
 THREADS = 2
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 
@@ -144,6 +152,18 @@ def worker(args: argparse.Namespace) -> None:
         t = time.perf_counter()
         call(b8)
         t8.append(time.perf_counter() - t)
+    lat_ms = np.array(lat) * 1000
+    timing = {
+        "b1_img_s": 1000 / float(lat_ms.mean()), "b1_p50_ms": float(np.percentile(lat_ms, 50)),
+        "b1_p90_ms": float(np.percentile(lat_ms, 90)), "b8_img_s": 8 / float(np.median(t8)),
+    }
+    result_file = work / f"{name}-result.json"
+    if args.timing_only:
+        previous = json.loads(result_file.read_text())
+        previous.update(timing, peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                        / 1024)
+        result_file.write_text(json.dumps(previous))
+        return
     maps = np.lib.format.open_memmap(work / f"{name}-maps.npy", "w+", np.float32,
                                      (len(tests), size, size))
     scores = np.zeros(len(tests), np.float32)
@@ -153,15 +173,13 @@ def worker(args: argparse.Namespace) -> None:
         maps[i : i + len(batch)], scores[i : i + len(batch)] = call(batch)
     maps.flush()
     np.save(work / f"{name}-scores.npy", scores)
-    lat_ms = np.array(lat) * 1000
     result = {
-        "b1_img_s": 1000 / float(lat_ms.mean()), "b1_p50_ms": float(np.percentile(lat_ms, 50)),
-        "b1_p90_ms": float(np.percentile(lat_ms, 90)), "b8_img_s": 8 / float(np.median(t8)),
+        **timing,
         "testset_s": time.perf_counter() - start,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch_loaded": "torch" in sys.modules,
     }
-    (work / f"{name}-result.json").write_text(json.dumps(result))
+    result_file.write_text(json.dumps(result))
 
 
 def masks_at(tests, size: int) -> np.ndarray:
@@ -199,7 +217,8 @@ def write_report(args, out: dict) -> None:
         "# Deploy paths: PyTorch eager against exported graphs",
         "",
         f"Lite2 RLR at 256 px, unified, trained {out['schedule']} on realmix; "
-        f"{out['test_images']} test images; {THREADS} CPU threads; one run, same machine, "
+        f"{out['test_images']} test images; {THREADS} threads of {out['cpu']}; one run, same "
+        "machine, "
         "each path in its own process (deploy paths without torch). Command: "
         f"`{out['command']}`.",
         "",
@@ -244,20 +263,31 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.0005)
     ap.add_argument("--iters", type=int, default=20, help="batch-1 timing iterations")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("deploy.md"))
+    ap.add_argument("--timing-only", action="store_true",
+                    help="re-time the paths of the last full run in --work (module doc)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(args)
         return
     args.work.mkdir(parents=True, exist_ok=True)
-    run_dir = args.run or args.work / "run"
-    train_s = None if args.run else train(args, run_dir)
-    exports = export_all(run_dir, args.work, args.root)
+    state = args.work / "bench-state.json"
+    if args.timing_only:
+        saved = json.loads(state.read_text())
+        run_dir, train_s, exports = Path(saved["run"]), saved["train_s"], saved["exports"]
+        args.epochs, args.lr = saved["epochs"], saved["lr"]
+    else:
+        run_dir = args.run or args.work / "run"
+        train_s = None if args.run else train(args, run_dir)
+        exports = export_all(run_dir, args.work, args.root)
+        state.write_text(json.dumps({"run": str(run_dir), "train_s": train_s, "exports": exports,
+                                     "epochs": args.epochs, "lr": args.lr}))
     tests = mvtec_test(args.root)
     paths = {}
     for name in PATHS:
         cmd = [sys.executable, __file__, "--worker", name, "--work", str(args.work),
-               "--root", str(args.root), "--run", str(run_dir), "--iters", str(args.iters)]
+               "--root", str(args.root), "--run", str(run_dir), "--iters", str(args.iters),
+               *(["--timing-only"] if args.timing_only else [])]
         subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
         paths[name] = json.loads((args.work / f"{name}-result.json").read_text())
     ref_maps = np.load(args.work / "pytorch-eager-maps.npy", mmap_mode="r")
@@ -274,9 +304,10 @@ def main() -> None:
         r["score_max_rel"] = float((np.abs(scores - ref_scores) / np.abs(ref_scores)).max())
         r["decision_flips"] = int(((scores > threshold) != (ref_scores > threshold)).sum())
         r.update(metrics(tests, maps, scores, masks))
+    cfg = open_trained(run_dir).config.train
     out = {"command": " ".join(["python", "benchmarks/deploy.py", *sys.argv[1:]]),
-           "schedule": f"{args.epochs} epoch(s), batch 16, lr {args.lr}" if not args.run
-           else f"(given run {args.run})", "train_s": train_s, "test_images": len(tests),
+           "schedule": f"{cfg.epochs} epoch(s), batch {cfg.batch_size}, lr {cfg.lr}",
+           "train_s": train_s, "test_images": len(tests), "cpu": cpu_model(),
            "threshold": threshold, "exports": exports, "paths": paths}
     write_report(args, out)
     print(Path(args.out).read_text())

@@ -88,4 +88,11 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
                                  "--image-size", "64", "--device", "cpu", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "**mean**" in result.output and "heatmaps" in result.output
-    assert list((tmp_path / "demo" / "heatmaps").rglob("*_overlay.png"))
+    assert "defective images flagged" in result.output
+    for category in ("fabric", "mesh", "screw"):
+        assert list((tmp_path / "demo" / "heatmaps" / category).rglob("*_mask.png"))
+        saved = json.loads(
+            (tmp_path / "demo" / "heatmaps" / category / "predictions.json").read_text())
+        assert saved["threshold_source"] == f"category:{category}"
+    report = tmp_path / "demo" / "run" / "report.html"
+    assert f"report: {report}" in result.output.replace("\n", "") and report.is_file()

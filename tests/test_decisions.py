@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path, PurePosixPath
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from refad.deploy.defects import defect_regions
 from refad.errors import ConfigError
 from refad.inference import Scorer
 from refad.inference.batches import ImageResult, PredictionBatch
+from refad.inference.calibration import upper_quantile
 from refad.inference.thresholds import calibration_for
 from refad.metrics import decision_metrics
 from refad.reporting.predictions import write_predictions
@@ -97,13 +99,30 @@ def test_thresholds_come_from_the_intended_images_only(demo_root: Path, tmp_path
     assert calib["source"] == "validation-normal"
     held = _held_out_scores(tmp_path / "run0")
     assert set(calib["categories"]) == set(held) == {"fabric", "mesh", "screw"}
+    assert calib["threshold_rule"] == "normal_tail"
+
+    def expected(scores: np.ndarray) -> float:
+        z = NormalDist().inv_cdf(0.99)
+        return max(np.quantile(scores, 0.99), scores.mean() + z * scores.std(ddof=1))
+
     for cat, scores in held.items():
         own = calib["categories"][cat]
         assert own["images"] == len(scores) == 2
-        assert own["threshold"] == pytest.approx(np.quantile(scores, 0.99), rel=1e-4)
+        assert own["threshold"] == pytest.approx(expected(scores), rel=1e-4)
         assert own["image_score_max"] == pytest.approx(scores.max(), rel=1e-4)
     everything = np.concatenate(list(held.values()))
-    assert calib["threshold"] == pytest.approx(np.quantile(everything, 0.99), rel=1e-4)
+    assert calib["threshold"] == pytest.approx(expected(everything), rel=1e-4)
+
+
+def test_threshold_rules() -> None:
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal(200_000)
+    assert upper_quantile(big, 0.99, "normal_tail") == pytest.approx(2.326, abs=0.02)
+    few = rng.standard_normal(6)
+    assert upper_quantile(few, 0.99, "empirical") == np.quantile(few, 0.99)
+    assert upper_quantile(few, 0.99, "normal_tail") >= upper_quantile(few, 0.99, "empirical")
+    assert upper_quantile(few, 0.99, "normal_tail") > few.max()  # six images: a margin
+    assert upper_quantile(np.array([3.0]), 0.99, "normal_tail") == 3.0
 
 
 def test_training_calibration_and_a_contradiction(demo_root: Path, tmp_path: Path) -> None:

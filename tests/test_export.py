@@ -109,15 +109,16 @@ def test_prediction_fields_and_threshold_rules(rlr_export) -> None:
         inf.predict(images(1)[0], category="nope")
 
 
-def test_openvino_fp32_fp16_and_int8(extractor, tmp_path) -> None:
-    for precision in ("fp32", "fp16", "int8"):
+def test_openvino_fp32_fp16_bf16_and_int8(extractor, tmp_path) -> None:
+    for precision in ("fp32", "fp16", "bf16", "int8"):
         out = tmp_path / precision
-        loose = {"map_mean_rel": 10.0, "score_rel": 10.0} if precision == "int8" else None
-        meta = export(extractor, "rlr", out, "openvino", precision, tolerance=loose)
+        meta = export(extractor, "rlr", out, "openvino", precision)
         assert meta["graph"]["precision"] == precision and (out / "unified.xml").is_file()
         parity = meta["units"]["unified"]["parity"]
         if precision == "fp32":
             assert parity["map_max_rel"] <= 1e-4 and parity["score_max_rel"] <= 1e-5
+        if precision == "int8":  # the backbone and the map tail stay float: scores stay close
+            assert parity["score_max_rel"] <= 1e-2, parity
         r = Inferencer(out, runtime="openvino").predict(images(1)[0])
         assert np.isfinite(r.score) and r.anomaly_map.shape == (72, 80)
     with pytest.raises(ConfigError, match="runtime"):

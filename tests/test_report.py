@@ -19,15 +19,11 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from refad.errors import CheckpointError
-from refad.metrics import METRIC_NAMES
+from refad.metrics import METRIC_NAMES, image_curves, operating_point
 from refad.reporting.evaluation import evaluate
-from refad.reporting.report import (
-    SECTIONS,
-    build_report,
-    display_size,
-    image_curves,
-    operating_point,
-)
+from refad.reporting.report import build_report
+from refad.reporting.report.page import SECTIONS
+from refad.reporting.report.tiles import display_size
 from refad.reporting.tables import DECISION_LABELS, percent
 
 SECTION_IDS = ["summary", "config", "data", "metrics", "decisions", "curves", "histograms",

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from refad.atomic import write_text_atomic
 from refad.backbones import FeatureCache, FeatureExtractor, build_extractor
 from refad.config import RLRConfig, RunConfig, build_config, load_config_file
+from refad.data import make_demo_dataset
 from refad.deploy.render import heatmap_rgb, normalise_map, overlay
 from refad.device import cpu_threads
 from refad.inference import Scorer
@@ -59,6 +62,10 @@ __all__ = [
     "open_run",
     "predict",
     "run_demo",
+    "DemoSettings",
+    "demo_config",
+    "demo_settings",
+    "make_demo_dataset",
     "scorer",
     # pictures and tables
     "METRIC_LABELS",
@@ -104,36 +111,81 @@ def scorer(
     return Scorer(model, opened.device, opened.extractor, amp, compile_mode)
 
 
+@dataclass(frozen=True)
+class DemoSettings:
+    """What `refad demo` generates and trains: small realistic defects on three products,
+    unified RLR on Lite2, thresholds from held-out normal images."""
+
+    image_size: int = 128
+    epochs: int = 12
+    batch_size: int = 8
+    lr: float = 5e-4
+    levels: tuple[int, ...] = (2, 3)
+    val_fraction: float = 0.25  # held out of training to calibrate the thresholds
+    n_train: int = 32  # normal images per product (a quarter calibrates)
+    n_test_good: int = 16
+    n_test_defect: int = 16
+
+    @property
+    def dataset(self) -> dict[str, int]:
+        return {"n_train": self.n_train, "n_test_good": self.n_test_good,
+                "n_test_defect": self.n_test_defect, "size": self.image_size, "seed": 0}
+
+
+def demo_settings(**changes: Any) -> DemoSettings:
+    return replace(DemoSettings(), **changes)
+
+
+def demo_config(
+    data_root: str | Path,
+    settings: DemoSettings,
+    device: str = "auto",
+    calibration_images: str = "held_out",
+) -> RunConfig:
+    """The demo's run configuration (`calibration_images="training"`: no hold-out)."""
+    held = calibration_images == "held_out"
+    return build_config(
+        method="rlr", data="mvtec", root=data_root, backbone="tf_efficientnet_lite2",
+        image_size=settings.image_size, epochs=settings.epochs, batch_size=settings.batch_size,
+        device=device, levels=list(settings.levels),
+        val_fraction=settings.val_fraction if held else 0.0,
+        overrides=[f"train.lr={settings.lr}", f"train.calibration_images={calibration_images}"],
+    )
+
+
 def run_demo(
     out: str | Path,
-    epochs: int = 12,
-    image_size: int = 128,
+    epochs: int | None = None,
+    image_size: int | None = None,
     device: str = "auto",
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> dict:
-    """Generate synthetic products, train unified RLR on Lite2, evaluate, and draw heatmaps."""
-    from refad.data import make_demo_dataset
-
+    """Generate synthetic products, train unified RLR on Lite2, evaluate, decide per product,
+    draw heatmaps and defect masks, and write the report."""
     out = Path(out)
     tic = time.perf_counter()
+    changes = {k: v for k, v in (("epochs", epochs), ("image_size", image_size)) if v}
+    settings = demo_settings(**changes)
     data_root = out / "data"
     if not data_root.exists():
-        make_demo_dataset(data_root, size=image_size, seed=0)
+        make_demo_dataset(data_root, **settings.dataset)
     run_dir = out / "run"
-    cfg = build_config(
-        method="rlr", data="mvtec", root=data_root, backbone="tf_efficientnet_lite2",
-        image_size=image_size, epochs=epochs, batch_size=8, device=device,
-        overrides=["train.lr=0.0005"],
-    )
     resume = RunDir(run_dir).exists()
-    fit(cfg, run_dir, resume=resume, progress=progress)
+    fit(demo_config(data_root, settings, device), run_dir, resume=resume, progress=progress)
     result = evaluate(run_dir, device=device, progress=progress)
     echo(markdown_table(result))
-    test_dirs = sorted(p for p in data_root.glob("*/test/*") if p.name != "good")[:3]
+    echo("\nDecisions at each product's calibrated threshold (set on held-out normal images):")
+    for category, d in result["decisions"]["categories"].items():
+        echo(f"  {category}: {d['tp']} of {d['tp'] + d['fn']} defective images flagged, "
+             f"{d['fp']} of {d['fp'] + d['tn']} good images flagged (false alarms)")
     heat_dir = out / "heatmaps"
-    predict(run_dir, test_dirs, heat_dir, device=device)
+    for category in result["categories"]:
+        defects = sorted(p for p in (data_root / category / "test").iterdir()
+                         if p.name != "good")
+        predict(run_dir, defects, heat_dir / category, device=device, category=category)
     echo(f"metrics: {run_dir / 'metrics.md'}")
-    echo(f"heatmaps and overlays: {heat_dir}")
+    echo(f"heatmaps, overlays and defect masks: {heat_dir}")
+    echo(f"report: {build_report(run_dir, device)}")
     echo(f"demo finished in {time.perf_counter() - tic:.0f} s")
     return result

@@ -403,7 +403,7 @@ def export(
     run: Annotated[Path, typer.Option(help="Run folder written by `refad train`.")],
     out: Annotated[Path, typer.Option(help="Folder to write (graph + refad-deploy.json).")],
     format_: Annotated[str, typer.Option("--format", help="onnx or openvino.")] = "onnx",
-    precision: Annotated[str, typer.Option(help="fp32; openvino also fp16, int8.")] = "fp32",
+    precision: Annotated[str, typer.Option(help="fp32; openvino also fp16, bf16, int8.")] = "fp32",
 ) -> None:
     """Export a run to ONNX or OpenVINO: one graph per unit, checked against PyTorch."""
     from refad.export import export_run
@@ -447,12 +447,13 @@ def serve(
 @user_errors
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for demo data and run.")] = Path("refad-demo"),
-    epochs: Annotated[int, typer.Option()] = 12,
-    image_size: Annotated[int, typer.Option()] = 128,
+    epochs: Annotated[int | None, typer.Option(help="Default: the demo's schedule.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Default: the demo's size.")] = None,
     device: Annotated[str, typer.Option()] = "auto",
     progress: Annotated[bool, typer.Option()] = True,
 ) -> None:
-    """Offline demo: generate synthetic products, train RLR on Lite2, evaluate, draw heatmaps."""
+    """Offline demo: generate products, train RLR on Lite2, evaluate, decide per product,
+    draw heatmaps and defect masks, write the HTML report."""
     from refad.api import run_demo
 
     run_demo(out, epochs=epochs, image_size=image_size, device=device, progress=progress,

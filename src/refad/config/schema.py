@@ -133,6 +133,10 @@ class TrainConfig(StrictModel):
     # when val_fraction > 0, else training (`calibration_set`; the checkpoint records it)
     calibration_images: Literal["auto", "held_out", "training"] = _shared("auto")
     threshold_quantile: float = _shared(0.99, gt=0, lt=1)
+    # how that quantile of normal scores is estimated: "empirical" (the sample quantile: about
+    # the maximum of few images, so false alarms near 1/(n+1)) or "normal_tail" (never below
+    # mean + z*std); see refad.inference.calibration
+    threshold_rule: Literal["empirical", "normal_tail"] = _shared("normal_tail")
     feature_batch_size: int = _shared(16, ge=1)
     # bf16 autocast of training steps on CUDA (ignored on the CPU, which stays float32); off by
     # default so that CPU and GPU runs agree to float tolerance.

@@ -25,7 +25,7 @@ FORMAT_VERSION = 1
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("anomaly_map", "score")
 FORMATS = ("onnx", "openvino")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "format": str,

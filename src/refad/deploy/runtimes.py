@@ -15,9 +15,11 @@ import numpy as np
 from refad.errors import CheckpointError, ConfigError
 
 RUNTIMES = ("onnxruntime", "openvino")
-OV_PRECISION_HINT = {"fp32": "f32", "fp16": "f16", "int8": "f32"}
+OV_PRECISION_HINT = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
 """OpenVINO's CPU plugin runs in bf16 on CPUs with AMX unless told otherwise; the export's
-precision, not the CPU model, decides the arithmetic (int8 keeps f32 outside quantised ops)."""
+precision, not the CPU model, decides the arithmetic (int8 keeps f32 outside quantised ops;
+bf16 and f16 fall back to f32 on a CPU without them)."""
+CPU_CAPABILITY = {"f16": "FP16", "bf16": "BF16"}
 
 
 class Runner(Protocol):
@@ -93,8 +95,8 @@ class OpenVinoRunner:
         if target == "CPU":
             hint = OV_PRECISION_HINT[precision]
             caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-            if hint == "f16" and "FP16" not in caps:
-                hint = "f32"  # no native f16 arithmetic: f16 weights, f32 compute
+            if hint in CPU_CAPABILITY and CPU_CAPABILITY[hint] not in caps:
+                hint = "f32"  # no native f16/bf16 arithmetic here: f32 compute
             config["INFERENCE_PRECISION_HINT"] = hint
             if threads:
                 config["INFERENCE_NUM_THREADS"] = int(threads)

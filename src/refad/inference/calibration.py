@@ -7,8 +7,12 @@ false alarms come out higher); `source` records which.
 
 Per category (and globally, for images of unknown category):
 
-* `threshold`: the `quantile` of the normal images' scores; an image is anomalous when its
-  score is above it;
+* `threshold`: an estimate of the `quantile` of normal scores; an image is anomalous when its
+  score is above it. Rule `empirical`: the sample quantile. Rule `normal_tail`: the larger of
+  the sample quantile and mean + z * std (z the standard normal's `quantile` point). With n
+  normal images the sample 0.99 quantile is about their maximum, which a new normal image
+  exceeds with probability about 1 / (n + 1) (14% for 6 images): far above the 1% asked for;
+  the normal-tail estimate does not shrink with n that way;
 * `pixel_threshold`: the same quantile of the normal images' map maxima; a pixel is a defect
   pixel when above it (so at most 1 - quantile of normal images show any defect pixel);
 * `map_floor` / `map_ceiling`: the median pixel and the largest pixel of the normal maps, the
@@ -18,6 +22,7 @@ Per category (and globally, for images of unknown category):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -33,6 +38,7 @@ def calibrate(
     batch_size: int,
     quantile: float,
     source: str,
+    rule: str = "empirical",
 ) -> dict[str, Any]:
     """Global statistics of the normal images of `levels`, plus `categories`: the same
     statistics per category (`categories[i]` names the category of image i)."""
@@ -49,27 +55,45 @@ def calibrate(
     if names.shape != img.shape:
         raise ValueError(f"{len(categories)} category names for {img.size} calibration images")
     per_category = {
-        str(c): normal_statistics(img[names == c], med[names == c], peak[names == c], quantile)
+        str(c): normal_statistics(
+            img[names == c], med[names == c], peak[names == c], quantile, rule
+        )
         for c in sorted(set(categories))
     }
     return {
         "source": source,
         "threshold_quantile": quantile,
-        **normal_statistics(img, med, peak, quantile),
+        "threshold_rule": rule,
+        **normal_statistics(img, med, peak, quantile, rule),
         "categories": per_category,
     }
 
 
+def upper_quantile(values: np.ndarray, quantile: float, rule: str) -> float:
+    """The `quantile` of the distribution `values` come from, by `rule` (module doc)."""
+    sample = float(np.quantile(values, quantile))
+    if rule == "empirical" or values.size < 2:
+        return sample
+    if rule != "normal_tail":
+        raise ValueError(f"unknown threshold rule {rule!r}")
+    tail = float(values.mean() + NormalDist().inv_cdf(quantile) * values.std(ddof=1))
+    return max(sample, tail)
+
+
 def normal_statistics(
-    image_scores: np.ndarray, map_medians: np.ndarray, map_maxima: np.ndarray, quantile: float
+    image_scores: np.ndarray,
+    map_medians: np.ndarray,
+    map_maxima: np.ndarray,
+    quantile: float,
+    rule: str = "empirical",
 ) -> dict[str, Any]:
     """Thresholds and colour range from one set of normal images (module doc)."""
     return {
         "images": int(image_scores.size),
         "image_score_median": float(np.median(image_scores)),
         "image_score_max": float(image_scores.max()),
-        "threshold": float(np.quantile(image_scores, quantile)),
-        "pixel_threshold": float(np.quantile(map_maxima, quantile)),
+        "threshold": upper_quantile(image_scores, quantile, rule),
+        "pixel_threshold": upper_quantile(map_maxima, quantile, rule),
         "map_floor": float(np.median(map_medians)),
         "map_ceiling": float(map_maxima.max()),
     }

@@ -169,6 +169,7 @@ def train_unit(
             meta.calibration = calibrate(
                 Scorer(model, device), calibration.levels, calibration.categories,
                 t.feature_batch_size, t.threshold_quantile, calibration.source,
+                t.threshold_rule,
             )
             if not math.isfinite(meta.calibration["threshold"]):
                 raise TrainingError(

@@ -22,6 +22,10 @@ def test_predict_with_an_export_writes_what_the_run_writes(
     export = tmp_path / "onnx"
     result = runner.invoke(app, ["export", "--run", str(run), "--out", str(export)])
     assert result.exit_code == 0, result.output
+    parity = json.loads((export / "refad-deploy.json").read_text())["units"]["unified"]["parity"]
+    said = " ".join(result.output.split())
+    assert f"map max diff {parity['map_max_rel']:.1e} of range" in said
+    assert f"decision flips {parity['decision_flips']}" in said
     images = demo_root / "fabric" / "test"
     for flag, folder, out in (("--run", run, "by-run"), ("--model", export, "by-model")):
         result = runner.invoke(app, ["predict", flag, str(folder), str(images), "--out",

@@ -409,8 +409,13 @@ def export(
     from refad.export import export_run
 
     meta = export_run(run, out, format_, precision)
-    console.print(f"exported {run} to {out} ({format_}, {precision}); parity: "
-                  f"{meta.get('parity', {})}", highlight=False, soft_wrap=True)
+    parity = "; ".join(
+        f"{unit}: map max diff {p['map_max_rel']:.1e} of range, score max rel diff "
+        f"{p['score_max_rel']:.1e}, decision flips {p['decision_flips']}"
+        for unit, p in ((u, info["parity"]) for u, info in meta["units"].items())
+    )
+    console.print(f"exported {run} to {out} ({format_}, {precision}); parity against PyTorch: "
+                  f"{parity}", highlight=False, soft_wrap=True)
 
 
 @app.command()

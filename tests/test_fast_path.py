@@ -30,6 +30,7 @@ from refad.runs import RunDir
 from refad.runs.checkpoint import read_meta
 from refad.training import train_unit
 from refad.training.loop import DeviceFeatures, compiled_loss
+from refad.training.train import CalibrationSet
 
 
 def levels_for(spec: FeatureSpec, batch: int, seed: int = 0) -> list[torch.Tensor]:
@@ -238,7 +239,8 @@ def train_tiny(tmp_path: Path, config: RunConfig) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     levels = [torch.randn(7, 48, 4, 4, generator=g), torch.randn(7, 120, 2, 2, generator=g)]
     train_unit(
-        "unified", levels, levels, "train-normal", config, extractor, RunDir(tmp_path),
+        "unified", levels, CalibrationSet(levels, ["x"] * 7, "train-normal"), config,
+        extractor, RunDir(tmp_path),
         torch.device("cpu"), resume=False, progress=False,
     )
     assert [h["epoch"] for h in read_meta(tmp_path).history] == [1, 2]

@@ -285,7 +285,7 @@ def test(
         console.print(table, highlight=False)
     console.print(f"written: {run / 'metrics.json'}, {run / 'metrics.md'}")
     if report_:
-        console.print(f"report: {build_report(run, device)}")
+        console.print(f"report: {build_report(run, device, amp=amp, compile_mode=compile_)}")
 
 
 @app.command()

@@ -35,12 +35,19 @@ from refad.runs import RunDir, open_run
 __all__ = ["build_report"]
 
 
-def build_report(run_dir: Path | str, device: str | None = None, gallery_size: int = 3) -> Path:
+def build_report(
+    run_dir: Path | str,
+    device: str | None = None,
+    gallery_size: int = 3,
+    amp: bool = False,
+    compile_mode: str | None = None,
+) -> Path:
     """Write `report.html` into a run folder that `refad test` has evaluated; return its path.
 
     Raises CheckpointError (one line, naming `refad test`) when the evaluation files are
     missing. `device` scores the gallery images (default: the run's configured device);
-    `gallery_size` images of each kind per category are shown.
+    `gallery_size` images of each kind per category are shown; `amp` / `compile_mode` score
+    them as `refad test` did (see `refad.inference.Scorer`).
     """
     folder = RunDir(Path(run_dir))
     metrics, rows = folder.read_evaluation()  # first: cheap, and says what to run when missing
@@ -55,7 +62,7 @@ def build_report(run_dir: Path | str, device: str | None = None, gallery_size: i
         "decisions": decisions_section(metrics),
         "curves": curves_section(views),
         "histograms": histograms_section(views),
-        "gallery": gallery_section(run, views, max(0, int(gallery_size))),
+        "gallery": gallery_section(run, views, max(0, int(gallery_size)), amp, compile_mode),
         "loss": loss_section({u: list(m.history) for u, m in metas.items()}),
     }
     path = folder.report_path

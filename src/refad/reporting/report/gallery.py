@@ -62,7 +62,13 @@ class Rescored:
     failures: dict[str, str]
 
 
-def rescore(run: TrainedRun, category: str, paths: Sequence[str]) -> Rescored:
+def rescore(
+    run: TrainedRun,
+    category: str,
+    paths: Sequence[str],
+    amp: bool = False,
+    compile_mode: str | None = None,
+) -> Rescored:
     """Score `paths` again for their maps. A file gone since `refad test` or unreadable
     becomes a failure line: the rest of the report does not depend on it."""
     found = Rescored({}, {}, {})
@@ -74,7 +80,9 @@ def rescore(run: TrainedRun, category: str, paths: Sequence[str]) -> Rescored:
             found.failures[path] = f"{path}: file not found (moved or deleted after refad test?)"
     if not present:
         return found
-    found.calibration, batches = predict_images(run, present, category=category, batch_size=8)
+    found.calibration, batches = predict_images(
+        run, present, category=category, batch_size=8, amp=amp, compile_mode=compile_mode
+    )
     lines: list[str] = []
     try:
         for batch in batches:
@@ -118,7 +126,13 @@ def gallery_entry(row: dict[str, Any], found: Rescored, threshold: float | None)
             f"{_caption(row, threshold)}{warn}</figure>")
 
 
-def gallery_section(run: TrainedRun, views: list[CategoryView], size: int) -> str:
+def gallery_section(
+    run: TrainedRun,
+    views: list[CategoryView],
+    size: int,
+    amp: bool = False,
+    compile_mode: str | None = None,
+) -> str:
     legend = note("Each entry: the image; the heatmap over it with the predicted defect "
                   "outlined (white); the ground-truth defect outlined (green); the predicted "
                   "defect mask. Heatmap colours use the run's calibrated range.")
@@ -128,7 +142,8 @@ def gallery_section(run: TrainedRun, views: list[CategoryView], size: int) -> st
     for index, view in enumerate(views):
         kinds = gallery_kinds(view, size)
         paths = [r["image"] for k in kinds for r in k.rows]
-        found = rescore(run, view.name, paths) if paths else Rescored({}, {}, {})
+        found = (rescore(run, view.name, paths, amp, compile_mode) if paths
+                 else Rescored({}, {}, {}))
         body = f"<h3>{escape(view.name)}</h3>"
         if view.threshold is None:
             body += note("No calibrated threshold for this category: no misses or false "

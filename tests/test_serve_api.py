@@ -463,3 +463,34 @@ def test_exported_folder_backend_matches_the_run(server, run_paths, tmp_path):
         assert g["score"] == pytest.approx(w["score"], rel=1e-3)
         assert g["anomalous"] == w["anomalous"] and g["threshold_source"] == "global"
         assert set(g["outputs"]) == {"heatmap", "mask"}
+
+
+def test_warmup_scores_the_largest_batch_before_ready(shared_backend):
+    """The server takes the memory of its largest batch before it says ready (so RSS stays
+    flat under load, benchmarks/serve.md): warm-up scores `max_batch` images at once."""
+    seen: list[int] = []
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(shared_backend, name)
+
+        def warmup(self, batch_size: int = 1) -> None:
+            seen.append(batch_size)
+            shared_backend.warmup(batch_size)
+
+    with live_server(lambda: Spy(), Settings(max_batch=5)) as s:
+        assert httpx.get(s.url + "/readyz").json() == {"status": "ready"}
+    assert seen == [5]
+
+
+def test_torch_backend_warmup_scores_a_full_batch(shared_backend, monkeypatch):
+    sizes: list[int] = []
+    real = shared_backend.predict_batch
+
+    def counting(images, categories, thresholds):
+        sizes.append(len(images))
+        return real(images, categories, thresholds)
+
+    monkeypatch.setattr(shared_backend, "predict_batch", counting)
+    shared_backend.warmup(3)
+    assert sizes == [3]

@@ -74,7 +74,7 @@ def _load(state: ServeState, factory: Callable[[], Backend], loop: asyncio.Abstr
         tic = time.perf_counter()
         backend = factory()
         if state.settings.warmup:
-            backend.warmup()
+            backend.warmup(state.settings.max_batch)
         info = dict(backend.info())
     except BaseException as exc:  # noqa: BLE001 - reported by /readyz and the log
         message = " ".join(str(exc).split())[:300] or type(exc).__name__

@@ -75,8 +75,10 @@ class Backend(Protocol):
         refad_version, device."""
         ...
 
-    def warmup(self) -> None:
-        """Score a dummy batch so the first real request does not pay for lazy initialisation."""
+    def warmup(self, batch_size: int = 1) -> None:
+        """Score a dummy batch of `batch_size` (the largest the server forms) so no real
+        request pays for lazy initialisation, and the memory of the largest batch is taken
+        before the server says ready (it then stays flat under load)."""
         ...
 
     def predict_batch(

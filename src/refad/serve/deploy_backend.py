@@ -67,12 +67,12 @@ class DeployBackend:
     def info(self) -> dict[str, Any]:
         return self._info
 
-    def warmup(self) -> None:
+    def warmup(self, batch_size: int = 1) -> None:
         blank = np.zeros((self._inf.size, self._inf.size, 3), dtype=np.uint8)
         cats = [None] if UNIFIED in self._inf.units or len(self._inf.units) == 1 \
             else sorted(self._inf.units)
         for cat in cats:
-            self.predict_batch([blank], [cat], [None])
+            self.predict_batch([blank] * batch_size, [cat] * batch_size, [None] * batch_size)
 
     def predict_batch(
         self, images: Images, categories: Categories, thresholds: Thresholds

@@ -12,7 +12,7 @@ SRC = Path(refad.__file__).parent
 
 # Lower number = lower layer. A module may import its own package and any lower layer.
 LAYERS: dict[str, int] = {
-    "errors": 0,
+    "errors": 0, "lazy": 0,
     "atomic": 1, "device": 1,
     "config": 2,
     "data": 3, "backbones": 3, "metrics": 3,

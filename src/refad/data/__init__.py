@@ -6,8 +6,7 @@ torch-free deployment code without importing the torch Dataset.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from refad.lazy import lazy_attributes
 
 _EXPORTS = {
     "ImageDataset": "dataset", "image_tensor": "dataset", "samples_fingerprint": "dataset",
@@ -26,7 +25,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'refad.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"refad.data.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_attributes("refad.data", _EXPORTS)

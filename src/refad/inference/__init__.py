@@ -6,8 +6,7 @@ images to predict; numpy and PIL only) serves the torch-free `refad predict --mo
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from refad.lazy import lazy_attributes
 
 _EXPORTS = {
     "ImageResult": "batches", "PredictionBatch": "batches", "scored_batches": "batches",
@@ -20,7 +19,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'refad.inference' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"refad.inference.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_attributes("refad.inference", _EXPORTS)

@@ -6,8 +6,7 @@ serves the torch-free `refad predict --model` without importing the checkpoint c
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from refad.lazy import lazy_attributes
 
 _EXPORTS = {
     "CheckpointMeta": "checkpoint", "backbone_identity": "checkpoint", "load_model": "checkpoint",
@@ -19,7 +18,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'refad.runs' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"refad.runs.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_attributes("refad.runs", _EXPORTS)

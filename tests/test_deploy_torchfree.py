@@ -74,7 +74,8 @@ def test_deploy_runs_without_torch(tmp_path: Path) -> None:
     assert meta["units"]["unified"]["parity"]["passed"]
 
 
-CLI = BLOCK_TORCH + r"""
+CLI_BODY = r"""
+import sys
 from refad.cli.main import app
 try:
     app(sys.argv[1:])
@@ -82,6 +83,7 @@ finally:
     loaded = [m for m, v in sys.modules.items() if v is not None and m.split(".")[0] == "torch"]
     print("TORCH-MODULES", loaded, file=sys.stderr)
 """
+CLI = BLOCK_TORCH + CLI_BODY
 
 
 def test_cli_predict_model_without_torch(trained_run: Path, demo_root: Path,
@@ -102,6 +104,10 @@ def test_cli_predict_model_without_torch(trained_run: Path, demo_root: Path,
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "TORCH-MODULES []" in proc.stderr
+    # with torch installed, the exported-model path still never imports it (start-up time)
+    plain = [sys.executable, "-c", CLI_BODY, *cmd[3:-1], str(tmp_path / "plain")]
+    proc = subprocess.run(plain, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "TORCH-MODULES []" in proc.stderr, proc.stderr[-2000:]
     result = CliRunner().invoke(app, ["predict", "--run", str(trained_run), str(images),
                                       "--out", str(tmp_path / "run"), "--device", "cpu"])
     assert result.exit_code == 0, result.output

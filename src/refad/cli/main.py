@@ -7,7 +7,6 @@ Every user-facing failure (bad data, config, checkpoint, full disk) is printed a
 from __future__ import annotations
 
 import functools
-import importlib.util
 import signal
 import sys
 from collections.abc import Callable
@@ -66,14 +65,18 @@ err_console = Console(stderr=True)
 
 @app.callback()
 def _setup() -> None:
-    """Runs before every command: CPU threads follow the cores this process may use, and a
-    SIGTERM (a service manager, a scheduler's time limit) stops the command like Ctrl-C.
-    Without PyTorch (the torch-free deploy install) there are no torch threads to set."""
-    if importlib.util.find_spec("torch") is not None:
-        from refad.device import set_cpu_threads
-
-        set_cpu_threads()
+    """Runs before every command: a SIGTERM (a service manager, a scheduler's time limit)
+    stops the command like Ctrl-C."""
     signal.signal(signal.SIGTERM, _terminate)
+
+
+def _torch_threads() -> None:
+    """For the commands that run PyTorch: CPU threads follow the cores this process may use.
+    Called by them, not for every command: the exported-model paths never import torch (1.5 s
+    of start-up)."""
+    from refad.device import set_cpu_threads
+
+    set_cpu_threads()
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -199,6 +202,7 @@ def train(
     ] = None,
 ) -> None:
     """Train one model (unified: all categories) and save it to OUT."""
+    _torch_threads()
     from refad.api import build_config, fit, load_config_file
 
     if resume:
@@ -271,6 +275,7 @@ def test(
 ) -> None:
     """Evaluate a run on its test split: seven metrics per category and the mean, and the
     decisions at the calibrated thresholds; then the HTML report."""
+    _torch_threads()
     from refad.api import RunDir, build_report, decisions_table, evaluate, markdown_table
 
     _at_least_one("--batch-size", batch_size)
@@ -296,6 +301,7 @@ def report(
     gallery: Annotated[int, typer.Option(help="Images per gallery row.")] = 3,
 ) -> None:
     """Write the run's self-contained report.html (metrics, curves, decisions, gallery)."""
+    _torch_threads()
     from refad.api import build_report
 
     _at_least_one("--gallery", gallery)
@@ -333,6 +339,7 @@ def predict(
         report = predict_exported(model, inputs, out, category, batch_size, runtime,
                                   device or "cpu")
     else:
+        _torch_threads()
         from refad.api import predict as run_predict
 
         report = run_predict(run, inputs, out, device, category, batch_size, amp, compile_)
@@ -365,6 +372,7 @@ def compare(
     progress: Annotated[bool, typer.Option()] = True,
 ) -> None:
     """Train and evaluate several methods on one dataset; write one side-by-side table."""
+    _torch_threads()
     from refad.api import compare as run_compare
 
     base = {"data": data, "root": root, "categories": _csv(categories), "backbone": backbone,
@@ -389,6 +397,7 @@ def import_authors(
     set_: Annotated[list[str] | None, typer.Option("--set", help="section.field=value")] = None,
 ) -> None:
     """Turn a checkpoint of the authors' code into a refad run (read with weights_only)."""
+    _torch_threads()
     from refad.api import build_config, import_run
 
     config = build_config(method=method, data=data, root=root, backbone=backbone,
@@ -406,6 +415,7 @@ def export(
     precision: Annotated[str, typer.Option(help="fp32; openvino also fp16, bf16, int8.")] = "fp32",
 ) -> None:
     """Export a run to ONNX or OpenVINO: one graph per unit, checked against PyTorch."""
+    _torch_threads()
     from refad.export import export_run
 
     meta = export_run(run, out, format_, precision)
@@ -459,6 +469,7 @@ def demo(
 ) -> None:
     """Offline demo: generate products, train RLR on Lite2, evaluate, decide per product,
     draw heatmaps and defect masks, write the HTML report."""
+    _torch_threads()
     from refad.api import run_demo
 
     run_demo(out, epochs=epochs, image_size=image_size, device=device, progress=progress,

@@ -30,6 +30,7 @@ from refad.serve.batching import BatcherClosed, MicroBatcher, QueueFull
 from refad.serve.decode import ImageRejected, decode_image
 from refad.serve.errors import ApiError, error_response
 from refad.serve.limits import read_body
+from refad.serve.memory import release_free_memory
 from refad.serve.metrics import Metrics, MetricsMiddleware
 from refad.serve.multipart import Part, parse_form
 from refad.serve.pictures import OUTPUTS, render_outputs
@@ -115,7 +116,11 @@ def create_app(
 
     def predict(images, categories, thresholds):  # runs in the batcher's worker thread
         assert state.backend is not None
-        return state.backend.predict_batch(images, categories, thresholds)
+        try:
+            return state.backend.predict_batch(images, categories, thresholds)
+        finally:
+            if settings.release_memory:
+                release_free_memory()  # the batch's activations go back to the system
 
     def on_batch(size: int, seconds: float, waits: list[float]) -> None:
         metrics.observe_batch(size, seconds)

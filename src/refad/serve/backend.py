@@ -1,14 +1,14 @@
 """What the server needs from a model: a small protocol, whatever runs the model underneath.
 
-The HTTP layer, the micro-batcher and the page only talk to a :class:`Backend`. Two kinds exist
-or are planned:
+The HTTP layer, the micro-batcher and the page only talk to a :class:`Backend`. Two kinds exist:
 
 * :mod:`refad.serve.torch_backend` - a trained run folder, scored with PyTorch.
-* ``refad.serve.deploy_backend`` (planned) - an exported folder, scored with the torch-free
-  ``refad.deploy.Inferencer`` (ONNX / OpenVINO). It only has to implement the three methods
-  below and reuse :func:`resolve_threshold`, :func:`check_category` and :func:`decide` so the
-  two backends answer identically; :func:`refad.serve.server.make_backend_factory` is where it
-  gets plugged in.
+* :mod:`refad.serve.deploy_backend` - an exported folder, scored with the torch-free
+  ``refad.deploy.Inferencer`` (ONNX / OpenVINO).
+
+Both implement the three methods below and reuse :func:`resolve_threshold`,
+:func:`check_category` and :func:`decide`, so the two answer a request identically;
+:func:`refad.serve.server.make_backend_factory` picks one.
 
 The threshold rules live here, not in a backend, so that a request means the same thing
 whichever backend answers it.

@@ -31,9 +31,9 @@ def make_backend_factory(
 ) -> Callable[[], Backend]:
     """A factory for the backend of a run folder (PyTorch) or an exported folder.
 
-    The exported-folder backend wraps the torch-free ``refad.deploy.Inferencer``; it lives in
-    ``refad.serve.deploy_backend`` (a class ``DeployBackend(model_dir, device)`` implementing
-    :class:`refad.serve.backend.Backend`). Until that module exists, ``--model`` is refused.
+    The exported-folder backend wraps the torch-free ``refad.deploy.Inferencer``
+    (:mod:`refad.serve.deploy_backend`); neither backend's module is imported before it is used,
+    so ``--model`` works in an install without torch.
     """
     if (run_dir is None) == (model_dir is None):
         raise ConfigError("serve: give exactly one of a run folder (--run) or an exported "
@@ -48,11 +48,7 @@ def make_backend_factory(
             return TorchBackend(folder, device)
 
         return torch_factory
-    try:
-        from refad.serve.deploy_backend import DeployBackend  # type: ignore[import-not-found]
-    except ImportError:
-        raise ConfigError("serve: exported folders (--model) need refad.deploy, which this "
-                          "install does not provide; serve the run folder with --run") from None
+    from refad.serve.deploy_backend import DeployBackend
 
     def deploy_factory() -> Backend:
         return DeployBackend(folder, device)

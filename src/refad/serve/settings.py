@@ -19,6 +19,7 @@ class Settings:
     max_image_pixels: int = 16_000_000  # width x height, checked on the header
     api_key: str | None = None  # None: no key required
     warmup: bool = True
+    release_memory: bool = True  # malloc_trim after each batch: resident memory stays flat
 
     def __post_init__(self) -> None:
         positive = ("max_batch", "max_queue", "max_body_bytes", "max_images", "max_image_pixels")

@@ -11,7 +11,9 @@ import subprocess
 import sys
 
 import pytest
+from test_serve_support import live_server, tiny_run, torch_factory
 
+from refad.deploy import render
 from refad.serve import app as serve_app
 from refad.serve.memory import release_free_memory
 from refad.serve.settings import Settings
@@ -100,3 +102,12 @@ def test_app_releases_memory_after_every_batch_even_when_scoring_fails(monkeypat
                 app.state.serve.batcher._predict([], [], [])
         assert len(released) == expected
     assert backend.calls == 6
+
+
+def test_warm_up_renders_pictures_before_the_server_is_ready(tmp_path_factory):
+    """The first request asking for a heatmap must not be the one that loads matplotlib's
+    colour maps (about 30 MB that then looked like growth under load)."""
+    _, run = tiny_run(tmp_path_factory)
+    render._lookup_table.cache_clear()
+    with live_server(torch_factory(run)):
+        assert render._lookup_table.cache_info().currsize == 1  # no request was made

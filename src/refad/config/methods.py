@@ -19,7 +19,7 @@ AttentionKind = Literal["rlr", "lca", "mlka", "cross", "self"]
 # attention with an additive mask elsewhere (thousands of tiny window matmuls cost the CPU more
 # than the N^2 work they save; speed figures in benchmarks/speed*.md). "windowed" and "dense"
 # force one of the two; "reference" is plain masked dense attention, the test oracle.
-AttentionImpl = Literal["fast", "windowed", "dense", "reference"]
+AttentionImpl = Literal["fast", "windowed", "halo", "dense", "reference"]
 
 
 def odd(v: int) -> int:

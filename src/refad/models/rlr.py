@@ -29,6 +29,12 @@ from refad.models.layers import (
     window_size_for,
     windowed_attention,
 )
+from refad.models.layers.halo_attention import (
+    HaloTables,
+    halo_block_for,
+    halo_tables,
+    halo_windowed_attention,
+)
 from refad.models.scoring import gaussian_blur, max_score, mse_cosine_map, upsample_maps
 
 
@@ -50,7 +56,8 @@ class WindowMasks(NamedTuple):
     `inside`: (N, N) bool, True where the key lies in the query's window (reference path).
     `index`/`valid`: (N, P) window gather table (windowed LCA). `outside_bias`: (N, N)
     additive float mask, -inf inside the window and 0 outside (MLKA on the fast paths);
-    `inside_bias` the opposite (dense LCA). None where the level's path does not use it.
+    `inside_bias` the opposite (dense LCA); `halo` the block tables (halo LCA). None where the
+    level's path does not use it.
     """
 
     inside: torch.Tensor
@@ -58,17 +65,25 @@ class WindowMasks(NamedTuple):
     valid: torch.Tensor
     outside_bias: torch.Tensor | None
     inside_bias: torch.Tensor | None = None
+    halo: HaloTables | None = None
 
 
 class RLRLayer(nn.Module):
     """One RLR layer: Z = LN(alpha*LCA + MLKA) (no residual from Y); Y' = LN(Z + FFN(Z))."""
 
     def __init__(
-        self, dim: int, num_heads: int, ffn_ratio: int, config: RLRConfig, impl: str
+        self,
+        dim: int,
+        num_heads: int,
+        ffn_ratio: int,
+        config: RLRConfig,
+        impl: str,
+        grid: tuple[int, int] = (0, 0),
     ) -> None:
         super().__init__()
         self.kind = config.attention
         self.impl = impl
+        self.height, self.width = grid  # the token grid (halo LCA cuts it into blocks)
         self.alpha = config.alpha
         self.residual = config.residual
         if self.kind in ("rlr", "lca", "cross", "self"):
@@ -87,6 +102,11 @@ class RLRLayer(nn.Module):
             return self.lca(y, ref, ref, masks.inside)
         if self.impl == "dense":
             return self.lca(y, ref, ref, masks.inside_bias)
+        if self.impl == "halo":
+            assert masks.halo is not None
+            return halo_windowed_attention(
+                self.lca, y, ref, ref, masks.halo, self.height, self.width
+            )
         return windowed_attention(self.lca, y, ref, ref, masks.index, masks.valid)
 
     def masked_key(self, y: torch.Tensor, ref: torch.Tensor, masks: WindowMasks) -> torch.Tensor:
@@ -135,12 +155,16 @@ class RLRLevel(nn.Module):
     ) -> None:
         super().__init__()
         self.height, self.width, self.window = height, width, window
+        block = halo_block_for(height, width, window) if impl == "halo" else None
+        if impl == "halo" and block is None:
+            impl = "dense"  # a small map: dense attention is as cheap as its halo blocks
+        self.impl = impl
         pos = config.position_embedding
         self.input_embed = TokenEmbedding(channels, dim, height, width, pos)
         self.reference = nn.Parameter(torch.randn(height * width, channels))
         self.reference_embed = TokenEmbedding(channels, dim, height, width, pos)
         self.layers = nn.ModuleList(
-            RLRLayer(dim, config.num_heads, config.ffn_ratio, config, impl)
+            RLRLayer(dim, config.num_heads, config.ffn_ratio, config, impl, (height, width))
             for _ in range(config.num_layers)
         )
         self.out_norm = nn.LayerNorm(dim)
@@ -161,12 +185,19 @@ class RLRLevel(nn.Module):
         self.register_buffer(
             "inside_bias", _additive_mask(~inside) if dense_lca else None, persistent=False
         )
+        halo = halo_tables(height, width, window, block) if block is not None else None
+        self.halo_block = block
+        self.register_buffer("halo_index", halo.index if halo else None, persistent=False)
+        self.register_buffer("halo_bias", halo.bias if halo else None, persistent=False)
 
     def masks(self) -> WindowMasks:
         """The masks of this level's attention path."""
+        halo = None
+        if self.halo_block is not None:
+            halo = HaloTables(self.halo_index, self.halo_bias, self.halo_block)
         return WindowMasks(
             self.window_mask, self.window_index, self.window_valid, self.outside_bias,
-            self.inside_bias,
+            self.inside_bias, halo,
         )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -68,15 +68,29 @@ class ServeState:
     load_error: str | None = None
 
 
+def _warm_pictures(backend: Backend, info: dict[str, Any]) -> None:
+    """Render every picture kind once, so their libraries (matplotlib's colour maps, the PNG
+    encoder) are loaded before the server says ready, not by the first request that asks."""
+    size = int(info.get("input_size") or 64)
+    blank = np.zeros((size, size, 3), dtype=np.uint8)
+    categories = list(info.get("categories") or [])
+    category = categories[0] if info.get("category_required") and categories else None
+    result = backend.predict_batch([blank], [category], [None])[0]
+    render_outputs(result, blank, OUTPUTS)
+
+
 def _load(state: ServeState, factory: Callable[[], Backend], loop: asyncio.AbstractEventLoop,
           on_error: Callable[[BaseException], None] | None) -> None:
     """Build and warm the backend (in a daemon thread), then flip the app to ready."""
     try:
         tic = time.perf_counter()
         backend = factory()
+        info = dict(backend.info())
         if state.settings.warmup:
             backend.warmup(state.settings.max_batch)
-        info = dict(backend.info())
+            _warm_pictures(backend, info)
+        if state.settings.release_memory:
+            release_free_memory()
     except BaseException as exc:  # noqa: BLE001 - reported by /readyz and the log
         message = " ".join(str(exc).split())[:300] or type(exc).__name__
         log.error("model failed to load: %s", message)
@@ -334,8 +348,12 @@ async def _predict(state: ServeState, request: Request) -> dict[str, Any]:
     done = time.perf_counter()
 
     def render() -> list[dict[str, str]]:
-        return [render_outputs(sc.result, im, form.outputs) for sc, im in zip(scored, images,
-                                                                             strict=True)]
+        try:
+            return [render_outputs(sc.result, im, form.outputs)
+                    for sc, im in zip(scored, images, strict=True)]
+        finally:
+            if s.release_memory:
+                release_free_memory()  # pictures are megabytes too, made in pool threads
 
     pictures = await asyncio.to_thread(render) if form.outputs else [{} for _ in scored]
     rendered = time.perf_counter()

@@ -229,3 +229,22 @@ def test_heatmap_matches_matplotlib() -> None:
     np.testing.assert_array_equal(ours, theirs)
 
 
+
+
+def test_attention_is_exported_in_the_fusable_pattern(rlr_export) -> None:
+    """Every softmax reads logits plus mask straight from an Add or a MatMul (no clamp between,
+    which kept OpenVINO from fusing the attention), and onnxruntime flushes denormals."""
+    import onnx
+
+    meta = json.loads((rlr_export / METADATA_FILE).read_text())
+    graph_file = rlr_export / next(iter(meta["units"].values()))["graph"]
+    graph = onnx.load(str(graph_file)).graph
+    producers = {out: node.op_type for node in graph.node for out in node.output}
+    softmax_inputs = [producers[node.input[0]] for node in graph.node if node.op_type == "Softmax"]
+    assert softmax_inputs and set(softmax_inputs) <= {"Add", "MatMul"}
+    entries = meta["graph"]["onnxruntime_session_config"]
+    assert entries == {"session.set_denormal_as_zero": "1"}
+    inf = Inferencer(rlr_export, runtime="onnxruntime")
+    inf.predict(images(1)[0])
+    options = next(iter(inf._runners.values())).session.get_session_options()
+    assert options.get_session_config_entry("session.set_denormal_as_zero") == "1"

@@ -146,14 +146,15 @@ def test_fast_gradients_match_reference(impl: str) -> None:
         assert (grads_f[name] - gr).norm() <= 1e-4 * gr.norm() + floor, name
 
 
-def test_fast_lca_is_dense_off_cuda_and_windowed_on_request() -> None:
-    """"fast" picks per device when the model is built: for the CPU, LCA is a dense SDPA with
-    an additive mask (faster there than thousands of tiny window matmuls); for CUDA, the window
-    gather; "windowed" gathers the windows anywhere."""
+def test_fast_lca_is_halo_off_cuda_and_windowed_on_request() -> None:
+    """"fast" picks per device when the model is built: for the CPU, halo blocks, which on maps
+    this small fall back to a dense SDPA with an additive mask (faster there than thousands of
+    tiny window matmuls); for CUDA, the window gather; "windowed" gathers the windows anywhere."""
     spec = SPECS["square"]
     cfg = RLRConfig(**SMALL_MODELS["rlr"])
     fast = RLR(spec, cfg)
-    assert fast.attention_impl == "dense"
+    assert fast.attention_impl == "halo"
+    assert fast.levels[0].impl == "dense" and fast.levels[0].masks().halo is None
     assert RLR(spec, cfg, torch.device("cuda")).attention_impl == "windowed"  # built, not moved
     masks = fast.levels[0].masks()
     windowed = RLR(spec, RLRConfig(**SMALL_MODELS["rlr"], attention_impl="windowed"))

@@ -15,10 +15,11 @@ from refad.config.base import StrictModel
 # Paper Table 3 ablations of RLR. "rlr" is the method; the others are the rows of the table.
 AttentionKind = Literal["rlr", "lca", "mlka", "cross", "self"]
 # How RLR's masked attentions are computed; every choice gives the same maps (tests hold them
-# equal). "fast" picks per device when the model is built: the window gather on CUDA, a dense
-# attention with an additive mask elsewhere (thousands of tiny window matmuls cost the CPU more
-# than the N^2 work they save; speed figures in benchmarks/speed*.md). "windowed" and "dense"
-# force one of the two; "reference" is plain masked dense attention, the test oracle.
+# equal). "fast" picks per device when the model is built: the window gather on CUDA, halo
+# blocks elsewhere (LCA over 8 x 8 query blocks and their window-grown key blocks; levels too
+# small for blocks to save work use a dense attention with an additive mask; thousands of tiny
+# window matmuls cost the CPU more than the N^2 work they save). "windowed", "halo" and
+# "dense" force one; "reference" is plain masked dense attention, the test oracle.
 AttentionImpl = Literal["fast", "windowed", "halo", "dense", "reference"]
 
 

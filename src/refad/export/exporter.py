@@ -37,9 +37,9 @@ from refad.deploy.metadata import (
     file_sha256,
     seal,
 )
-from refad.deploy.runtimes import open_runner
+from refad.deploy.runtimes import ONNXRUNTIME_SESSION_CONFIG, open_runner
 from refad.errors import ConfigError, RefadError
-from refad.export.graph import LOGIT_FLOOR, OPSET, ScoringGraph, export_onnx
+from refad.export.graph import OPSET, ScoringGraph, export_onnx
 from refad.export.openvino import onnx_to_openvino
 from refad.export.parity import TOLERANCES, compare, finite_json, passes, worst
 from refad.models.base import ReconstructionModel
@@ -270,7 +270,8 @@ def export_model(
             "graph": {
                 "format": format, "precision": precision, "opset": OPSET,
                 "exporter": "+".join(sorted(exporters)),
-                "attention": f"matmul-softmax-matmul, logits floored at row max - {LOGIT_FLOOR:g}",
+                "attention": "matmul-add mask-softmax-matmul (fused by OpenVINO)",
+                "onnxruntime_session_config": ONNXRUNTIME_SESSION_CONFIG,
                 "torch_version": torch.__version__,
             },
             "decision": {"anomalous": "score > threshold", "normalised_score": "score / threshold",

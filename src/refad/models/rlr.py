@@ -47,7 +47,7 @@ def resolve_attention_impl(impl: AttentionImpl, device: torch.device | str | Non
     if impl != "fast":
         return impl
     kind = torch.device(device).type if device is not None else "cpu"
-    return "windowed" if kind == "cuda" else "dense"
+    return "windowed" if kind == "cuda" else "halo"
 
 
 class WindowMasks(NamedTuple):

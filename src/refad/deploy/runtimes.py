@@ -7,6 +7,7 @@ numpy arrays, so the inferencer does not care which runtime ran the graph.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -36,7 +37,13 @@ def _missing(package: str) -> ConfigError:
 
 
 class OrtRunner:
-    """onnxruntime session; `device` "cpu" or "cuda" (the CUDA execution provider)."""
+    """onnxruntime session; `device` "cpu" or "cuda" (the CUDA execution provider).
+
+    The session is opened and run on a thread of its own. onnxruntime flushes denormals
+    (ONNXRUNTIME_SESSION_CONFIG) by switching the floating-point mode of the thread that opens
+    the session, and that thread also computes during each run; on the caller's thread, that
+    switch would silently change every later float computation of the caller's program.
+    """
 
     def __init__(self, graph: Path, device: str = "cpu", threads: int | None = None) -> None:
         try:
@@ -61,17 +68,24 @@ class OrtRunner:
         opts.log_severity_level = 3
         for key, value in ONNXRUNTIME_SESSION_CONFIG.items():
             opts.add_session_config_entry(key, value)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refad-onnxruntime")
         try:
-            self.session = ort.InferenceSession(os.fspath(graph), opts, providers=providers)
+            self.session = self._thread.submit(
+                ort.InferenceSession, os.fspath(graph), opts, providers=providers
+            ).result()
         except Exception as exc:  # onnxruntime raises its own exception types
+            self._thread.shutdown(wait=False)
             text = " ".join(str(exc).split())[:200]
             raise CheckpointError(f"{graph}: onnxruntime cannot load the graph ({text})") from None
         self.providers = self.session.get_providers()
         self.input_shapes = {i.name: i.shape for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
 
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(["anomaly_map", "score"], {"image": batch})
+
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        maps, scores = self.session.run(["anomaly_map", "score"], {"image": batch})
+        maps, scores = self._thread.submit(self._run, batch).result()
         return np.asarray(maps, dtype=np.float32), np.asarray(scores, dtype=np.float32)
 
 

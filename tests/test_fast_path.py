@@ -73,17 +73,17 @@ def masked_sdpa(q, k, v, allowed):  # (B, N, h, dh) layout in and out
     return out.transpose(1, 2)
 
 
-@pytest.mark.parametrize("shared", [True, False])
-@pytest.mark.parametrize(("height", "width", "window"), [(6, 5, 3), (4, 4, 5)])
-def test_local_attention_matches_masked_dense(height, width, window, shared) -> None:
+def assert_matches_masked_dense(attend, height: int, width: int, window: int,
+                                shared: bool) -> None:
+    """`attend(q, k, v)` equals masked dense attention over the windows, outputs and gradients
+    (1e-5); `shared`: keys and values of batch 1, as RLR's reference."""
     g = torch.Generator().manual_seed(0)
     n, b, h, dh = height * width, 3, 2, 8
     q = torch.randn(b, n, h, dh, generator=g, requires_grad=True)
     kb = 1 if shared else b
     k = torch.randn(kb, n, h, dh, generator=g, requires_grad=True)
     v = torch.randn(kb, n, h, dh, generator=g, requires_grad=True)
-    index, valid = window_index_table(height, width, window)
-    fast = local_attention(q, k, v, index, valid)
+    fast = attend(q, k, v)
     ref = masked_sdpa(q, k, v, neighbourhood_mask(height, width, window))
     assert fast.shape == ref.shape == (b, n, h, dh)
     assert rel_err(fast, ref) < 1e-5
@@ -92,6 +92,14 @@ def test_local_attention_matches_masked_dense(height, width, window, shared) -> 
     grads_ref = torch.autograd.grad((ref * weight).sum(), (q, k, v))
     for gf, gr in zip(grads_fast, grads_ref, strict=True):
         assert rel_err(gf, gr) < 1e-5
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize(("height", "width", "window"), [(6, 5, 3), (4, 4, 5)])
+def test_local_attention_matches_masked_dense(height, width, window, shared) -> None:
+    index, valid = window_index_table(height, width, window)
+    assert_matches_masked_dense(lambda q, k, v: local_attention(q, k, v, index, valid),
+                                height, width, window, shared)
 
 
 # ------------------------------------------------------------------- fast RLR == reference RLR

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import SMALL_MODELS, rel_err
-from test_fast_path import levels_for, masked_sdpa
+from test_fast_path import assert_matches_masked_dense, levels_for
 
 from refad.config import RLRConfig
 from refad.errors import ConfigError
@@ -21,23 +21,10 @@ from refad.models.rlr import RLR
     [(32, 32, 7, 8), (16, 24, 7, 8), (8, 8, 3, 4), (8, 12, 5, 4), (6, 4, 3, 2), (4, 4, 9, 2)],
 )
 def test_halo_attention_matches_masked_dense(height, width, window, block, shared) -> None:
-    g = torch.Generator().manual_seed(0)
-    n, b, h, dh = height * width, 3, 2, 8
-    q = torch.randn(b, n, h, dh, generator=g, requires_grad=True)
-    kb = 1 if shared else b
-    k = torch.randn(kb, n, h, dh, generator=g, requires_grad=True)
-    v = torch.randn(kb, n, h, dh, generator=g, requires_grad=True)
     tables = halo_tables(height, width, window, block)
     assert tables.index.shape == ((height // block) * (width // block), (block + window - 1) ** 2)
-    fast = halo_attention(q, k, v, tables, height, width)
-    ref = masked_sdpa(q, k, v, neighbourhood_mask(height, width, window))
-    assert fast.shape == ref.shape == (b, n, h, dh)
-    assert rel_err(fast, ref) < 1e-5
-    weight = torch.randn(fast.shape, generator=g)
-    grads_fast = torch.autograd.grad((fast * weight).sum(), (q, k, v))
-    grads_ref = torch.autograd.grad((ref * weight).sum(), (q, k, v))
-    for gf, gr in zip(grads_fast, grads_ref, strict=True):
-        assert rel_err(gf, gr) < 1e-5
+    assert_matches_masked_dense(lambda q, k, v: halo_attention(q, k, v, tables),
+                                height, width, window, shared)
 
 
 def test_halo_mask_keeps_exactly_each_window() -> None:

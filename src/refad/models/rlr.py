@@ -72,18 +72,11 @@ class RLRLayer(nn.Module):
     """One RLR layer: Z = LN(alpha*LCA + MLKA) (no residual from Y); Y' = LN(Z + FFN(Z))."""
 
     def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        ffn_ratio: int,
-        config: RLRConfig,
-        impl: str,
-        grid: tuple[int, int] = (0, 0),
+        self, dim: int, num_heads: int, ffn_ratio: int, config: RLRConfig, impl: str
     ) -> None:
         super().__init__()
         self.kind = config.attention
         self.impl = impl
-        self.height, self.width = grid  # the token grid (halo LCA cuts it into blocks)
         self.alpha = config.alpha
         self.residual = config.residual
         if self.kind in ("rlr", "lca", "cross", "self"):
@@ -104,9 +97,7 @@ class RLRLayer(nn.Module):
             return self.lca(y, ref, ref, masks.inside_bias)
         if self.impl == "halo":
             assert masks.halo is not None
-            return halo_windowed_attention(
-                self.lca, y, ref, ref, masks.halo, self.height, self.width
-            )
+            return halo_windowed_attention(self.lca, y, ref, ref, masks.halo)
         return windowed_attention(self.lca, y, ref, ref, masks.index, masks.valid)
 
     def masked_key(self, y: torch.Tensor, ref: torch.Tensor, masks: WindowMasks) -> torch.Tensor:
@@ -164,7 +155,7 @@ class RLRLevel(nn.Module):
         self.reference = nn.Parameter(torch.randn(height * width, channels))
         self.reference_embed = TokenEmbedding(channels, dim, height, width, pos)
         self.layers = nn.ModuleList(
-            RLRLayer(dim, config.num_heads, config.ffn_ratio, config, impl, (height, width))
+            RLRLayer(dim, config.num_heads, config.ffn_ratio, config, impl)
             for _ in range(config.num_layers)
         )
         self.out_norm = nn.LayerNorm(dim)
@@ -194,7 +185,9 @@ class RLRLevel(nn.Module):
         """The masks of this level's attention path."""
         halo = None
         if self.halo_block is not None:
-            halo = HaloTables(self.halo_index, self.halo_bias, self.halo_block)
+            halo = HaloTables(
+                self.halo_index, self.halo_bias, self.halo_block, self.height, self.width
+            )
         return WindowMasks(
             self.window_mask, self.window_index, self.window_valid, self.outside_bias,
             self.inside_bias, halo,

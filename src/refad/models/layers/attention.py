@@ -46,6 +46,17 @@ class MultiHeadAttention(nn.Module):
             nn.init.zeros_(lin.bias)
         nn.init.zeros_(self.out_proj.bias)
 
+    def project_tokens(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v projected and split into heads, token-major: (B, N, heads, head_dim) each
+        (the layout the window attentions read without transposes)."""
+
+        def split(x: torch.Tensor) -> torch.Tensor:
+            return x.view(x.shape[0], x.shape[1], self.num_heads, -1)
+
+        return split(self.q_proj(query)), split(self.k_proj(key)), split(self.v_proj(value))
+
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         return x.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)

@@ -24,11 +24,14 @@ HALO_BLOCK = 8  # queries per block side; 8 x 8 blocks divide RLR's 16/32/64-tok
 
 class HaloTables(NamedTuple):
     """`index` (blocks, K) int64 key index per block slot (clipped into the map); `bias`
-    (blocks, b*b, K) float32, 0 where the query may read the key, -inf elsewhere; `block`."""
+    (blocks, b*b, K) float32, 0 where the query may read the key, -inf elsewhere; the block
+    side and the H x W token grid they were built for."""
 
     index: torch.Tensor
     bias: torch.Tensor
     block: int
+    height: int
+    width: int
 
 
 def halo_block_for(height: int, width: int, window: int, block: int = HALO_BLOCK) -> int | None:
@@ -64,7 +67,7 @@ def halo_tables(height: int, width: int, window: int, block: int) -> HaloTables:
     near = (near_y[:, None, :, None] & near_y[None, :, None, :]).reshape(block * block, -1)
     allowed = near[None] & inside[:, None, :]  # (blocks, b*b, K)
     bias = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
-    return HaloTables(index, bias, block)
+    return HaloTables(index, bias, block, height, width)
 
 
 def _blocks(x: torch.Tensor, height: int, width: int, block: int) -> torch.Tensor:
@@ -84,12 +87,7 @@ def _unblock(x: torch.Tensor, height: int, width: int, block: int) -> torch.Tens
 
 
 def halo_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    tables: HaloTables,
-    height: int,
-    width: int,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: HaloTables
 ) -> torch.Tensor:
     """Each query's softmax over its window's keys, computed per halo block.
 
@@ -98,6 +96,7 @@ def halo_attention(
     """
     flat = tables.index.reshape(-1)
     blocks, keys = tables.index.shape
+    height, width = tables.height, tables.width
 
     def halo(x: torch.Tensor) -> torch.Tensor:  # (Bk, N, h, dh) -> (h, blocks, Bk, K, dh)
         gathered = x.index_select(1, flat).view(x.shape[0], blocks, keys, *x.shape[2:])
@@ -116,19 +115,13 @@ def halo_windowed_attention(
     key: torch.Tensor,
     value: torch.Tensor,
     tables: HaloTables,
-    height: int,
-    width: int,
 ) -> torch.Tensor:
     """`attn(query, key, value, neighbourhood_mask)` computed over halo blocks.
 
-    Uses `attn`'s own projections; query (B, N, d), key/value (B or 1, N, d) on the H x W grid.
+    Uses `attn`'s own projections; query (B, N, d), key/value (B or 1, N, d) on the tables' grid.
     """
     if attn.training and attn.dropout > 0.0:
         raise ConfigError("halo attention has no dropout; train with another attention_impl")
-    b, n, d = query.shape
-    heads = attn.num_heads
-    q = attn.q_proj(query).view(b, n, heads, d // heads)
-    k = attn.k_proj(key).view(key.shape[0], key.shape[1], heads, d // heads)
-    v = attn.v_proj(value).view(value.shape[0], value.shape[1], heads, d // heads)
-    out = halo_attention(q, k, v, tables, height, width)
-    return attn.out_proj(out.reshape(b, n, d))
+    q, k, v = attn.project_tokens(query, key, value)
+    out = halo_attention(q, k, v, tables)
+    return attn.out_proj(out.reshape(query.shape))

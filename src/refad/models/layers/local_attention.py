@@ -99,11 +99,7 @@ def windowed_attention(
     Uses `attn`'s own projections (same parameters, same result); query (B, N, d), key/value
     (B or 1, N, d) on the same token grid as the table.
     """
-    b, n, d = query.shape
-    heads = attn.num_heads
-    q = attn.q_proj(query).view(b, n, heads, d // heads)
-    k = attn.k_proj(key).view(key.shape[0], key.shape[1], heads, d // heads)
-    v = attn.v_proj(value).view(value.shape[0], value.shape[1], heads, d // heads)
+    q, k, v = attn.project_tokens(query, key, value)
     dropout = attn.dropout if attn.training else 0.0
     out = local_attention(q, k, v, index, valid, dropout)
-    return attn.out_proj(out.reshape(b, n, d))
+    return attn.out_proj(out.reshape(query.shape))

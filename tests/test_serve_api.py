@@ -466,17 +466,17 @@ def test_exported_folder_backend_matches_the_run(server, run_paths, tmp_path):
 
 
 def test_warmup_scores_the_largest_batch_before_ready(shared_backend):
-    """The server takes the memory of its largest batch before it says ready (so RSS stays
-    flat under load, benchmarks/serve.md): warm-up scores `max_batch` images at once."""
+    """The server takes the memory of its largest batch before it says ready: warm-up scores
+    `max_batch` images at once (and its pictures are rendered from those results)."""
     seen: list[int] = []
 
     class Spy:
         def __getattr__(self, name):
             return getattr(shared_backend, name)
 
-        def warmup(self, batch_size: int = 1) -> None:
+        def warmup(self, batch_size: int = 1):
             seen.append(batch_size)
-            shared_backend.warmup(batch_size)
+            return shared_backend.warmup(batch_size)
 
     with live_server(lambda: Spy(), Settings(max_batch=5)) as s:
         assert httpx.get(s.url + "/readyz").json() == {"status": "ready"}

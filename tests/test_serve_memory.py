@@ -81,8 +81,8 @@ class _CountingBackend:
     def info(self):
         return {"categories": []}
 
-    def warmup(self, batch_size: int = 1) -> None:
-        pass
+    def warmup(self, batch_size: int = 1) -> list:
+        return []
 
     def predict_batch(self, images, categories, thresholds):
         self.calls += 1

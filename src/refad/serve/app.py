@@ -25,7 +25,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 import refad
-from refad.serve.backend import Backend, RequestError, check_category, check_threshold
+from refad.serve.backend import (
+    Backend,
+    ImageResult,
+    RequestError,
+    check_category,
+    check_threshold,
+)
 from refad.serve.batching import BatcherClosed, MicroBatcher, QueueFull
 from refad.serve.decode import ImageRejected, decode_image
 from refad.serve.errors import ApiError, error_response
@@ -68,14 +74,10 @@ class ServeState:
     load_error: str | None = None
 
 
-def _warm_pictures(backend: Backend, info: dict[str, Any]) -> None:
-    """Render every picture kind once, so their libraries (matplotlib's colour maps, the PNG
-    encoder) are loaded before the server says ready, not by the first request that asks."""
-    size = int(info.get("input_size") or 64)
-    blank = np.zeros((size, size, 3), dtype=np.uint8)
-    categories = list(info.get("categories") or [])
-    category = categories[0] if info.get("category_required") and categories else None
-    result = backend.predict_batch([blank], [category], [None])[0]
+def _warm_pictures(result: ImageResult) -> None:
+    """Render every picture kind of one warm-up result, so their libraries (matplotlib's colour
+    maps, the PNG encoder) load before the server says ready, not in the first request."""
+    blank = np.zeros((*result.anomaly_map.shape, 3), dtype=np.uint8)  # what was scored
     render_outputs(result, blank, OUTPUTS)
 
 
@@ -87,8 +89,7 @@ def _load(state: ServeState, factory: Callable[[], Backend], loop: asyncio.Abstr
         backend = factory()
         info = dict(backend.info())
         if state.settings.warmup:
-            backend.warmup(state.settings.max_batch)
-            _warm_pictures(backend, info)
+            _warm_pictures(backend.warmup(state.settings.max_batch)[0])
         if state.settings.release_memory:
             release_free_memory()
     except BaseException as exc:  # noqa: BLE001 - reported by /readyz and the log

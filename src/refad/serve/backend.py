@@ -75,10 +75,9 @@ class Backend(Protocol):
         refad_version, device."""
         ...
 
-    def warmup(self, batch_size: int = 1) -> None:
+    def warmup(self, batch_size: int = 1) -> list[ImageResult]:
         """Score a dummy batch of `batch_size` (the largest the server forms) so no real
-        request pays for lazy initialisation, and the memory of the largest batch is taken
-        before the server says ready (it then stays flat under load)."""
+        request pays for lazy initialisation; returns its results (the server renders one)."""
         ...
 
     def predict_batch(

@@ -67,12 +67,15 @@ class DeployBackend:
     def info(self) -> dict[str, Any]:
         return self._info
 
-    def warmup(self, batch_size: int = 1) -> None:
+    def warmup(self, batch_size: int = 1) -> list[ImageResult]:
         blank = np.zeros((self._inf.size, self._inf.size, 3), dtype=np.uint8)
         cats = [None] if UNIFIED in self._inf.units or len(self._inf.units) == 1 \
             else sorted(self._inf.units)
+        results: list[ImageResult] = []
         for cat in cats:
-            self.predict_batch([blank] * batch_size, [cat] * batch_size, [None] * batch_size)
+            results = self.predict_batch([blank] * batch_size, [cat] * batch_size,
+                                         [None] * batch_size)
+        return results
 
     def predict_batch(
         self, images: Images, categories: Categories, thresholds: Thresholds

@@ -5,9 +5,8 @@ are tokens x tokens per head and image) and frees them at the end. glibc keeps m
 freed memory resident: each freed ``mmap`` block raises its mmap threshold, so later blocks of
 that size come from the heap, whose free pages in the middle are never returned on their own.
 Resident memory then creeps up with each new batch shape although nothing leaks.
-``malloc_trim(0)`` returns the free pages of every arena; after each batch it costs a few
-percent of throughput (benchmarks/serve.md), far less than fixing the mmap threshold, which
-maps and faults in every large block anew.
+``malloc_trim(0)`` returns the free pages of every arena. It is cheaper than fixing the mmap
+threshold, which maps and faults in every large block anew (docs/serve.md).
 """
 
 from __future__ import annotations

@@ -90,11 +90,14 @@ class TorchBackend:
     def info(self) -> dict[str, Any]:
         return self._info
 
-    def warmup(self, batch_size: int = 1) -> None:
+    def warmup(self, batch_size: int = 1) -> list[ImageResult]:
         blank = np.zeros((self._size, self._size, 3), dtype=np.uint8)
+        results: list[ImageResult] = []
         for unit in self._models:
             category = None if unit == UNIFIED else unit
-            self.predict_batch([blank] * batch_size, [category] * batch_size, [None] * batch_size)
+            results = self.predict_batch([blank] * batch_size, [category] * batch_size,
+                                         [None] * batch_size)
+        return results
 
     def _unit(self, category: str | None) -> str:
         check_category(self._info, category)

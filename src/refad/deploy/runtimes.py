@@ -17,8 +17,8 @@ from refad.errors import CheckpointError, ConfigError
 
 ONNXRUNTIME_SESSION_CONFIG = {"session.set_denormal_as_zero": "1"}
 """onnxruntime session entries every refad session uses, recorded in each export's metadata.
-Masked softmaxes make denormal numbers, which run ~10x slower unflushed; the weights flushed to
-zero are below 1e-38, so no figure changes (refad.export.graph)."""
+Masked softmaxes make denormal numbers, which run far slower unflushed (benchmarks/deploy.md);
+the weights flushed to zero are below 1e-38, so no figure changes (refad.export.graph)."""
 
 RUNTIMES = ("onnxruntime", "openvino")
 OV_PRECISION_HINT = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}

@@ -2,9 +2,9 @@
 
 Export-time attention. `F.scaled_dot_product_attention` is swapped, during tracing only, for
 the plain matmul-(add mask)-softmax-matmul pattern that runtimes recognise: OpenVINO fuses it
-into its own attention kernel (measured on Lite2 RLR: 120 ms against 162 ms at batch 1 when a
-clamp broke the pattern). Masked softmaxes pass through denormal numbers, which onnxruntime's
-softmax runs ~10x slower; `refad.deploy`'s onnxruntime sessions therefore flush denormals to
+into its own attention kernel, which anything between the mask and the softmax prevents
+(benchmarks/deploy.md). Masked softmaxes pass through denormal numbers, which onnxruntime's
+softmax runs far slower; `refad.deploy`'s onnxruntime sessions therefore flush denormals to
 zero (`session.set_denormal_as_zero`), and the metadata records that hint for other hosts.
 The PyTorch model keeps its own kernel; the parity check compares the graph with it.
 """

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import cpu_model
+
 from refad import api
 from refad.config import apply_overrides
 
@@ -25,23 +27,40 @@ HERE = Path(__file__).resolve().parent
 WORK = Path("/tmp/refad-demo-configs")
 
 
+def demo_changes(sets: list[str]) -> tuple[dict, list[str]]:
+    """`demo.FIELD=VALUE` arguments change the demo's settings (n_train, calibration_images,
+    ...); the rest are --set overrides of the run configuration."""
+    changes = {}
+    for item in (s for s in sets if s.startswith("demo.")):
+        key, value = item.removeprefix("demo.").split("=", 1)
+        changes[key] = int(value) if value.isdigit() else value
+    return changes, [s for s in sets if not s.startswith("demo.")]
+
+
 def run(name: str, size: int, epochs: int, sets: list[str]) -> dict:
-    settings = api.demo_settings(image_size=size, epochs=epochs, num_layers=4,
-                                 hidden_dims=(128 * 2, 128 * 4))  # the paper's RLR unless set
-    data = WORK / f"data-{size}"
+    changes, sets_cfg = demo_changes(sets)
+    settings = api.demo_settings(**{"image_size": size, "epochs": epochs, "num_layers": 4,
+                                    "hidden_dims": (128 * 2, 128 * 4),  # the paper's RLR
+                                    **changes})
+    data = WORK / f"data-{size}" / f"train{settings.n_train}"
     if not data.exists():
         api.make_demo_dataset(data, **settings.dataset)
     cfg = apply_overrides(api.demo_config(data, settings, device="cpu"),
-                          [*sets, f"train.feature_cache={WORK / 'cache'}"])
+                          [*sets_cfg, f"train.feature_cache={WORK / 'cache'}"])
     folder = WORK / f"run-{name}"
     shutil.rmtree(folder, ignore_errors=True)
     tic = time.perf_counter()
     api.fit(cfg, folder, progress=False)
     train_s = time.perf_counter() - tic
     res = api.evaluate(folder, device="cpu", progress=False)
+    calibration = json.loads((folder / "checkpoint.json").read_text())["calibration"]
+    scores = json.loads((folder / "test_scores.json").read_text())["images"]
     return {"name": name, "size": size, "epochs": epochs, "overrides": sets,
+            "calibration": cfg.train.calibration_images, "machine": cpu_model(),
             "train_s": train_s, "categories": res["categories"], "mean": res["mean"],
-            "decisions": res["decisions"]["categories"]}
+            "decisions": res["decisions"]["categories"],
+            "thresholds": {c: v["threshold"] for c, v in calibration["categories"].items()},
+            "test_scores": [(s["category"], s["label"], s["score"]) for s in scores]}
 
 
 def _decision_cell(d: dict) -> str:
@@ -50,7 +69,7 @@ def _decision_cell(d: dict) -> str:
 
 def render(rows: list[dict]) -> str:
     cats = sorted(rows[0]["categories"])
-    head = ("| variant | px | epochs | overrides | train s | " + " | ".join(
+    head = ("| variant | px | epochs | overrides | calibration | train s | " + " | ".join(
         f"{c} I-/P-AUROC" for c in cats) + " | mean I-AUROC | " + " | ".join(
         f"{c} false alarms / misses" for c in cats) + " |")
     lines = [
@@ -62,14 +81,15 @@ def render(rows: list[dict]) -> str:
         "listed; the test images are the only labelled ones, so this choice was made on them.",
         "",
         head,
-        "|---|---:|---:|---|---:|" + "---:|" * (2 * len(cats) + 1),
+        "|---|---:|---:|---|---|---:|" + "---:|" * (2 * len(cats) + 1),
     ]
     for r in rows:
         aurocs = " | ".join(f"{100 * r['categories'][c]['i_auroc']:.1f} / "
                             f"{100 * r['categories'][c]['p_auroc']:.1f}" for c in cats)
         dec = " | ".join(_decision_cell(r["decisions"][c]) for c in cats)
         lines.append(f"| {r['name']} | {r['size']} | {r['epochs']} | "
-                     f"{' '.join(r['overrides']) or '-'} | {r['train_s']:.0f} | {aurocs} | "
+                     f"{' '.join(r['overrides']) or '-'} | {r.get('calibration', 'held_out')} | "
+                     f"{r['train_s']:.0f} | {aurocs} | "
                      f"{100 * r['mean']['i_auroc']:.1f} | {dec} |")
     return "\n".join(lines) + "\n"
 

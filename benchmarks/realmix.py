@@ -39,6 +39,8 @@ from refad.api import (
     FeatureCache,
     RunConfig,
     build_config,
+    decisions_caption,
+    decisions_table,
     evaluate,
     extract_features,
     fit,
@@ -220,6 +222,7 @@ def render(report: dict, notes: str) -> str:
             "",
             markdown_table(entry["result"]),
             "",
+            *decision_lines(entry["result"]),
         ]
     if "patch_memory" in report:
         pm = report["patch_memory"]
@@ -250,6 +253,16 @@ def render(report: dict, notes: str) -> str:
         lines.append("")
     lines += path_fidelity(report)
     return "\n".join(lines) + "\n" + notes
+
+
+def decision_lines(result: dict) -> list[str]:
+    """The run's decisions at its own calibrated thresholds, or why the report has none."""
+    table = decisions_table(result)
+    if not table:
+        return ["Decisions at the calibrated thresholds: not recorded (this run was measured "
+                "before `refad test` reported them; the command above measures them).", ""]
+    return ["Decisions at the calibrated thresholds. " + decisions_caption(result), "",
+            table, ""]
 
 
 def path_fidelity(report: dict) -> list[str]:

@@ -33,7 +33,12 @@ from refad.reporting.compare import compare
 from refad.reporting.evaluation import evaluate
 from refad.reporting.predictions import predict
 from refad.reporting.report import build_report
-from refad.reporting.tables import METRIC_LABELS, decisions_table, markdown_table
+from refad.reporting.tables import (
+    METRIC_LABELS,
+    decisions_caption,
+    decisions_table,
+    markdown_table,
+)
 from refad.runs import UNIFIED, RunDir, TrainedRun, open_run
 from refad.runs.imported import import_run
 from refad.training import (
@@ -55,6 +60,7 @@ __all__ = [
     "compare",
     "evaluate",
     "build_report",
+    "decisions_caption",
     "decisions_table",
     "fit",
     "import_run",

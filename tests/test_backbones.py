@@ -355,3 +355,24 @@ def test_other_backbones_resolve_to_timm_download_without_touching_the_network()
     resolved = resolve_weights("tf_efficientnet_b6", "auto")
     assert resolved.timm_pretrained and resolved.state_dict is None
     assert resolved.weights_id == "timm:tf_efficientnet_b6"
+
+
+def test_weights_file_cut_to_the_used_stages_loads_and_gives_the_same_features(
+    tmp_path: Path,
+) -> None:
+    full = FeatureExtractor("tf_efficientnet_lite0", levels=(2, 3), weights="auto")
+    cut = tmp_path / "lite0-levels-2-3.safetensors"
+    safetensors.torch.save_file(
+        {k: v.contiguous() for k, v in full.model.state_dict().items()}, str(cut)
+    )
+    assert not any(k.startswith("blocks.5.") for k in safetensors.torch.load_file(str(cut)))
+    small = FeatureExtractor("tf_efficientnet_lite0", levels=(2, 3), weights=cut)
+    image = _rings()
+    for a, b in zip(full(image), small(image), strict=True):
+        assert torch.equal(a, b)
+    # a kept stage's key is still required
+    state = safetensors.torch.load_file(str(cut))
+    del state["blocks.4.0.conv_pw.weight"]
+    safetensors.torch.save_file(state, str(cut))
+    with pytest.raises(CheckpointError, match="missing key 'blocks.4.0.conv_pw.weight'"):
+        FeatureExtractor("tf_efficientnet_lite0", levels=(2, 3), weights=cut)

@@ -106,9 +106,11 @@ class FeatureExtractor(nn.Module):
         self.aggregate_kernel = check_kernel(aggregate_kernel)
         resolved = resolve_weights(name, weights, seed)
         self.model = _create_features_model(name, self.levels, resolved.timm_pretrained, seed)
+        # Dropped before loading, so a weights file needs only the stages that run (a file cut
+        # down to them loads; a key of a kept stage that is missing is still an error).
+        _drop_unused_stages(self.model)
         if resolved.state_dict is not None:
             load_into(self.model, name, resolved.state_dict, resolved.source)
-        _drop_unused_stages(self.model)
         self.weights_id = resolved.weights_id
         self.weights_source = resolved.source
         info = self.model.feature_info

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -21,6 +22,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from starlette.requests import Request
 from test_serve_support import (
     demo_images,
     free_port,
@@ -32,6 +34,8 @@ from test_serve_support import (
 
 from refad.errors import ConfigError
 from refad.serve.backend import Backend, check_category, decide, resolve_threshold
+from refad.serve.errors import ApiError
+from refad.serve.limits import PixelBudget, read_body
 from refad.serve.security import load_api_key
 from refad.serve.server import run_server
 from refad.serve.settings import Settings
@@ -67,7 +71,8 @@ def server(shared_backend: Backend):
 
 @pytest.fixture(scope="module")
 def small(shared_backend: Backend):
-    limits = Settings(max_body_bytes=200_000, max_images=2, max_image_pixels=100 * 100)
+    limits = Settings(max_body_bytes=200_000, max_images=2, max_image_pixels=100 * 100,
+                      max_pixels_in_flight=12_000)
     with live_server(lambda: shared_backend, limits) as s:
         yield s
 
@@ -283,7 +288,64 @@ def test_size_limits(small, run_paths):
     r = httpx.post(url + "/v1/predict", content=chunked(),
                    headers={"content-type": "multipart/form-data; boundary=x"})
     assert_error(r, 413, "limit")
+    # more parts than the parser collects: the image limit's 413, not a 400 about form fields
+    assert_error(post(url, [("a.png", img)] * 11), 413, "limit is 2 images")
     assert post(url, [("a.png", img)] * 2).status_code == 200
+
+
+def test_pixels_in_flight_bound_each_request_and_are_given_back(small):
+    square = png_bytes(np.full((100, 100, 3), 90, np.uint8))  # 10,000 pixels, within the image
+    url = small.url                                          # limit; the budget is 12,000
+    assert_error(post(url, [("a.png", square), ("b.png", square)]), 413,
+                 "20000 pixels in one request", "12000")
+    for _ in range(2):  # admitted on its header, fails while decoding: its pixels come back
+        assert_error(post(url, [("cut.png", square[: len(square) // 2])]), 400, "cut.png")
+    assert post(url, [("a.png", square)]).status_code == 200
+    assert httpx.get(url + "/v1/model").json()["limits"]["max_pixels_in_flight"] == 12_000
+
+
+def test_pixel_budget_refuses_what_would_pass_it_and_releases_on_error():
+    budget = PixelBudget(10)
+    with pytest.raises(ApiError) as too_big:
+        budget.reserve(11).__enter__()
+    assert too_big.value.status == 413
+    with budget.reserve(8):
+        assert budget.in_use == 8
+        with pytest.raises(ApiError) as busy, budget.reserve(3):
+            pass
+        assert busy.value.status == 503 and busy.value.headers == {"Retry-After": "1"}
+    with pytest.raises(RuntimeError), budget.reserve(10):
+        raise RuntimeError("scoring failed")
+    assert budget.in_use == 0
+    with pytest.raises(ConfigError, match="max_pixels_in_flight"):
+        Settings(max_image_pixels=100, max_pixels_in_flight=50)
+
+
+def test_client_gone_mid_body_is_a_client_error_not_a_500(server):
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+                     b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\nabc")
+        time.sleep(0.3)  # the app is now reading the body
+    wanted = 'refad_http_errors_total{route="/v1/predict",status="400"}'
+    deadline = time.monotonic() + 10
+    while wanted not in (text := httpx.get(server.url + "/metrics").text):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.1)
+    assert 'status="500"' not in text
+
+
+def test_read_body_turns_a_disconnect_into_a_400():
+    messages = [{"type": "http.request", "body": b"abc", "more_body": True},
+                {"type": "http.disconnect"}]
+
+    async def receive() -> dict:
+        return messages.pop(0)
+
+    request = Request({"type": "http", "method": "POST", "headers": []}, receive)
+    with pytest.raises(ApiError) as gone:
+        asyncio.run(read_body(request, 1000))
+    assert gone.value.status == 400 and "disconnected after 3 bytes" in gone.value.message
 
 
 # ---- API key ---------------------------------------------------------------------------------

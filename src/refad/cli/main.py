@@ -445,15 +445,23 @@ def serve(
         typer.Option(help="File holding the API key (or set REFAD_API_KEY); never the key."),
     ] = None,
     max_batch: Annotated[int, typer.Option(help="Images scored together at most.")] = 16,
+    max_pixels_in_flight: Annotated[int, typer.Option(
+        help="Pixels of all requests being processed at once (bounds memory); beyond: 503.",
+    )] = 128_000_000,
 ) -> None:
     """HTTP API and inspection page for a run or an exported folder."""
     from refad.serve.server import run_server
+    from refad.serve.settings import Settings
 
     if (run is None) == (model is None):
         raise RefadError("serve: give exactly one of --run and --model")
     _at_least_one("--max-batch", max_batch)
+    if max_pixels_in_flight < Settings.max_image_pixels:
+        raise RefadError(f"--max-pixels-in-flight: must be at least the per-image limit of "
+                         f"{Settings.max_image_pixels} pixels, got {max_pixels_in_flight}")
     code = run_server(run_dir=run, model_dir=model, host=host, port=port, device=device,
-                      api_key_file=api_key_file, max_batch=max_batch)
+                      api_key_file=api_key_file, max_batch=max_batch,
+                      max_pixels_in_flight=max_pixels_in_flight)
     if code:
         raise typer.Exit(code)
 

@@ -22,12 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--api-key-file", type=Path, help="file holding the key (or $REFAD_API_KEY)")
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--max-pixels-in-flight", type=int, default=128_000_000)
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         return run_server(a.run, a.model, a.host, a.port, a.device, a.api_key_file, a.max_batch,
-                          a.max_wait_ms, log_level=a.log_level)
+                          a.max_wait_ms, max_pixels_in_flight=a.max_pixels_in_flight,
+                          log_level=a.log_level)
     except RefadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -33,12 +33,12 @@ from refad.serve.backend import (
     check_threshold,
 )
 from refad.serve.batching import BatcherClosed, MicroBatcher, QueueFull
-from refad.serve.decode import ImageRejected, decode_image
+from refad.serve.decode import ImageRejected, decode_image, image_pixels
 from refad.serve.errors import ApiError, error_response
-from refad.serve.limits import read_body
+from refad.serve.limits import PixelBudget, read_body
 from refad.serve.memory import release_free_memory
 from refad.serve.metrics import Metrics, MetricsMiddleware
-from refad.serve.multipart import Part, parse_form
+from refad.serve.multipart import Part, TooManyParts, parse_form
 from refad.serve.pictures import OUTPUTS, render_outputs
 from refad.serve.schemas import PREDICT_FORM, ErrorBody, ModelCard, PredictResponse, Status
 from refad.serve.security import ApiKeyMiddleware
@@ -68,6 +68,7 @@ class ServeState:
     settings: Settings
     metrics: Metrics
     batcher: MicroBatcher
+    pixels: PixelBudget
     backend: Backend | None = None
     info: dict[str, Any] = field(default_factory=dict)
     ready: bool = False
@@ -143,7 +144,8 @@ def create_app(
             metrics.queue_wait.observe(wait)
 
     state = ServeState(settings, metrics, MicroBatcher(
-        predict, settings.max_batch, settings.max_wait_ms, settings.max_queue, on_batch))
+        predict, settings.max_batch, settings.max_wait_ms, settings.max_queue, on_batch),
+        PixelBudget(settings.max_pixels_in_flight))
     pages = {path: (_static(name), kind) for path, (name, kind) in STATIC_FILES.items()}
 
     @contextlib.asynccontextmanager
@@ -244,7 +246,8 @@ def _model_card(state: ServeState) -> dict[str, Any]:
     card = dict(state.info)
     card["limits"] = {"max_batch": s.max_batch, "max_wait_ms": s.max_wait_ms,
                       "max_images": s.max_images, "max_body_bytes": s.max_body_bytes,
-                      "max_image_pixels": s.max_image_pixels}
+                      "max_image_pixels": s.max_image_pixels,
+                      "max_pixels_in_flight": s.max_pixels_in_flight}
     card["api_key_required"] = s.api_key is not None
     return card
 
@@ -309,14 +312,16 @@ def _read_form(parts: list[Part], max_images: int) -> _Form:
     return _Form(images, singles.get("category") or None, threshold, _parse_outputs(outputs))
 
 
-def _decode_all(parts: list[Part], max_pixels: int) -> list[np.ndarray]:
-    images = []
+def _each_image(parts: list[Part], max_pixels: int,
+                read: Callable[[bytes, str, int], Any]) -> list[Any]:
+    """``read`` applied to every upload; an ImageRejected becomes its 4xx."""
+    out = []
     for i, part in enumerate(parts):
         try:
-            images.append(decode_image(part.data, part.filename or f"image {i}", max_pixels))
+            out.append(read(part.data, part.filename or f"image {i}", max_pixels))
         except ImageRejected as exc:
             raise ApiError(exc.status, str(exc)) from None
-    return images
+    return out
 
 
 def _finite(value: float | None) -> float | None:
@@ -329,6 +334,8 @@ async def _predict(state: ServeState, request: Request) -> dict[str, Any]:
     body = await read_body(request, s.max_body_bytes)
     try:
         parts = parse_form(body, request.headers.get("content-type"), s.max_images + 8)
+    except TooManyParts as exc:
+        raise ApiError(413, f"{exc}; the limit is {s.max_images} images per request") from None
     except RequestError as exc:
         status = 415 if "expected a multipart" in str(exc) else 400
         raise ApiError(status, str(exc)) from None
@@ -337,7 +344,15 @@ async def _predict(state: ServeState, request: Request) -> dict[str, Any]:
         check_category(state.info, form.category)
     except RequestError as exc:
         raise ApiError(400, str(exc)) from None
-    images = await asyncio.to_thread(_decode_all, form.images, s.max_image_pixels)
+    sizes = await asyncio.to_thread(_each_image, form.images, s.max_image_pixels, image_pixels)
+    with state.pixels.reserve(sum(sizes)):
+        return await _score_form(state, form, tic)
+
+
+async def _score_form(state: ServeState, form: _Form, tic: float) -> dict[str, Any]:
+    """Decode, score (batched with other requests) and draw one admitted request."""
+    s = state.settings
+    images = await asyncio.to_thread(_each_image, form.images, s.max_image_pixels, decode_image)
     decoded = time.perf_counter()
     n = len(images)
     try:

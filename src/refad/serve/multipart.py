@@ -15,6 +15,10 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from refad.serve.backend import RequestError
 
 
+class TooManyParts(RequestError):
+    """More parts than ``parse_form`` was allowed to collect (the caller says which limit)."""
+
+
 @dataclass
 class Part:
     """One form field: ``filename`` is set (possibly empty) for file fields."""
@@ -70,7 +74,7 @@ def parse_form(body: bytes, content_type: str | None, max_parts: int) -> list[Pa
         st.headers.clear()
         st.data.clear()
         if len(st.parts) >= max_parts:
-            raise RequestError(f"too many form fields (at most {max_parts})")
+            raise TooManyParts(f"too many form fields (at most {max_parts})")
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         st.data.append(bytes(data[start:end]))

@@ -66,6 +66,7 @@ class Limits(BaseModel):
     max_images: int
     max_body_bytes: int
     max_image_pixels: int
+    max_pixels_in_flight: int
 
 
 class ModelCard(BaseModel):

@@ -95,6 +95,7 @@ def run_server(
     max_images: int = 64,
     max_body_mb: int = 64,
     max_image_pixels: int = 16_000_000,
+    max_pixels_in_flight: int = 128_000_000,
     drain_seconds: int = 30,
     log_level: str = "info",
     backend_factory: Callable[[], Backend] | None = None,
@@ -112,6 +113,7 @@ def run_server(
     settings = Settings(
         max_batch=max_batch, max_wait_ms=max_wait_ms, max_images=max_images,
         max_body_bytes=max_body_mb * 1024 * 1024, max_image_pixels=max_image_pixels,
+        max_pixels_in_flight=max_pixels_in_flight,
         api_key=load_api_key(Path(api_key_file) if api_key_file is not None else None),
     )
     if sock is None and not _is_loopback(host) and settings.api_key is None:

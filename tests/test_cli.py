@@ -96,3 +96,10 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         assert saved["threshold_source"] == f"category:{category}"
     report = tmp_path / "demo" / "run" / "report.html"
     assert f"report: {report}" in result.output.replace("\n", "") and report.is_file()
+
+
+@pytest.mark.parametrize("flag", ["--epochs", "--image-size"])
+def test_demo_refuses_zero_instead_of_running_its_default(flag, tmp_path):
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), flag, "0"])
+    assert flag in one_error_line(result)
+    assert not (tmp_path / "d").exists()  # refused before any data is made

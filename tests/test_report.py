@@ -360,3 +360,15 @@ def test_pictures_are_shrunk_to_256_px() -> None:
     assert display_size(1024, 512) == (256, 128)
     assert display_size(300, 900) == (85, 256)
     assert display_size(64, 48) == (64, 48)  # never enlarged
+
+
+def test_histogram_draws_a_category_without_a_threshold() -> None:
+    """A run stopped before calibration has scores but no threshold; its report still builds."""
+    from refad.reporting.report.figures import histogram_figure
+    from refad.reporting.report.views import CategoryView
+
+    rows = [{"score": s, "label": lab} for s, lab in ((1.0, 0), (2.0, 0), (3.0, 1), (5.0, 1))]
+    fig = histogram_figure(CategoryView("pcb", rows, None))
+    (ax,) = fig.axes
+    low, high = ax.get_xlim()
+    assert low <= 1.0 and high >= 5.0 and not ax.get_lines()  # no threshold line drawn

@@ -185,7 +185,8 @@ def run_demo(
     draw heatmaps and defect masks, and write the report."""
     out = Path(out)
     tic = time.perf_counter()
-    changes = {k: v for k, v in (("epochs", epochs), ("image_size", image_size)) if v}
+    changes = {k: v for k, v in (("epochs", epochs), ("image_size", image_size))
+               if v is not None}
     settings = demo_settings(**changes)
     data_root = out / "data"
     if not data_root.exists():

@@ -477,6 +477,9 @@ def demo(
 ) -> None:
     """Offline demo: generate products, train RLR on Lite2, evaluate, decide per product,
     draw heatmaps and defect masks, write the HTML report."""
+    for flag, value in (("--epochs", epochs), ("--image-size", image_size)):
+        if value is not None:
+            _at_least_one(flag, value)
     _torch_threads()
     from refad.api import run_demo
 

@@ -55,7 +55,7 @@ def histogram_figure(view: CategoryView) -> Figure:
     """Good and defective test scores on shared bins, the threshold as a labelled line."""
     scores, labels = view.scores, view.labels
     marks = [view.threshold] if view.threshold is not None else []
-    low, high = float(min(scores.min(), *marks)), float(max(scores.max(), *marks))
+    low, high = float(min([scores.min(), *marks])), float(max([scores.max(), *marks]))
     if high <= low:
         low, high = low - 0.5, high + 0.5
     bins = np.linspace(low, high, int(np.clip(scores.size // 2, 8, 40)) + 1)

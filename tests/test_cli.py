@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 import refad.api
@@ -103,3 +104,16 @@ def test_demo_refuses_zero_instead_of_running_its_default(flag, tmp_path):
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), flag, "0"])
     assert flag in one_error_line(result)
     assert not (tmp_path / "d").exists()  # refused before any data is made
+
+
+def test_predict_refuses_to_write_into_its_input_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "a.png")
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(folder / "a_heatmap.png")  # an input, not output
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for args in ([str(folder)], [str(folder / "a.png")]):
+        result = runner.invoke(app, ["predict", "--run", str(tmp_path / "no-run-needed"), *args,
+                                     "--out", str(folder)])
+        assert "is the input folder" in one_error_line(result)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

@@ -132,6 +132,16 @@ COMPILE_OPTION = typer.Option(
 )
 
 
+def _check_out_apart_from_inputs(inputs: list[Path], out: Path) -> None:
+    """Outputs named like `<stem>_heatmap.png` must never land on, or among, the inputs."""
+    target = out.resolve()
+    for item in inputs:
+        folder = item.resolve() if item.is_dir() else item.resolve().parent
+        if target == folder:
+            raise RefadError(f"--out: {out} is the input folder {folder}; outputs would "
+                             "overwrite or mix with the inputs (choose another folder)")
+
+
 def _at_least_one(flag: str, value: int) -> None:
     if value < 1:
         raise RefadError(f"{flag}: must be at least 1, got {value}")
@@ -333,6 +343,7 @@ def predict(
     _at_least_one("--batch-size", batch_size)
     if (run is None) == (model is None):
         raise RefadError("predict: give exactly one of --run and --model")
+    _check_out_apart_from_inputs(inputs, out)
     if model is not None:
         from refad.reporting.predictions import predict_exported
 

@@ -132,16 +132,6 @@ COMPILE_OPTION = typer.Option(
 )
 
 
-def _check_out_apart_from_inputs(inputs: list[Path], out: Path) -> None:
-    """Outputs named like `<stem>_heatmap.png` must never land on, or among, the inputs."""
-    target = out.resolve()
-    for item in inputs:
-        folder = item.resolve() if item.is_dir() else item.resolve().parent
-        if target == folder:
-            raise RefadError(f"--out: {out} is the input folder {folder}; outputs would "
-                             "overwrite or mix with the inputs (choose another folder)")
-
-
 def _at_least_one(flag: str, value: int) -> None:
     if value < 1:
         raise RefadError(f"{flag}: must be at least 1, got {value}")
@@ -343,7 +333,6 @@ def predict(
     _at_least_one("--batch-size", batch_size)
     if (run is None) == (model is None):
         raise RefadError("predict: give exactly one of --run and --model")
-    _check_out_apart_from_inputs(inputs, out)
     if model is not None:
         from refad.reporting.predictions import predict_exported
 
@@ -462,14 +451,10 @@ def serve(
 ) -> None:
     """HTTP API and inspection page for a run or an exported folder."""
     from refad.serve.server import run_server
-    from refad.serve.settings import Settings
 
     if (run is None) == (model is None):
         raise RefadError("serve: give exactly one of --run and --model")
     _at_least_one("--max-batch", max_batch)
-    if max_pixels_in_flight < Settings.max_image_pixels:
-        raise RefadError(f"--max-pixels-in-flight: must be at least the per-image limit of "
-                         f"{Settings.max_image_pixels} pixels, got {max_pixels_in_flight}")
     code = run_server(run_dir=run, model_dir=model, host=host, port=port, device=device,
                       api_key_file=api_key_file, max_batch=max_batch,
                       max_pixels_in_flight=max_pixels_in_flight)

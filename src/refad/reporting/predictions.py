@@ -26,6 +26,7 @@ from PIL import Image
 from refad.atomic import ensure_dir, write_atomic, write_json, write_text_atomic
 from refad.deploy.defects import defect_mask, defect_regions, pixel_threshold
 from refad.deploy.render import heatmap_rgb, normalise_map, overlay, resize_map
+from refad.errors import ConfigError
 from refad.inference.batches import ImageResult, PredictionBatch, scored_batches
 from refad.runs.lock import folder_lock
 
@@ -145,6 +146,16 @@ def _write_summary(
     write_text_atomic(out_dir / "predictions.csv", buf.getvalue())
 
 
+def refuse_out_among_inputs(inputs: Sequence[Path | str], out_dir: Path | str) -> None:
+    """Outputs named like `<stem>_heatmap.png` must never be written into an input's folder."""
+    target = Path(out_dir).resolve()
+    for item in map(Path, inputs):
+        folder = item.resolve() if item.is_dir() else item.resolve().parent
+        if target == folder:
+            raise ConfigError(f"--out: {out_dir} is the input folder {folder}; outputs would "
+                              "overwrite or mix with the inputs (choose another folder)")
+
+
 def predict(
     run_dir: Path | str,
     inputs: Sequence[Path | str],
@@ -159,6 +170,7 @@ def predict(
     from refad.inference.predict import predict_images  # torch: only for run folders
     from refad.runs import open_run
 
+    refuse_out_among_inputs(inputs, out_dir)
     out_dir = ensure_dir(out_dir)
     with folder_lock(out_dir, "give another --out"):
         run = open_run(run_dir, device)
@@ -181,6 +193,7 @@ def predict_exported(
     and write the same files as `predict` does for a run folder."""
     from refad.deploy import Inferencer, preprocess_batch
 
+    refuse_out_among_inputs(inputs, out_dir)
     out_dir = ensure_dir(out_dir)
     with folder_lock(out_dir, "give another --out"):
         inferencer = Inferencer(model_dir, runtime=runtime, device=device)

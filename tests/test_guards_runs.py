@@ -298,3 +298,39 @@ def test_dangling_symlink_among_training_images_is_named(demo_root: Path, tmp_pa
     link.symlink_to(tmp_path / "nowhere.png")
     with pytest.raises(RefadError, match="zz_gone.png: dangling symbolic link"):
         fit(tiny_config(root, epochs=1), tmp_path / "run", progress=False)
+
+
+def test_resume_without_the_manifest_keeps_the_weights_and_says_why(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "checkpoint.json").unlink()
+    kept = sorted(p.name for p in run.glob("*.safetensors"))
+    result = runner.invoke(app, ["train", "--out", str(run), "--resume"])
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "checkpoint.json" in lines[0] and "safetensors" in lines[0]
+    assert sorted(p.name for p in run.glob("*.safetensors")) == kept
+
+
+@pytest.mark.parametrize("edit", [
+    ("model", "hidden_dims", [16, 32]),
+    ("backbone", "levels", [1, 2]),
+    ("data", "image_size", 96),
+])
+def test_resume_refuses_an_edited_config_in_one_line(
+    trained_run: Path, tmp_path: Path, edit: tuple
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    config = json.loads((run / "config.json").read_text())
+    section, key, value = edit
+    config[section][key] = value
+    (run / "config.json").write_text(json.dumps(config))
+    before = (run / "checkpoint.json").read_text()
+    result = runner.invoke(app, ["train", "--out", str(run), "--resume"])
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "edited or foreign run folder" in lines[0]
+    assert (run / "checkpoint.json").read_text() == before

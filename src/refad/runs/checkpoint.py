@@ -71,6 +71,15 @@ def has_checkpoint(unit_dir: Path) -> bool:
     return (Path(unit_dir) / META_FILE).is_file()
 
 
+def tensor_files(unit_dir: Path) -> list[Path]:
+    """The checkpoint tensor files in a unit folder, named or not by a manifest."""
+    unit_dir = Path(unit_dir)
+    if not unit_dir.is_dir():
+        return []
+    return sorted(p for p in unit_dir.iterdir()
+                  if p.name.startswith(KINDS) and p.name.endswith(".safetensors"))
+
+
 def _write_blob(unit_dir: Path, kind: str, epoch: int, data: bytes) -> dict[str, Any]:
     """Write one tensor file under its content name (skipped when it is already there)."""
     digest = hashlib.sha256(data).hexdigest()
@@ -111,14 +120,11 @@ def remove_leftovers(unit_dir: Path, meta: CheckpointMeta) -> list[Path]:
     keep = {entry["name"] for entry in meta.files.values()}
     if meta.format == FORMAT_V1:
         keep |= set(LEGACY_NAMES.values())
-    removed = []
-    for path in Path(unit_dir).iterdir():
-        name = path.name
-        ours = name.startswith(KINDS) and name.endswith(".safetensors")
-        stale = name.startswith(".") and name.endswith(".tmp")
-        if (ours and name not in keep) or stale:
-            path.unlink(missing_ok=True)
-            removed.append(path)
+    stale = [p for p in Path(unit_dir).iterdir()
+             if p.name.startswith(".") and p.name.endswith(".tmp")]
+    removed = [p for p in tensor_files(unit_dir) if p.name not in keep] + stale
+    for path in removed:
+        path.unlink(missing_ok=True)
     return removed
 
 

@@ -21,6 +21,7 @@ from refad.runs import checkpoint as ckpt
 from refad.runs.layout import (
     CATEGORIES_DIR,
     CONFIG_FILE,
+    META_FILE,
     METRICS_JSON,
     METRICS_MD,
     REPORT_HTML,
@@ -74,6 +75,32 @@ class RunDir:
         if not self.config_path.is_file():
             raise ConfigError(f"{self.path}: nothing to resume (no {CONFIG_FILE})")
         return load_config_file(self.config_path)
+
+    def check_resumable(self, config: RunConfig) -> None:
+        """Before a resume touches anything: every unit's checkpoint must match config.json,
+        and weights without their manifest are refused (retraining would delete them)."""
+        for unit in self.units(config):
+            where = self.unit_path(unit)
+            if not self.has_checkpoint(unit):
+                orphans = ckpt.tensor_files(where)
+                if orphans:
+                    raise CheckpointError(
+                        f"{where / META_FILE}: missing, but {orphans[0].name} is there; "
+                        "refusing to train over those weights (restore checkpoint.json, or "
+                        "train into another --out)"
+                    )
+                continue
+            meta = self.read_meta(unit)
+            cross_check(config, meta, where)
+            saved = json.loads(json.dumps(config.model.model_dump()))
+            if meta.model_config != saved:
+                differ = sorted(k for k in saved.keys() | meta.model_config.keys()
+                                if saved.get(k) != meta.model_config.get(k))
+                raise CheckpointError(
+                    f"{where}: {CONFIG_FILE} says model.{differ[0]} = "
+                    f"{saved.get(differ[0])!r}, the checkpoint was trained with "
+                    f"{meta.model_config.get(differ[0])!r} (edited or foreign run folder)"
+                )
 
     def units(self, config: RunConfig) -> list[str]:
         """Trained units: `unified`, or the categories with a checkpoint folder."""

@@ -217,6 +217,8 @@ def fit(
         created = dctx.is_main and not resume
         if dctx.is_main:
             config = folder.resume() if resume else folder.create(config)
+            if resume:
+                folder.check_resumable(config)
             folder.remove_leftovers(config)
         try:
             return _fit_units(config, folder, dctx, device, resume, progress)

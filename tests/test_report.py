@@ -301,6 +301,30 @@ def test_without_refad_test_it_says_what_to_run(trained_run: Path, tmp_path: Pat
     assert not (run / "report.html").exists()
 
 
+@pytest.mark.parametrize("edit, expected", [
+    (lambda rows: rows.__setitem__(0, {}), r"images\[0\]\.category: Field required"),
+    (lambda rows: rows[1].pop("score"), r"images\[1\]\.score: Field required"),
+    (lambda rows: rows[2].__setitem__("score", "high"), r"images\[2\]\.score: Input should"),
+    (lambda rows: rows[0].__setitem__("label", 7), r"images\[0\]\.label: Input should"),
+])
+def test_an_edited_test_scores_file_names_the_row_and_field(
+    trained_run: Path, tmp_path: Path, edit, expected: str
+) -> None:
+    run = evaluated_copy(trained_run, tmp_path)
+    rows = json.loads((run / "test_scores.json").read_text())["images"]
+    edit(rows)
+    (run / "test_scores.json").write_text(json.dumps({"images": rows}))
+    with pytest.raises(CheckpointError, match=f"test_scores.json: {expected}"):
+        build_report(run, "cpu")
+
+
+def test_a_metrics_file_that_is_not_an_object_is_blamed(trained_run: Path, tmp_path: Path) -> None:
+    run = evaluated_copy(trained_run, tmp_path)
+    (run / "metrics.json").write_text("[]")
+    with pytest.raises(CheckpointError, match=r"metrics.json: not written by refad test"):
+        build_report(run, "cpu")
+
+
 def test_a_gallery_image_gone_from_disk_is_a_line_not_a_crash(
     trained_run: Path, tmp_path: Path
 ) -> None:

@@ -7,9 +7,10 @@ import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from refad.atomic import write_json, write_text_atomic
 from refad.backbones import FeatureExtractor, build_extractor
@@ -31,6 +32,19 @@ from refad.runs.layout import (
     unit_path,
 )
 from refad.runs.lock import folder_lock
+
+
+class TestScoreRow(BaseModel):
+    """One image's line in test_scores.json, checked before a report draws from it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    category: str
+    image: str
+    mask: str | None = None
+    defect: str
+    label: Literal[0, 1]
+    score: float
 
 
 @dataclass(frozen=True)
@@ -181,9 +195,23 @@ class RunDir:
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
         metrics, scores = found
-        if not isinstance(metrics, dict) or not isinstance(scores.get("images"), list):
-            raise CheckpointError(f"{self.path / TEST_SCORES_JSON}: not written by refad test")
-        return metrics, scores["images"]
+        for name, ok in ((METRICS_JSON, isinstance(metrics, dict)),
+                         (TEST_SCORES_JSON, isinstance(scores, dict)
+                          and isinstance(scores.get("images"), list))):
+            if not ok:
+                raise CheckpointError(f"{self.path / name}: not written by refad test")
+        return metrics, [self._score_row(i, row) for i, row in enumerate(scores["images"])]
+
+    def _score_row(self, index: int, row: Any) -> dict[str, Any]:
+        try:
+            return TestScoreRow.model_validate(row).model_dump()
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "row"
+            raise CheckpointError(
+                f"{self.path / TEST_SCORES_JSON}: images[{index}].{where}: {err['msg']} "
+                "(edited? run `refad test` again)"
+            ) from None
 
     @property
     def report_path(self) -> Path:

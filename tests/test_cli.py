@@ -117,3 +117,11 @@ def test_predict_refuses_to_write_into_its_input_folder(tmp_path: Path) -> None:
                                      "--out", str(folder)])
         assert "is the input folder" in one_error_line(result)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+@pytest.mark.parametrize("name", ["xpu", "meta", "mps", "banana", "cuda:99"])
+def test_an_unsupported_device_is_one_line(trained_run: Path, name: str) -> None:
+    result = runner.invoke(app, ["test", "--run", str(trained_run), "--device", name])
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert f"device: {name!r}" in lines[0]

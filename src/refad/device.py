@@ -50,6 +50,12 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
         raise ConfigError(
             f"device: {name!r} is not a device name (auto, cpu, cuda, cuda:N)"
         ) from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device: {name!r} is not supported (auto, cpu, cuda, cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device: {name!r} requested but no CUDA GPU is available")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device: {name!r} requested but only {torch.cuda.device_count()} CUDA GPU(s) exist"
+        )
     return device

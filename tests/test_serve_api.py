@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -31,8 +32,10 @@ from test_serve_support import (
     tiny_run,
     torch_factory,
 )
+from typer.testing import CliRunner
 
-from refad.errors import ConfigError
+from refad.cli.main import app
+from refad.errors import ConfigError, RefadError
 from refad.serve.backend import Backend, check_category, decide, resolve_threshold
 from refad.serve.errors import ApiError
 from refad.serve.limits import PixelBudget, read_body
@@ -440,14 +443,54 @@ def test_load_failure_is_reported(tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.02)
         assert_error(httpx.get(s.url + "/readyz"), 503, "failed to load", "corrupt")
-    # the real entry point gives up and returns 1 when the model cannot load
-    (tmp_path / "empty").mkdir()
+
+
+def serve_until_it_gives_up(**kwargs) -> int:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    with ThreadPoolExecutor(1) as pool:
-        code = pool.submit(run_server, tmp_path / "empty", sock=sock, log_level="critical")
-        assert code.result(timeout=60) == 1
-    sock.close()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(run_server, sock=sock, log_level="critical", **kwargs).result(60)
+    finally:
+        sock.close()
+
+
+def test_a_model_that_cannot_load_ends_the_server(run_paths, tmp_path):
+    # a refused run folder (bad input) exits 2; any other failure (memory, say) exits 1
+    bad = tmp_path / "run"
+    shutil.copytree(run_paths[1], bad)
+    next(bad.glob("model-*.safetensors")).write_bytes(b"junk")
+    assert serve_until_it_gives_up(run_dir=bad, device="cpu") == 2
+
+    def out_of_memory() -> Backend:
+        raise MemoryError
+
+    assert serve_until_it_gives_up(backend_factory=out_of_memory) == 1
+
+
+def test_a_folder_that_is_no_run_is_refused_before_binding(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RefadError, match="empty: not a refad run folder"):
+        run_server(tmp_path / "empty", port=free_port())
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--port", "-1"], "--port: -1 is not a port"),
+    (["--port", "70000"], "--port: 70000 is not a port"),
+    (["--host", "no-such-host.invalid"], "--host: cannot use 'no-such-host.invalid'"),
+    (["--port", "TAKEN"], "cannot listen on 127.0.0.1:TAKEN"),
+    (["--device", "mps"], "device: 'mps' is not supported"),
+])
+def test_serve_refuses_bad_addresses_in_one_line_before_loading(run_paths, args, expected):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        args = [a.replace("TAKEN", port) for a in args]
+        result = CliRunner().invoke(app, ["serve", "--run", str(run_paths[1]), *args])
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert expected.replace("TAKEN", port) in lines[0]
 
 
 SLOW_SERVER = """

@@ -13,6 +13,7 @@ _EXPORTS = {
     "read_meta": "checkpoint", "save_checkpoint": "checkpoint", "spec_to_dict": "checkpoint",
     "UNIFIED": "layout", "unit_for_category": "layout", "unit_path": "layout",
     "RunDir": "rundir", "TrainedRun": "rundir", "open_run": "rundir",
+    "check_scorable": "rundir",
 }
 
 __all__ = sorted(_EXPORTS)

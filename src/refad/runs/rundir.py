@@ -90,12 +90,17 @@ class RunDir:
             raise ConfigError(f"{self.path}: nothing to resume (no {CONFIG_FILE})")
         return load_config_file(self.config_path)
 
-    def check_resumable(self, config: RunConfig) -> None:
-        """Before a resume touches anything: every unit's checkpoint must match config.json,
-        and weights without their manifest are refused (retraining would delete them)."""
-        for unit in self.units(config):
+    def check_checkpoints(self, config: RunConfig, resuming: bool = False) -> None:
+        """Cheap checks before any work: every unit's checkpoint must describe the model of
+        config.json (an edited or foreign folder is refused with what differs). Resuming, a
+        unit may still be untrained, but weights without their manifest are refused
+        (retraining would delete them), and so is a model section changed since training."""
+        units = self.units(config)
+        if not units:
+            raise CheckpointError(f"{self.path}: no trained model in this run folder")
+        for unit in units:
             where = self.unit_path(unit)
-            if not self.has_checkpoint(unit):
+            if resuming and not self.has_checkpoint(unit):
                 orphans = ckpt.tensor_files(where)
                 if orphans:
                     raise CheckpointError(
@@ -106,15 +111,8 @@ class RunDir:
                 continue
             meta = self.read_meta(unit)
             cross_check(config, meta, where)
-            saved = json.loads(json.dumps(config.model.model_dump()))
-            if meta.model_config != saved:
-                differ = sorted(k for k in saved.keys() | meta.model_config.keys()
-                                if saved.get(k) != meta.model_config.get(k))
-                raise CheckpointError(
-                    f"{where}: {CONFIG_FILE} says model.{differ[0]} = "
-                    f"{saved.get(differ[0])!r}, the checkpoint was trained with "
-                    f"{meta.model_config.get(differ[0])!r} (edited or foreign run folder)"
-                )
+            if resuming:
+                _check_model_config(config, meta, where)
 
     def units(self, config: RunConfig) -> list[str]:
         """Trained units: `unified`, or the categories with a checkpoint folder."""
@@ -271,6 +269,26 @@ def cross_check(config: RunConfig, meta: ckpt.CheckpointMeta, where: Path) -> No
                 f"{where}: {CONFIG_FILE} says {field_name} = {in_config!r}, the checkpoint was "
                 f"trained with {in_checkpoint!r} (edited or foreign run folder)"
             )
+
+
+def _check_model_config(config: RunConfig, meta: ckpt.CheckpointMeta, where: Path) -> None:
+    saved = json.loads(json.dumps(config.model.model_dump()))
+    differ = sorted(k for k in saved.keys() | meta.model_config.keys()
+                    if saved.get(k) != meta.model_config.get(k))
+    if differ:
+        key = differ[0]
+        raise CheckpointError(
+            f"{where}: {CONFIG_FILE} says model.{key} = {saved.get(key)!r}, the checkpoint "
+            f"was trained with {meta.model_config.get(key)!r} (edited or foreign run folder)"
+        )
+
+
+def check_scorable(run_dir: Path | str) -> RunConfig:
+    """A run folder's config and checkpoint manifests, checked without loading weights."""
+    folder = RunDir(Path(run_dir))
+    config = folder.read_config()
+    folder.check_checkpoints(config)
+    return config
 
 
 def open_run(run_dir: Path | str, device: str | torch.device | None = None) -> TrainedRun:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import uvicorn
 
-from refad.errors import ConfigError
+from refad.errors import ConfigError, RefadError
 from refad.serve.app import create_app
 from refad.serve.backend import Backend
 from refad.serve.security import load_api_key
@@ -42,13 +42,22 @@ def make_backend_factory(
     if not folder.is_dir():
         raise ConfigError(f"{folder}: no such folder")
     if run_dir is not None:
+        from refad.device import resolve_device
+        from refad.runs import check_scorable
+
+        resolve_device(device)  # the cheap checks before binding: bad input exits 2, unbound
+        check_scorable(folder)
+
         def torch_factory() -> Backend:
             from refad.serve.torch_backend import TorchBackend
 
             return TorchBackend(folder, device)
 
         return torch_factory
+    from refad.deploy.metadata import read_metadata
     from refad.serve.deploy_backend import DeployBackend
+
+    read_metadata(folder)
 
     def deploy_factory() -> Backend:
         return DeployBackend(folder, device)
@@ -63,6 +72,28 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The listening address, bound before anything starts: a taken port or an unknown host
+    is a one-line error (exit 2), not a uvicorn log and exit 1 after the model has loaded."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port: {port} is not a port (0-65535)")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(f"--host: cannot use {host!r} ({exc})") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"--host/--port: cannot listen on {host}:{port} ({exc.strerror or exc})"
+        ) from None
+    return sock
 
 
 @contextlib.contextmanager
@@ -101,7 +132,8 @@ def run_server(
     backend_factory: Callable[[], Backend] | None = None,
     sock: socket.socket | None = None,
 ) -> int:
-    """Serve until stopped; returns the process exit code (0, or 1 if the model failed to load).
+    """Serve until stopped; returns the process exit code: 0, or if the model failed to load
+    2 (a refused run or exported folder) or 1 (anything else, out of memory say).
 
     The API key comes from ``api_key_file`` or $REFAD_API_KEY, never from an argument.
     ``backend_factory`` replaces ``run_dir``/``model_dir`` (embedding, tests); ``sock`` is an
@@ -116,14 +148,16 @@ def run_server(
         max_pixels_in_flight=max_pixels_in_flight,
         api_key=load_api_key(Path(api_key_file) if api_key_file is not None else None),
     )
-    if sock is None and not _is_loopback(host) and settings.api_key is None:
+    owned = sock is None
+    sock = sock if sock is not None else bind_socket(host, port)
+    if owned and not _is_loopback(host) and settings.api_key is None:
         log.warning("serving on %s without an API key: anyone who can reach it can use it "
                     "(set --api-key-file or REFAD_API_KEY)", host)
     exit_code = [0]
     server: uvicorn.Server | None = None
 
     def on_load_error(exc: BaseException) -> None:
-        exit_code[0] = 1
+        exit_code[0] = 2 if isinstance(exc, RefadError) else 1
         if server is not None:
             server.should_exit = True
 
@@ -134,8 +168,16 @@ def run_server(
         limit_concurrency=1024,
     )
     server = uvicorn.Server(config)
-    with _signals_end_quietly():
-        server.run(sockets=[sock] if sock is not None else None)
+    if owned:  # uvicorn announces only addresses it bound itself
+        bound = sock.getsockname()
+        shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
+        logging.getLogger("uvicorn.error").info("listening on http://%s:%d", shown, bound[1])
+    try:
+        with _signals_end_quietly():
+            server.run(sockets=[sock])
+    finally:
+        if owned:
+            sock.close()
     if not server.started and exit_code[0] == 0:
-        exit_code[0] = 1  # could not bind, or start-up failed (uvicorn has logged why)
+        exit_code[0] = 1  # start-up failed (uvicorn has logged why)
     return exit_code[0]

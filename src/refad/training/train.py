@@ -218,7 +218,7 @@ def fit(
         if dctx.is_main:
             config = folder.resume() if resume else folder.create(config)
             if resume:
-                folder.check_resumable(config)
+                folder.check_checkpoints(config, resuming=True)
             folder.remove_leftovers(config)
         try:
             return _fit_units(config, folder, dctx, device, resume, progress)

@@ -46,3 +46,32 @@ def test_predict_with_an_export_writes_what_the_run_writes(
     result = runner.invoke(app, ["predict", "--run", str(run), "--model", str(export),
                                  str(images), "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "exactly one of --run and --model" in result.output
+
+
+def test_export_destination_problems_are_one_line_before_any_work(
+    trained_run: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import refad.atomic
+
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("user file")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = refad.atomic.writable
+    monkeypatch.setattr(refad.atomic, "writable", lambda f: real(f) and Path(f) != locked)
+    for out, expected in ((taken, f"{taken}: folder exists and is not empty (--overwrite"),
+                          (a_file, f"{a_file}: exists and is not a folder"),
+                          (a_file / "x", f"{a_file}: exists and is not a folder"),
+                          (locked / "x", f"{locked}: folder is not writable")):
+        result = runner.invoke(app, ["export", "--run", str(trained_run), "--out", str(out)])
+        lines = [ln for ln in result.output.splitlines() if ln.strip()]
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert expected in lines[0]
+    assert (taken / "keep.txt").read_text() == "user file"
+    result = runner.invoke(app, ["export", "--run", str(trained_run), "--out", str(taken),
+                                 "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert (taken / "refad-deploy.json").is_file() and not (taken / "keep.txt").exists()

@@ -413,12 +413,15 @@ def export(
     out: Annotated[Path, typer.Option(help="Folder to write (graph + refad-deploy.json).")],
     format_: Annotated[str, typer.Option("--format", help="onnx or openvino.")] = "onnx",
     precision: Annotated[str, typer.Option(help="fp32; openvino also fp16, bf16, int8.")] = "fp32",
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace a non-empty --out (only once the new export has passed its check).",
+    )] = False,
 ) -> None:
     """Export a run to ONNX or OpenVINO: one graph per unit, checked against PyTorch."""
     _torch_threads()
     from refad.export import export_run
 
-    meta = export_run(run, out, format_, precision)
+    meta = export_run(run, out, format_, precision, overwrite=overwrite)
     parity = "; ".join(
         f"{unit}: map max diff {p['map_max_rel']:.1e} of range, score max rel diff "
         f"{p['score_max_rel']:.1e}, decision flips {p['decision_flips']}"

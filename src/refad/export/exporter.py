@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import refad
-from refad.atomic import json_safe
+from refad.atomic import ensure_dir, json_safe
 from refad.backbones import FeatureExtractor
 from refad.deploy.images import RESIZE_RULE, check_rgb_array, preprocess_batch
 from refad.deploy.metadata import (
@@ -113,13 +113,18 @@ def _check_inputs(
     return methods.pop(), sizes.pop()
 
 
-def _prepare_destination(out_dir: Path, overwrite: bool) -> None:
+def check_destination(out_dir: Path, overwrite: bool) -> None:
+    """Refuse, before any work, a destination the export could not replace: a file, a
+    non-empty folder without `overwrite`, or a parent this process cannot write into."""
+    out_dir = Path(out_dir)
     if out_dir.exists():
         if not out_dir.is_dir():
             raise ConfigError(f"{out_dir}: exists and is not a folder")
         if any(out_dir.iterdir()) and not overwrite:
-            raise ConfigError(f"{out_dir}: folder exists and is not empty (pass overwrite)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+            raise ConfigError(
+                f"{out_dir}: folder exists and is not empty (--overwrite replaces it)"
+            )
+    ensure_dir(out_dir.parent)
 
 
 def _move_into_place(tmp: Path, out_dir: Path) -> None:
@@ -201,7 +206,7 @@ def export_model(
     method, size = _check_inputs(extractor, models, format, precision)
     limits = {**TOLERANCES[precision], **(tolerance or {})}
     out_dir = Path(out_dir)
-    _prepare_destination(out_dir, overwrite)
+    check_destination(out_dir, overwrite)
     plan = {}
     for unit in models:
         check = _images_for(check_images, unit, "check_images")
@@ -212,7 +217,10 @@ def export_model(
             raise ConfigError(f"calibration_images: int8 needs normal images for unit {unit!r}")
         plan[unit] = (check, calib, *_unit_calibration(unit, calibration.get(unit)))
     backbone = copy.deepcopy(extractor).cpu().float().eval()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    except OSError as exc:
+        raise RefadError(f"{out_dir.parent}: cannot write ({exc.strerror or exc})") from None
     try:
         units = {}
         exporters = set()
@@ -280,6 +288,10 @@ def export_model(
         })
         (tmp / METADATA_FILE).write_text(dumps(meta), encoding="utf-8")
         _move_into_place(tmp, out_dir)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        where = exc.filename or out_dir
+        raise RefadError(f"{where}: cannot write the export ({exc.strerror or exc})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

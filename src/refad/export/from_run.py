@@ -12,7 +12,7 @@ import numpy as np
 import refad
 from refad.data import load_split, read_image_rgb
 from refad.errors import DataError
-from refad.export.exporter import export_model
+from refad.export.exporter import check_destination, export_model
 from refad.runs import open_run
 
 
@@ -39,8 +39,11 @@ def export_run(
     check_count: int = 8,
     calibration_count: int = 64,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Export every unit of a run (CPU, float32 reference) and return the metadata written."""
+    """Export every unit of a run (CPU, float32 reference) and return the metadata written.
+    `overwrite` replaces a non-empty `out_dir` (atomically, once the new export is checked)."""
+    check_destination(Path(out_dir), overwrite)
     run = open_run(run_dir, "cpu")
     models = {unit: run.model(unit)[0] for unit in run.units}
     calibration = {unit: run.model(unit)[1].calibration or {} for unit in run.units}
@@ -54,4 +57,5 @@ def export_run(
     return export_model(
         run.extractor, models, calibration, info, out_dir, format, precision,
         calibration_images=calib if precision == "int8" else None, check_images=check,
+        overwrite=overwrite,
     )

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import sys
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -466,11 +467,17 @@ def test_arbitrary_objects_are_refused(tmp_path: Path) -> None:
     [
         (None, "no such checkpoint file"),
         (b"definitely not a zip or pickle", "not a readable torch checkpoint"),
+        (b"hello\n", r"not a readable torch checkpoint \(KeyError"),
+        (bytes(range(7, 107)), "not a readable torch checkpoint"),
+        ("zip", "not a readable torch checkpoint"),
     ],
 )
-def test_unreadable_files(tmp_path: Path, content: bytes | None, message: str) -> None:
+def test_unreadable_files(tmp_path: Path, content: bytes | str | None, message: str) -> None:
     path = tmp_path / "broken.pth"
-    if content is not None:
+    if content == "zip":  # a zip file without torch's records
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("archive/data.pkl", b"junk")
+    elif content is not None:
         path.write_bytes(content)
     with pytest.raises(CheckpointError, match=f"broken.pth: {message}"):
         import_authors_checkpoint("crad", path, CRAD_SPEC)
@@ -593,3 +600,20 @@ def test_imported_rlr_run_folder_reloads_identically(tmp_path: Path) -> None:
     levels = levels_for(spec)
     with torch.no_grad():
         assert torch.allclose(model.reconstruct(levels)[0], imported.reconstruct(levels)[0])
+
+
+def test_cli_refuses_a_wrong_file_before_fetching_any_backbone(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from refad.cli.main import app
+
+    bad = tmp_path / "notes.pth"
+    bad.write_text("hello\n")
+    # the default backbone's weights are not on this machine: reading them first would fail
+    # on the network (or take minutes), not on the file
+    result = CliRunner().invoke(app, ["import-authors", "--method", "rlr", "--checkpoint",
+                                      str(bad), "--out", str(tmp_path / "run")])
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert f"{bad}: not a readable torch checkpoint" in lines[0]
+    assert not (tmp_path / "run").exists()

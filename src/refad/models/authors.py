@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import pickle
 import re
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,9 +87,9 @@ def load_authors_file(path: Path | str) -> Any:
                 f"({detail}); refad loads weights only"
             ) from None
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({detail})") from None
-    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # noqa: BLE001 - a foreign file fails in any way the unpickler can
         lines = str(exc).strip().splitlines()
-        detail = lines[0][:200] if lines else type(exc).__name__
+        detail = f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({detail})") from None
 
 
@@ -394,6 +393,7 @@ def import_authors_checkpoint(
     path: Path | str,
     spec: FeatureSpec,
     model_config: Mapping[str, Any] | None = None,
+    loaded: Any = None,
 ) -> tuple[ReconstructionModel, ImportReport]:
     """Load an authors' checkpoint file into a refad model (CPU, eval mode) and report what
     was read and left out.
@@ -401,10 +401,10 @@ def import_authors_checkpoint(
     `spec` describes the features of the matching backbone. Structural hyper-parameters
     (widths, layer counts, grid sizes, expansion) are read from the weights and win over
     `model_config`, which supplies the rest (e.g. UniAD's `neighbour_window`, which the
-    weights do not show).
+    weights do not show). `loaded`: the file's content when the caller has read it already.
     """
     path = Path(path)
-    obj = load_authors_file(path)
+    obj = load_authors_file(path) if loaded is None else loaded
     model, config, ignored = convert_authors_state(method, obj, spec, model_config, str(path))
     epoch = obj.get("epoch") if isinstance(obj, Mapping) else None
     if method == "rlr" and isinstance(epoch, int):

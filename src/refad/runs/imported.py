@@ -17,7 +17,7 @@ from refad.backbones import FeatureExtractor, build_extractor
 from refad.config import RunConfig
 from refad.device import resolve_device
 from refad.errors import CheckpointError, ConfigError
-from refad.models.authors import ImportReport, import_authors_checkpoint
+from refad.models.authors import ImportReport, import_authors_checkpoint, load_authors_file
 from refad.models.base import FeatureSpec, ReconstructionModel
 from refad.models.registry import build_model
 from refad.runs.checkpoint import CheckpointMeta, backbone_identity, spec_to_dict
@@ -76,8 +76,7 @@ def write_imported_run(
     """
     run_dir = Path(run_dir)
     folder = RunDir(run_dir)
-    if folder.exists():
-        raise ConfigError(f"{run_dir}: already holds a run; choose another output folder")
+    folder.check_new()
     if config.method != model.method:
         raise ConfigError(f"method: config says {config.method!r}, the model is {model.method!r}")
     if config.train.mode != "unified":
@@ -119,8 +118,11 @@ def import_run(
     config: RunConfig,
     device: str | torch.device = "cpu",
 ) -> Path:
-    """CLI entry: build the configured backbone, import the authors' file, write the run."""
+    """CLI entry: build the configured backbone, import the authors' file, write the run.
+    The file is read first: a wrong one is refused before any backbone weights are fetched."""
     dev = resolve_device(device)
+    RunDir(Path(run_dir)).check_new()
+    loaded = load_authors_file(checkpoint)
     extractor = build_extractor(config.backbone, dev)
     spec = FeatureSpec(
         levels=tuple(extractor.levels),
@@ -129,5 +131,5 @@ def import_run(
         image_size=config.data.image_size,
     )
     overrides = config.model.model_dump() if config.model.method == method else None
-    model, report = import_authors_checkpoint(method, checkpoint, spec, overrides)
+    model, report = import_authors_checkpoint(method, checkpoint, spec, overrides, loaded)
     return write_imported_run(model.to(dev), run_dir, config, extractor, report)

@@ -66,13 +66,14 @@ class RunDir:
     def unit_path(self, unit: str) -> Path:
         return unit_path(self.path, unit)
 
+    def check_new(self, advice: str = "choose another --out") -> None:
+        """Refuse a folder that already holds a run (it is never written over)."""
+        if self.config_path.exists():
+            raise ConfigError(f"{self.path}: already holds a run; {advice}")
+
     def create(self, config: RunConfig) -> RunConfig:
         """Start a new run here: refuses a folder that already holds one."""
-        if self.config_path.exists():
-            raise ConfigError(
-                f"{self.path}: already holds a run; use --resume to continue it or choose "
-                "another --out"
-            )
+        self.check_new("use --resume to continue it or choose another --out")
         self.write_config(config)
         return config
 

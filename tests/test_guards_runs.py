@@ -334,3 +334,40 @@ def test_resume_refuses_an_edited_config_in_one_line(
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert "edited or foreign run folder" in lines[0]
     assert (run / "checkpoint.json").read_text() == before
+
+
+def test_a_failed_command_leaves_no_empty_folder_it_created(tmp_path: Path) -> None:
+    new = tmp_path / "new"
+    with pytest.raises(RuntimeError), folder_lock(new, "x"):
+        raise RuntimeError("refused")
+    assert not new.exists()
+    kept = tmp_path / "kept"  # something was written: the folder stays
+    with pytest.raises(RuntimeError), folder_lock(kept, "x"):
+        (kept / "result.csv").write_text("a")
+        raise RuntimeError("late failure")
+    assert (kept / "result.csv").is_file()
+    existing = tmp_path / "existing"  # the user's folder is never removed
+    existing.mkdir()
+    with pytest.raises(RuntimeError), folder_lock(existing, "x"):
+        raise RuntimeError("refused")
+    assert existing.is_dir()
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_bad_data_is_reported_before_the_backbone_is_fetched(
+    tmp_path: Path, command: str
+) -> None:
+    # the default backbone's weights are not on this machine: fetching them first fails on
+    # the network (after retries), hiding the real problem
+    out = tmp_path / "out"
+    args = [command, "--out", str(out), "--epochs", "1"]
+    if command == "compare":
+        args += ["--methods", "rlr"]
+    nowhere = ["--root", str(tmp_path / "nowhere")]
+    for extra, expected in (([], "data.root is required"),
+                            (nowhere, "dataset root folder not found")):
+        result = runner.invoke(app, args + extra)
+        lines = [ln for ln in result.output.splitlines() if ln.strip()]
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert expected in lines[0]
+        assert not out.exists()

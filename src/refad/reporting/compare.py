@@ -16,6 +16,7 @@ from typing import Any
 from refad.atomic import write_json, write_text_atomic
 from refad.config import PRESETS, RunConfig, apply_overrides, build_config, preset
 from refad.config import shared_train_fields as shared_fields
+from refad.data import load_split
 from refad.errors import ConfigError
 from refad.metrics import METRIC_NAMES
 from refad.reporting.evaluation import evaluate
@@ -127,7 +128,8 @@ def compare(
                 f"{out_dir / taken[0]}: already holds a run; use resume or another output folder"
             )
     data = next(iter(configs.values())).data
-    dataset = f"{data.kind} ({data.root or data.normal_dir})"
+    load_split(data, "train")  # a wrong data section fails now, not after the first run
+    dataset = f"{data.kind} ({data.normal_dir if data.kind == 'folder' else data.root})"
     rows: dict[str, Any] = {}
     for name, cfg in configs.items():
         run_dir = out_dir / name

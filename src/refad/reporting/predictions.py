@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from refad.atomic import ensure_dir, write_atomic, write_json, write_text_atomic
+from refad.atomic import write_atomic, write_json, write_text_atomic
 from refad.deploy.defects import defect_mask, defect_regions, pixel_threshold
 from refad.deploy.render import heatmap_rgb, normalise_map, overlay, resize_map
 from refad.errors import ConfigError
@@ -171,8 +171,8 @@ def predict(
     from refad.runs import open_run
 
     refuse_out_among_inputs(inputs, out_dir)
-    out_dir = ensure_dir(out_dir)
-    with folder_lock(out_dir, "give another --out"):
+    out_dir = Path(out_dir)
+    with folder_lock(out_dir, "give another --out"):  # creates it, removed if this fails
         run = open_run(run_dir, device)
         calibration, batches = predict_images(
             run, inputs, category, batch_size, amp, compile_mode
@@ -194,8 +194,8 @@ def predict_exported(
     from refad.deploy import Inferencer, preprocess_batch
 
     refuse_out_among_inputs(inputs, out_dir)
-    out_dir = ensure_dir(out_dir)
-    with folder_lock(out_dir, "give another --out"):
+    out_dir = Path(out_dir)
+    with folder_lock(out_dir, "give another --out"):  # creates it, removed if this fails
         inferencer = Inferencer(model_dir, runtime=runtime, device=device)
         calibration = inferencer.calibration_for(category)
 

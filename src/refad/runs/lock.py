@@ -21,7 +21,11 @@ LOCK_FILE = ".refad.lock"
 
 @contextlib.contextmanager
 def folder_lock(folder: Path | str, purpose: str) -> Iterator[None]:
-    """Hold the folder's lock for the block, or fail at once naming the other process."""
+    """Hold the folder's lock for the block, or fail at once naming the other process.
+
+    A folder this call created is removed again when the block fails having written nothing
+    else into it: a refused command leaves no empty output folder behind."""
+    created = not Path(folder).exists()
     folder = ensure_dir(folder)
     path = folder / LOCK_FILE
     try:
@@ -39,6 +43,18 @@ def folder_lock(folder: Path | str, purpose: str) -> Iterator[None]:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
-        yield
+        try:
+            yield
+        except BaseException:
+            if created:
+                _remove_if_only_the_lock(folder)
+            raise
     finally:
         os.close(fd)
+
+
+def _remove_if_only_the_lock(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        if [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+            (folder / LOCK_FILE).unlink()
+            folder.rmdir()

@@ -240,8 +240,8 @@ def _fit_units(
     if not dctx.is_main:
         config = folder.read_config()
     progress = progress and dctx.is_main
+    samples = load_split(config.data, "train")  # before the backbone: no download for bad data
     extractor = build_extractor(config.backbone, device)
-    samples = load_split(config.data, "train")
     train_samples, val_samples = split_validation(
         samples, config.train.val_fraction, config.train.seed
     )

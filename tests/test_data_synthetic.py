@@ -113,3 +113,42 @@ def test_bad_arguments():
         render_sample("mesh", 64, -1)
     with pytest.raises(ConfigError, match="n_train"):
         make_demo_dataset("unused", ["mesh"], n_train=0)
+
+
+def test_an_interrupted_generation_leaves_no_partial_dataset(tmp_path, monkeypatch):
+    import refad.data.synthetic as synthetic
+
+    root = tmp_path / "data"
+    make_demo_dataset(root, categories=["fabric"], n_train=2, n_test_good=1, n_test_defect=1,
+                      size=64, seed=0)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    real, calls = synthetic._save_png, []
+
+    def interrupted(image, path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(image, path)
+
+    monkeypatch.setattr(synthetic, "_save_png", interrupted)
+    for target in (root, tmp_path / "fresh"):
+        calls.clear()
+        with pytest.raises(KeyboardInterrupt):
+            make_demo_dataset(target, categories=["fabric", "screw"], n_train=2, n_test_good=1,
+                              n_test_defect=1, size=64, seed=1)
+    # the previous dataset is whole, the new one never appeared, nothing half-written remains
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_demo_refuses_an_output_that_is_a_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from refad.cli.main import app
+
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    result = CliRunner().invoke(app, ["demo", "--out", str(taken), "--epochs", "1"])
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert f"{taken}: exists and is not a folder" in lines[0]

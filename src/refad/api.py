@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from refad.atomic import write_text_atomic
+from refad.atomic import ensure_dir, write_text_atomic
 from refad.backbones import FeatureCache, FeatureExtractor, build_extractor
 from refad.config import RLRConfig, RunConfig, build_config, load_config_file
 from refad.data import make_demo_dataset
@@ -183,7 +183,7 @@ def run_demo(
 ) -> dict:
     """Generate synthetic products, train unified RLR on Lite2, evaluate, decide per product,
     draw heatmaps and defect masks, and write the report."""
-    out = Path(out)
+    out = ensure_dir(out)  # a file or an unwritable place is refused before any work
     tic = time.perf_counter()
     changes = {k: v for k, v in (("epochs", epochs), ("image_size", image_size))
                if v is not None}

@@ -12,6 +12,7 @@ import json
 import math
 import numbers
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -45,6 +46,39 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise RefadError(f"{path}: cannot write ({exc.strerror or exc})") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: Path | str) -> Iterator[Path]:
+    """Yield an empty folder beside `folder`; on success it takes `folder`'s place (a previous
+    one is replaced), so `folder` is never seen half-written. On error the temporary folder
+    is removed and any previous `folder` is untouched; OS errors become one-line errors."""
+    folder = Path(folder)
+    ensure_dir(folder.parent)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    except OSError as exc:
+        raise RefadError(f"{folder.parent}: cannot write ({exc.strerror or exc})") from None
+    try:
+        yield tmp
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        replacing = folder.exists()
+        if replacing:
+            os.replace(folder, old)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if replacing:
+                os.replace(old, folder)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        where = exc.filename or folder
+        raise RefadError(f"{where}: {exc.strerror or exc} (while writing {folder})") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -20,7 +20,6 @@ Categories (``SYNTHETIC_CATEGORIES``):
 from __future__ import annotations
 
 import json
-import shutil
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from refad.atomic import atomic_folder
 from refad.errors import ConfigError, DataError
 
 _MARKER = ".refad-demo.json"
@@ -366,23 +366,12 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, format="PNG", compress_level=1)
 
 
-def _prepare_root(root: Path, categories: Sequence[str]) -> None:
-    """Refuse to write into a non-demo folder; clear the categories of a previous demo run."""
-    marker = root / _MARKER
+def _check_root(root: Path) -> None:
+    """Refuse to replace anything but a previous demo dataset (or an empty folder)."""
     if root.exists() and not root.is_dir():
         raise DataError(f"{root}: exists and is not a folder")
-    if root.is_dir() and any(root.iterdir()):
-        if not marker.is_file():
-            raise DataError(f"{root}: folder is not empty and is not a refad demo dataset")
-        try:
-            previous = json.loads(marker.read_text()).get("categories", [])
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{marker}: unreadable demo marker ({exc})") from None
-        for name in {*previous, *categories}:
-            target = root / str(name)
-            if target.is_dir() and target.parent == root:
-                shutil.rmtree(target)
-    root.mkdir(parents=True, exist_ok=True)
+    if root.is_dir() and any(root.iterdir()) and not (root / _MARKER).is_file():
+        raise DataError(f"{root}: folder is not empty and is not a refad demo dataset")
 
 
 def make_demo_dataset(
@@ -399,7 +388,9 @@ def make_demo_dataset(
     Per category: ``train/good/NNN.png``, ``test/good/NNN.png``, ``test/<defect>/NNN.png`` with
     ``ground_truth/<defect>/NNN_mask.png`` (0/255); the defect types take turns. Deterministic in
     ``seed``. Re-running over a previous demo folder replaces it; any other non-empty folder is
-    refused. The defaults make a CPU demo that trains in a couple of minutes.
+    refused. The dataset is built beside ``root`` and moved into place complete, so an
+    interrupted run never leaves a partial dataset that a later run would train on. The
+    defaults make a CPU demo that trains in a couple of minutes.
     """
     root = Path(root)
     names = list(dict.fromkeys([categories] if isinstance(categories, str) else categories))
@@ -418,7 +409,16 @@ def make_demo_dataset(
     if isinstance(size, bool) or not isinstance(size, int) or size < 32:
         raise ConfigError(f"size: must be an integer >= 32, got {size!r}")
 
-    _prepare_root(root, names)
+    _check_root(root)
+    with atomic_folder(root) as building:
+        _write_dataset(building, names, n_train, n_test_good, n_test_defect, size, seed_values)
+    return root
+
+
+def _write_dataset(
+    root: Path, names: list[str], n_train: int, n_test_good: int, n_test_defect: int,
+    size: int, seed_values: list[int],
+) -> None:
     for name in names:
         key = zlib.crc32(name.encode())
         cat_dir = root / name
@@ -449,4 +449,3 @@ def make_demo_dataset(
         "seed": seed_values if len(seed_values) > 1 else seed_values[0],
     }
     (root / _MARKER).write_text(json.dumps(marker_data, indent=1) + "\n")
-    return root

@@ -10,10 +10,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import hashlib
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +19,7 @@ import numpy as np
 import torch
 
 import refad
-from refad.atomic import ensure_dir, json_safe
+from refad.atomic import atomic_folder, ensure_dir, json_safe
 from refad.backbones import FeatureExtractor
 from refad.deploy.images import RESIZE_RULE, check_rgb_array, preprocess_batch
 from refad.deploy.metadata import (
@@ -127,16 +124,6 @@ def check_destination(out_dir: Path, overwrite: bool) -> None:
     ensure_dir(out_dir.parent)
 
 
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _backbone_info(extractor: FeatureExtractor) -> dict[str, Any]:
     wid = str(extractor.weights_id)
     is_hash = re.fullmatch(r"[0-9a-f]{64}", wid) is not None
@@ -217,11 +204,7 @@ def export_model(
             raise ConfigError(f"calibration_images: int8 needs normal images for unit {unit!r}")
         plan[unit] = (check, calib, *_unit_calibration(unit, calibration.get(unit)))
     backbone = copy.deepcopy(extractor).cpu().float().eval()
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    except OSError as exc:
-        raise RefadError(f"{out_dir.parent}: cannot write ({exc.strerror or exc})") from None
-    try:
+    with atomic_folder(out_dir) as tmp:
         units = {}
         exporters = set()
         runtime = "onnxruntime" if format == "onnx" else "openvino"
@@ -287,12 +270,4 @@ def export_model(
             "units": units,
         })
         (tmp / METADATA_FILE).write_text(dumps(meta), encoding="utf-8")
-        _move_into_place(tmp, out_dir)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        where = exc.filename or out_dir
-        raise RefadError(f"{where}: cannot write the export ({exc.strerror or exc})") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta

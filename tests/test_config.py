@@ -24,7 +24,8 @@ from refad.config import (
     load_config_file,
     preset,
 )
-from refad.errors import ConfigError
+from refad.data import load_split, split_validation
+from refad.errors import ConfigError, DataError
 from refad.runs import RunDir
 
 runner = CliRunner()
@@ -134,3 +135,44 @@ def test_train_config_file_reproduces_a_run(
     result = runner.invoke(app, ["train", "--config", str(tmp_path / "none.yaml"),
                                  "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "no such config file" in result.output
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("train.epochs=true", "train: epochs: expected numbers, not booleans"),
+    ("backbone.levels=[true, 2]", "backbone: levels: expected numbers, not booleans"),
+    ("train.lr=Infinity", "train.lr: Input should be a finite number"),
+    ("train.threshold_quantile=NaN", "train.threshold_quantile: Input should be a finite"),
+])
+def test_booleans_and_infinities_are_not_numbers(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        apply_overrides(preset("rlr"), [override])
+
+
+def test_booleans_stay_valid_where_a_boolean_is_meant() -> None:
+    assert apply_overrides(preset("rlr"), ["train.amp=true"]).train.amp is True
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--levels", ""], "--levels: expected comma-separated values, got ''"),
+    (["--categories", ","], "--categories: expected comma-separated values, got ','"),
+    (["--lr", "inf"], "train.lr: Input should be a finite number"),
+])
+def test_flags_that_name_nothing_or_infinity_are_refused(
+    demo_root: Path, tmp_path: Path, args: list[str], expected: str
+) -> None:
+    result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run"), "--root",
+                                      str(demo_root), *args])
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert expected in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_holding_out_never_takes_every_training_image(demo_root: Path) -> None:
+    samples = load_split({"kind": "mvtec", "root": str(demo_root)}, "train")
+    train, held = split_validation(samples, 0.95, seed=0)
+    for category in {s.category for s in samples}:
+        assert sum(s.category == category for s in train) == 1
+        assert sum(s.category == category for s in held) >= 1
+    with pytest.raises(DataError, match="train.val_fraction: category 'fabric' has 1 normal"):
+        split_validation([s for s in samples if s.category == "fabric"][:1], 0.5, seed=0)

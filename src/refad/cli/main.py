@@ -137,17 +137,23 @@ def _at_least_one(flag: str, value: int) -> None:
         raise RefadError(f"{flag}: must be at least 1, got {value}")
 
 
-def _csv_ints(text: str | None) -> list[int] | None:
+def _csv(text: str | None, flag: str) -> list[str] | None:
+    """A comma-separated flag; given but naming nothing (`--categories ,`) is an error, not
+    the default."""
     if text is None:
         return None
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise RefadError(f"{flag}: expected comma-separated values, got {text!r}")
+    return items
+
+
+def _csv_ints(text: str | None, flag: str) -> list[int] | None:
+    items = _csv(text, flag)
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        return None if items is None else [int(x) for x in items]
     except ValueError:
-        raise RefadError(f"--levels: expected comma-separated integers, got {text!r}") from None
-
-
-def _csv(text: str | None) -> list[str] | None:
-    return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
+        raise RefadError(f"{flag}: expected comma-separated integers, got {text!r}") from None
 
 
 @app.command()
@@ -237,9 +243,10 @@ def train(
         method=method or (base.method if base else "rlr"),
         data=data or (base.data.kind if base else "mvtec"), base=base,
         device=device or (base.device if base else "auto"), root=root,
-        categories=_csv(categories), normal_dir=normal_dir,
+        categories=_csv(categories, "--categories"), normal_dir=normal_dir,
         anomalous_dir=anomalous_dir, mask_dir=mask_dir, test_normal_dir=test_normal_dir,
-        backbone=backbone, levels=_csv_ints(levels), weights=weights, image_size=image_size,
+        backbone=backbone, levels=_csv_ints(levels, "--levels"), weights=weights,
+        image_size=image_size,
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, per_category=per_category,
         feature_cache=feature_cache, val_fraction=val_fraction,
         overrides=[
@@ -375,9 +382,9 @@ def compare(
     _torch_threads()
     from refad.api import compare as run_compare
 
-    base = {"data": data, "root": root, "categories": _csv(categories), "backbone": backbone,
-            "weights": weights, "epochs": epochs, "device": device}
-    run_compare(_csv(methods) or [], base, out, overrides=set_ or (), resume=resume,
+    base = {"data": data, "root": root, "categories": _csv(categories, "--categories"),
+            "backbone": backbone, "weights": weights, "epochs": epochs, "device": device}
+    run_compare(_csv(methods, "--methods") or [], base, out, overrides=set_ or (), resume=resume,
                 progress=progress)
     console.print((out / "comparison.md").read_text(), highlight=False)
     console.print(f"written: {out / 'comparison.md'}, {out / 'comparison.json'}")

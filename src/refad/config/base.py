@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import types
+import typing
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from refad.errors import ConfigError
 
@@ -19,7 +21,24 @@ _UNION_TAGS = {
 class StrictModel(BaseModel):
     """Pydantic model that forbids unknown fields and validates on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        """`true` is not a number: pydantic would read it as 1 (`train.epochs=true`)."""
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key)
+                values = value if isinstance(value, list) else [value]
+                if field is not None and any(isinstance(v, bool) for v in values):
+                    kinds = _plain_types(field.annotation)
+                    if isinstance(value, list):  # list[int]: the element types
+                        kinds = set().union(*(_plain_types(a) for k in kinds
+                                              for a in typing.get_args(k)))
+                    if bool not in kinds and kinds & {int, float}:
+                        raise ValueError(f"{key}: expected numbers, not booleans (got {value})")
+        return data
 
     @classmethod
     def parse(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
@@ -28,6 +47,16 @@ class StrictModel(BaseModel):
             return cls.model_validate(data)
         except ValidationError as exc:
             raise ConfigError(describe_validation_error(exc, where)) from None
+
+
+def _plain_types(annotation: Any) -> set[Any]:
+    """The types a field accepts at its top level (`int | None` -> {int, NoneType})."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _plain_types(args[0])
+    if args and typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return set().union(*(_plain_types(a) for a in args))
+    return {annotation}
 
 
 def describe_validation_error(exc: ValidationError, where: str) -> str:
@@ -43,4 +72,5 @@ def describe_validation_error(exc: ValidationError, where: str) -> str:
     got = err.get("input")
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
     more = f"; {len(exc.errors()) - 1} more problem(s)" if len(exc.errors()) > 1 else ""
-    return f"{where}: {path}: {err['msg']}{shown}{more}"
+    message = err["msg"].removeprefix("Value error, ")
+    return f"{where}: {path}: {message}{shown}{more}"

@@ -74,15 +74,21 @@ def by_category(samples: Sequence[Sample]) -> dict[str, list[Sample]]:
 def split_validation(
     samples: Sequence[Sample], fraction: float, seed: int
 ) -> tuple[list[Sample], list[Sample]]:
-    """Hold out a deterministic `fraction` of normal training images of each category."""
+    """Hold out a deterministic `fraction` of normal training images of each category: at
+    least one, and never all (each category keeps one image to train on)."""
     if fraction <= 0:
         return list(samples), []
     train: list[Sample] = []
     val: list[Sample] = []
-    for _, group in by_category(samples).items():
+    for category, group in by_category(samples).items():
+        if len(group) < 2:
+            raise DataError(
+                f"train.val_fraction: category {category!r} has {len(group)} normal training "
+                "image; holding some out needs at least 2 (set train.val_fraction=0)"
+            )
         order = list(range(len(group)))
         random.Random(seed).shuffle(order)
-        n_val = max(1, round(fraction * len(group))) if len(group) > 1 else 0
+        n_val = min(len(group) - 1, max(1, round(fraction * len(group))))
         held = set(order[:n_val])
         for i, s in enumerate(group):
             (val if i in held else train).append(s)

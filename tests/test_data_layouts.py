@@ -310,3 +310,20 @@ def test_sample_invariants(tmp_path):
         Sample(tmp_path / "x.png", "c", 1, None, "crack")
     with pytest.raises(DataError, match="label must be 0"):
         Sample(tmp_path / "x.png", "c", 2, None, "good")
+
+
+@pytest.mark.parametrize("damage", ["no_train", "Good_misspelt"])
+def test_mvtec_category_without_normal_training_images_is_named(tmp_path, damage):
+    for name in ("a", "b"):
+        make_mvtec_category(tmp_path, name, n_train=1)
+    good = tmp_path / "b" / "train" / "good"
+    if damage == "no_train":
+        for f in good.iterdir():
+            f.unlink()
+        good.rmdir()
+        (tmp_path / "b" / "train").rmdir()
+    else:
+        good.rename(good.with_name("Good"))
+    (tmp_path / "license").mkdir()  # a folder that is no category is still ignored
+    with pytest.raises(DataError, match=r"b/train/good: not found"):
+        mvtec_samples(tmp_path, "train")

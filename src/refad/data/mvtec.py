@@ -23,11 +23,15 @@ def _category_dirs(root: Path) -> dict[str, Path]:
         raise DataError(f"{root}: dataset root folder not found")
     if (root / "train" / GOOD).is_dir():  # the root is one category folder
         return {root.resolve().name: root}
-    found = {
-        d.name: d
-        for d in sorted(root.iterdir())
-        if not d.name.startswith(".") and (d / "train" / GOOD).is_dir()
-    }
+    found = {}
+    for d in sorted(root.iterdir()):
+        if d.name.startswith(".") or not d.is_dir():
+            continue
+        if (d / "train" / GOOD).is_dir():
+            found[d.name] = d
+        elif (d / "train").is_dir() or (d / "test").is_dir():  # a category missing its normals
+            raise DataError(f"{d / 'train' / GOOD}: not found (this category has no normal "
+                            "training images; refad never drops a category silently)")
     if not found:
         raise DataError(f"{root}: no categories found (expected sub-folders CAT/train/good)")
     return found

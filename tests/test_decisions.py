@@ -150,15 +150,19 @@ def test_predict_with_and_without_category(trained_run: Path, demo_root: Path,
                                            tmp_path: Path) -> None:
     calib = open_run(trained_run, "cpu").model("unified")[1].calibration
     images = demo_root / "fabric" / "test"
+    outputs = {}
     for args, out in ((["--category", "fabric"], "cat"), ([], "none")):
         result = runner.invoke(app, ["predict", "--run", str(trained_run), str(images), "--out",
                                      str(tmp_path / out), "--device", "cpu", *args])
         assert result.exit_code == 0, result.output
+        outputs[out] = result.output
     cat = json.loads((tmp_path / "cat" / "predictions.json").read_text())
     none = json.loads((tmp_path / "none" / "predictions.json").read_text())
     assert cat["threshold_source"] == "category:fabric" and cat["category"] == "fabric"
     assert cat["threshold"] == calib["categories"]["fabric"]["threshold"]
     assert none["threshold_source"] == "global" and none["threshold"] == calib["threshold"]
+    assert "threshold of category fabric" in outputs["cat"]
+    assert "the run's global threshold" in outputs["none"]
     for row in cat["predictions"]:
         assert row["anomalous"] == (row["score"] > cat["threshold"])
         assert row["threshold_source"] == "category:fabric"
@@ -167,6 +171,22 @@ def test_predict_with_and_without_category(trained_run: Path, demo_root: Path,
     result = runner.invoke(app, ["predict", "--run", str(trained_run), str(images), "--out",
                                  str(tmp_path / "bad"), "--category", "fabrik"])
     assert result.exit_code == 2 and "'fabrik' is not calibrated" in result.output
+
+
+def test_predict_on_an_uncalibrated_run_says_there_is_no_decision(
+    trained_run: Path, demo_root: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    meta = json.loads((run / "checkpoint.json").read_text())
+    meta["calibration"] = None  # as an imported run, or one stopped before calibration
+    (run / "checkpoint.json").write_text(json.dumps(meta))
+    result = runner.invoke(app, ["predict", "--run", str(run), str(demo_root / "fabric" / "test"),
+                                 "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "no calibrated threshold in this run" in result.output
+    rows = json.loads((tmp_path / "out" / "predictions.json").read_text())["predictions"]
+    assert rows and all(row["anomalous"] is None for row in rows)
 
 
 def test_defect_regions_of_a_hand_made_mask() -> None:

@@ -354,6 +354,7 @@ def predict(
         verdict = "" if p.anomalous is None else (" ANOMALOUS" if p.anomalous else " normal")
         console.print(f"{p.score:.4f}{verdict}  {p.path}", highlight=False)
     console.print(f"{len(report.predictions)} images scored; results in {out}")
+    console.print(report.decision_line(), highlight=False)
     if report.failures:
         for line in report.failures:
             err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)

@@ -59,6 +59,16 @@ class Prediction:
 class PredictReport:
     predictions: list[Prediction]
     failures: list[str]  # one line each: "<file>: <problem>"
+    threshold_source: str | None = None  # "global", "category:C"; None: no threshold
+
+    def decision_line(self) -> str:
+        """What decided the images, for the console (users must not guess)."""
+        if self.threshold_source is None:
+            return ("no calibrated threshold in this run (imported, or stopped before "
+                    "calibration): scores only, no normal/anomalous decision")
+        if self.threshold_source == "global":
+            return "decided with the run's global threshold (pass --category for a product's own)"
+        return f"decided with the threshold of {self.threshold_source.replace(':', ' ')}"
 
 
 def save_png(path: Path, array: np.ndarray) -> None:
@@ -79,7 +89,7 @@ def write_predictions(
     `calibration`: the resolved values for `category` (`refad.inference.thresholds`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = PredictReport([], [])
+    report = PredictReport([], [], calibration.get("source"))
     for batch in batches:
         report.failures.extend(batch.failures)
         report.predictions.extend(

@@ -119,6 +119,23 @@ def test_predict_refuses_to_write_into_its_input_folder(tmp_path: Path) -> None:
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
+def test_predict_refuses_an_out_inside_a_folder_it_reads_recursively(tmp_path: Path) -> None:
+    """Input folders are listed recursively: outputs written below one would be scored as
+    inputs by the next predict on that folder."""
+    folder = tmp_path / "inputs"
+    (folder / "line1").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(folder / "line1" / "a.png")
+    for out in (folder / "results", folder / "line1" / "deeper" / "results"):
+        result = runner.invoke(app, ["predict", "--run", str(tmp_path / "no-run-needed"),
+                                     str(folder), "--out", str(out)])
+        assert "inside the input folder" in one_error_line(result)
+        assert not out.exists()
+    # a file given directly reads nothing below its folder: a subfolder there is fine
+    result = runner.invoke(app, ["predict", "--run", str(tmp_path / "no-run-needed"),
+                                 str(folder / "line1" / "a.png"), "--out", str(folder / "r")])
+    assert "input folder" not in result.output
+
+
 @pytest.mark.parametrize("name", ["xpu", "meta", "mps", "banana", "cuda:99"])
 def test_an_unsupported_device_is_one_line(trained_run: Path, name: str) -> None:
     result = runner.invoke(app, ["test", "--run", str(trained_run), "--device", name])

@@ -157,13 +157,19 @@ def _write_summary(
 
 
 def refuse_out_among_inputs(inputs: Sequence[Path | str], out_dir: Path | str) -> None:
-    """Outputs named like `<stem>_heatmap.png` must never be written into an input's folder."""
+    """Outputs named like `<stem>_heatmap.png` must never be written into an input's folder,
+    nor below a folder given as input: folders are read recursively, so the next predict on
+    that folder would score this one's outputs as inputs."""
     target = Path(out_dir).resolve()
     for item in map(Path, inputs):
         folder = item.resolve() if item.is_dir() else item.resolve().parent
         if target == folder:
             raise ConfigError(f"--out: {out_dir} is the input folder {folder}; outputs would "
                               "overwrite or mix with the inputs (choose another folder)")
+        if item.is_dir() and folder in target.parents:
+            raise ConfigError(f"--out: {out_dir} is inside the input folder {folder}, which is "
+                              "read recursively; a later predict on it would score these "
+                              "outputs as inputs (choose a folder outside it)")
 
 
 def predict(

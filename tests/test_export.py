@@ -172,6 +172,12 @@ def test_edited_metadata_and_foreign_graph_are_refused(extractor, rlr_export, tm
     (broken / METADATA_FILE).write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         Inferencer(broken)
+    for token in ("NaN", "Infinity", "-Infinity"):  # Python's json takes them; JSON does not
+        text = (rlr_export / METADATA_FILE).read_text()
+        edit = text.replace('"threshold": ', f'"threshold": {token}, "was": ', 1)
+        (broken / METADATA_FILE).write_text(edit)
+        with pytest.raises(CheckpointError, match=f"not valid JSON.*{token} is not a JSON number"):
+            Inferencer(broken)
     (broken / METADATA_FILE).unlink()
     with pytest.raises(CheckpointError, match="not a refad export"):
         Inferencer(broken)

@@ -336,6 +336,26 @@ def test_resume_refuses_an_edited_config_in_one_line(
     assert (run / "checkpoint.json").read_text() == before
 
 
+@pytest.mark.parametrize("name", ["checkpoint.json", "metrics.json"])
+def test_a_nan_edited_into_a_run_file_is_refused_not_used(
+    trained_run: Path, tmp_path: Path, name: str
+) -> None:
+    """Python's json reads NaN; a NaN threshold would make every verdict "good" silently."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    if name == "metrics.json":
+        evaluate(run, progress=False)
+    key, command = (('"threshold": ', "test") if name == "checkpoint.json"
+                    else ('"i_auroc": ', "report"))
+    text = (run / name).read_text()
+    assert key in text
+    (run / name).write_text(text.replace(key, key + 'NaN, "was": ', 1))
+    result = runner.invoke(app, [command, "--run", str(run)])
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert name in lines[0] and "NaN is not a JSON number" in lines[0]
+
+
 def test_a_failed_command_leaves_no_empty_folder_it_created(tmp_path: Path) -> None:
     new = tmp_path / "new"
     with pytest.raises(RuntimeError), folder_lock(new, "x"):

@@ -1,7 +1,8 @@
 """Atomic file writes: a crash or a full disk never leaves a half-written file in place.
 
-The one writer of every file refad produces (run folders, feature caches, reports); it sits
-at the bottom of the layers so that each of them can use it.
+The one writer of every file refad produces (run folders, feature caches, reports), and the
+strict reader of the JSON it writes; it sits at the bottom of the layers so that each of them
+can use it.
 """
 
 from __future__ import annotations
@@ -157,3 +158,25 @@ def json_safe(value: Any, other: Callable[[Any], Any] | None = None) -> Any:
 def write_json(path: Path, data: Any) -> None:
     """Strict JSON (no NaN or Infinity: those become null), written atomically."""
     write_text_atomic(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
+
+
+def _refuse_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not a JSON number")
+
+
+def read_json(path: Path | str, error: type[RefadError] = RefadError) -> Any:
+    """Parse a JSON file as `write_json` writes it: strict, so a hand-edited NaN or Infinity
+    (which Python's json accepts) is refused here, naming the file, instead of failing later
+    where the value is used. Every failure is one line of type `error`."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except ValueError as exc:  # a refused constant, or bytes that are not UTF-8
+        raise error(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise error(f"{path}: not valid JSON (nested too deeply)") from None
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({exc.strerror or exc})") from None

@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from refad.atomic import file_sha256
+from refad.atomic import file_sha256, read_json
 from refad.errors import CheckpointError
 
 METADATA_FILE = "refad-deploy.json"
@@ -148,13 +148,7 @@ def read_metadata(folder: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{folder}: no such export folder")
     if not path.is_file():
         raise CheckpointError(f"{folder}: not a refad export (no {METADATA_FILE})")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: cannot read ({type(exc).__name__})") from None
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    return validate(meta, str(path))
+    return validate(read_json(path, CheckpointError), str(path))
 
 
 def verify_files(folder: Path, unit_name: str, unit: dict[str, Any]) -> None:

@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
-from refad.atomic import fsync_dir, write_atomic, write_text_atomic
+from refad.atomic import fsync_dir, read_json, write_atomic, write_text_atomic
 from refad.errors import CheckpointError
 from refad.models.base import FeatureSpec, ReconstructionModel, load_state_checked
 from refad.models.registry import build_model
@@ -130,14 +130,9 @@ def remove_leftovers(unit_dir: Path, meta: CheckpointMeta) -> list[Path]:
 
 def read_meta(unit_dir: Path) -> CheckpointMeta:
     path = Path(unit_dir) / META_FILE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no checkpoint here (train first, or check --run)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: corrupt checkpoint metadata ({exc})") from None
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not path.exists():
+        raise CheckpointError(f"{path}: no checkpoint here (train first, or check --run)")
+    data = read_json(path, CheckpointError)
     if not isinstance(data, dict) or data.get("format") not in (FORMAT, FORMAT_V1):
         got = data.get("format") if isinstance(data, dict) else None
         raise CheckpointError(f"{path}: not a refad checkpoint (format {got!r})")

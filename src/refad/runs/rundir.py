@@ -12,7 +12,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from refad.atomic import write_json, write_text_atomic
+from refad.atomic import read_json, write_json, write_text_atomic
 from refad.backbones import FeatureExtractor, build_extractor
 from refad.config import RunConfig, load_config_file
 from refad.device import resolve_device
@@ -189,10 +189,7 @@ class RunDir:
             path = self.path / name
             if not path.is_file():
                 raise CheckpointError(f"{path}: missing; run `refad test --run {self.path}` first")
-            try:
-                found.append(json.loads(path.read_text()))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+            found.append(read_json(path, CheckpointError))
         metrics, scores = found
         for name, ok in ((METRICS_JSON, isinstance(metrics, dict)),
                          (TEST_SCORES_JSON, isinstance(scores, dict)

@@ -14,7 +14,9 @@ import torch
 from PIL import Image
 
 from refad.backbones import FeatureExtractor
+from refad.config import MAX_IMAGE_SIZE
 from refad.deploy import METADATA_FILE, Inferencer, preprocess, read_rgb
+from refad.deploy.metadata import MAX_INPUT_SIZE, seal
 from refad.deploy.render import heatmap_rgb, normalise_map, resize_map
 from refad.errors import CheckpointError, ConfigError, DataError, RefadError
 from refad.export import ScoringGraph, export_model
@@ -187,6 +189,21 @@ def test_edited_metadata_and_foreign_graph_are_refused(extractor, rlr_export, tm
     shutil.copy(other / "unified.onnx", swapped / "unified.onnx")
     with pytest.raises(CheckpointError, match="sha256 differs"):
         Inferencer(swapped)
+
+
+@pytest.mark.parametrize("size", [MAX_IMAGE_SIZE + 1, 10**6, 10**30])
+def test_an_input_size_no_run_can_have_is_refused_before_any_image_is_resized(
+    rlr_export, tmp_path, size
+) -> None:
+    """A sealed but foreign metadata file with a huge input.size made `predict --model`
+    resize images to it before the graph's shape was checked (MemoryError, OverflowError)."""
+    folder = _copy(rlr_export, tmp_path / "huge")
+    meta = json.loads((folder / METADATA_FILE).read_text())
+    meta["input"]["size"] = size
+    (folder / METADATA_FILE).write_text(json.dumps(seal(meta)))
+    with pytest.raises(CheckpointError, match=f"input.size: {size} is above {MAX_IMAGE_SIZE}"):
+        Inferencer(folder)
+    assert MAX_INPUT_SIZE == MAX_IMAGE_SIZE  # the export writes the run's data.image_size
 
 
 def test_bad_images_give_one_line_errors(rlr_export, tmp_path) -> None:

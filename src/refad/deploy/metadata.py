@@ -26,6 +26,7 @@ INPUT_NAME = "image"
 OUTPUT_NAMES = ("anomaly_map", "score")
 FORMATS = ("onnx", "openvino")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+MAX_INPUT_SIZE = 2048  # config's MAX_IMAGE_SIZE (not imported: deploy stays free of pydantic)
 
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "format": str,
@@ -121,6 +122,9 @@ def validate(meta: Any, where: str) -> dict[str, Any]:
     size = meta["input"].get("size")
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise CheckpointError(f"{where}: input.size must be a positive integer")
+    if size > MAX_INPUT_SIZE:  # images are resized to it before the graph can object
+        raise CheckpointError(f"{where}: input.size: {size} is above {MAX_INPUT_SIZE}, the "
+                              "largest image size a run is trained at (foreign file?)")
     for key in ("mean", "std"):
         vals = meta["input"].get(key)
         if not isinstance(vals, list) or len(vals) != 3:

@@ -356,6 +356,38 @@ def test_a_nan_edited_into_a_run_file_is_refused_not_used(
     assert name in lines[0] and "NaN is not a JSON number" in lines[0]
 
 
+@pytest.mark.parametrize("edit, field", [
+    (lambda k: k.__setitem__("files", []), "files"),
+    (lambda k: k["files"].__setitem__("model", "x"), "files.model"),
+    (lambda k: k.__setitem__("spec", "x"), "spec"),
+    (lambda k: k["spec"].pop("channels"), "spec.channels"),
+    (lambda k: k.__setitem__("model_config", []), "model_config"),
+    (lambda k: k.__setitem__("backbone", "x"), "backbone"),
+    (lambda k: k.__setitem__("calibration", "x"), "calibration"),
+    # a threshold that is not a number was taken for "uncalibrated": every verdict blank
+    (lambda k: k["calibration"].__setitem__("threshold", "x"), "calibration.threshold"),
+    (lambda k: k["calibration"]["categories"]["fabric"].__setitem__("threshold", True),
+     "calibration.categories.fabric.threshold"),
+    (lambda k: k.__setitem__("history", [{"epoch": "a"}]), "history.0.epoch"),
+])
+def test_a_checkpoint_json_with_a_field_of_the_wrong_type_is_one_line(
+    trained_run: Path, demo_root: Path, tmp_path: Path, edit, field: str
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    meta = json.loads((run / "checkpoint.json").read_text())
+    edit(meta)
+    (run / "checkpoint.json").write_text(json.dumps(meta))
+    image = str(demo_root / "fabric" / "test" / "good" / "000.png")
+    for command in (["test", "--run", str(run)],
+                    ["predict", "--run", str(run), image, "--out", str(tmp_path / "preds")]):
+        result = runner.invoke(app, command)
+        lines = [ln for ln in result.output.splitlines() if ln.strip()]
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert f"checkpoint.json: {field}: " in lines[0], lines[0]
+    assert not (tmp_path / "preds").exists()
+
+
 def test_a_failed_command_leaves_no_empty_folder_it_created(tmp_path: Path) -> None:
     new = tmp_path / "new"
     with pytest.raises(RuntimeError), folder_lock(new, "x"):

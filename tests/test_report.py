@@ -325,6 +325,28 @@ def test_a_metrics_file_that_is_not_an_object_is_blamed(trained_run: Path, tmp_p
         build_report(run, "cpu")
 
 
+@pytest.mark.parametrize("edit, expected", [
+    (lambda m: m["categories"]["fabric"].__setitem__("i_auroc", "high"),
+     r"categories\.fabric\.i_auroc: Input should be a valid number"),
+    (lambda m: m.__setitem__("categories", [1]), r"categories: Input should be a valid dict"),
+    (lambda m: m["categories"].__setitem__("fabric", None), r"categories\.fabric: Input should"),
+    (lambda m: m.__setitem__("decisions", "x"), r"decisions: Input should"),
+    (lambda m: m["decisions"]["categories"]["fabric"].__setitem__("tp", [1]),
+     r"decisions\.categories\.fabric\.tp: Input should be a valid integer"),
+    (lambda m: m.clear(), r"method: Field required"),  # {} made an empty, complete-looking page
+])
+def test_an_edited_metrics_file_names_the_field(
+    trained_run: Path, tmp_path: Path, edit, expected: str
+) -> None:
+    run = evaluated_copy(trained_run, tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    edit(metrics)
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(CheckpointError, match=f"metrics.json: {expected}"):
+        build_report(run, "cpu")
+    assert not (run / "report.html").exists()
+
+
 def test_a_gallery_image_gone_from_disk_is_a_line_not_a_crash(
     trained_run: Path, tmp_path: Path
 ) -> None:

@@ -30,6 +30,7 @@ from refad.atomic import fsync_dir, read_json, write_atomic, write_text_atomic
 from refad.errors import CheckpointError
 from refad.models.base import FeatureSpec, ReconstructionModel, load_state_checked
 from refad.models.registry import build_model
+from refad.runs.file_schemas import CHECKPOINT, check_file
 from refad.runs.layout import META_FILE, MODEL_FILE, OPTIMIZER_FILE
 
 FORMAT = "refad-checkpoint/2"
@@ -136,6 +137,7 @@ def read_meta(unit_dir: Path) -> CheckpointMeta:
     if not isinstance(data, dict) or data.get("format") not in (FORMAT, FORMAT_V1):
         got = data.get("format") if isinstance(data, dict) else None
         raise CheckpointError(f"{path}: not a refad checkpoint (format {got!r})")
+    check_file(CHECKPOINT, data, path)
     try:
         return CheckpointMeta(**data)
     except TypeError as exc:

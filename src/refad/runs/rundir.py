@@ -7,10 +7,9 @@ import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 from refad.atomic import read_json, write_json, write_text_atomic
 from refad.backbones import FeatureExtractor, build_extractor
@@ -19,6 +18,7 @@ from refad.device import resolve_device
 from refad.errors import CheckpointError, ConfigError
 from refad.models.base import ReconstructionModel
 from refad.runs import checkpoint as ckpt
+from refad.runs.file_schemas import METRICS, SCORE_ROW, check_file
 from refad.runs.layout import (
     CATEGORIES_DIR,
     CONFIG_FILE,
@@ -32,19 +32,6 @@ from refad.runs.layout import (
     unit_path,
 )
 from refad.runs.lock import folder_lock
-
-
-class TestScoreRow(BaseModel):
-    """One image's line in test_scores.json, checked before a report draws from it."""
-
-    model_config = ConfigDict(extra="allow")
-
-    category: str
-    image: str
-    mask: str | None = None
-    defect: str
-    label: Literal[0, 1]
-    score: float
 
 
 @dataclass(frozen=True)
@@ -196,18 +183,10 @@ class RunDir:
                           and isinstance(scores.get("images"), list))):
             if not ok:
                 raise CheckpointError(f"{self.path / name}: not written by refad test")
-        return metrics, [self._score_row(i, row) for i, row in enumerate(scores["images"])]
-
-    def _score_row(self, index: int, row: Any) -> dict[str, Any]:
-        try:
-            return TestScoreRow.model_validate(row).model_dump()
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "row"
-            raise CheckpointError(
-                f"{self.path / TEST_SCORES_JSON}: images[{index}].{where}: {err['msg']} "
-                "(edited? run `refad test` again)"
-            ) from None
+        check_file(METRICS, metrics, self.path / METRICS_JSON)
+        rows = [check_file(SCORE_ROW, row, self.path / TEST_SCORES_JSON, f"images[{i}]")
+                for i, row in enumerate(scores["images"])]
+        return metrics, [row.model_dump() for row in rows]
 
     @property
     def report_path(self) -> Path:

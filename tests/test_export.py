@@ -223,6 +223,28 @@ def test_bad_images_give_one_line_errors(rlr_export, tmp_path) -> None:
         inf.predict(Image.fromarray(np.zeros((4, 4), np.float32)))
 
 
+def test_bad_inferencer_arguments_are_one_line_errors(rlr_export, tmp_path) -> None:
+    """Each raised a TypeError/AttributeError or onnxruntime's own exception before."""
+    image = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(image)
+    inf = Inferencer(rlr_export)
+    cases = [
+        (lambda: Inferencer(rlr_export, threads="x"), ConfigError, "threads"),
+        (lambda: Inferencer(rlr_export, threads=0), ConfigError, "threads"),
+        (lambda: Inferencer(None), ConfigError, "path"),
+        (lambda: inf.predict_batch(str(image)), ConfigError, "images: expected a list"),
+        (lambda: inf.predict_batch([image], batch_size="8"), ConfigError, "batch_size"),
+        (lambda: inf.predict(image, category=["fabric"]), ConfigError, "category"),
+        (lambda: inf.predict(image, threshold=True), ConfigError, "threshold"),
+        (lambda: inf.run(np.zeros((0, 3, SIZE, SIZE), np.float32)), DataError, "B >= 1"),
+        (lambda: inf.run([[1.0]]), DataError, "numpy array"),
+    ]
+    for call, kind, words in cases:
+        with pytest.raises(kind, match=words) as info:
+            call()
+        assert "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("mode", ["RGB", "L", "P", "RGBA", "LA", "I;16", "1", "CMYK"])
 def test_reader_and_preprocessing_match_refad(tmp_path, mode) -> None:
     from refad.data.dataset import image_tensor

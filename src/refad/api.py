@@ -21,7 +21,10 @@ import torch
 
 from refad.atomic import ensure_dir, write_text_atomic
 from refad.backbones import FeatureCache, FeatureExtractor, build_extractor
-from refad.config import RLRConfig, RunConfig, build_config, load_config_file
+from refad.config import RLRConfig, RunConfig
+from refad.config import build_config as _build_config
+from refad.config import load_config_file as _load_config_file
+from refad.config.arguments import checked_arguments
 from refad.data import make_demo_dataset
 from refad.deploy.render import heatmap_rgb, normalise_map, overlay
 from refad.device import cpu_threads
@@ -29,28 +32,41 @@ from refad.inference import Scorer
 from refad.models.base import FeatureSpec
 from refad.models.registry import build_model
 from refad.models.scoring import gaussian_blur, max_score, mse_cosine_map, upsample_maps
-from refad.reporting.compare import compare
-from refad.reporting.evaluation import evaluate
-from refad.reporting.predictions import predict
-from refad.reporting.report import build_report
+from refad.reporting.compare import compare as _compare
+from refad.reporting.evaluation import evaluate as _evaluate
+from refad.reporting.predictions import predict as _predict
+from refad.reporting.report import build_report as _build_report
 from refad.reporting.tables import (
     METRIC_LABELS,
     decisions_caption,
     decisions_table,
     markdown_table,
 )
-from refad.runs import UNIFIED, RunDir, TrainedRun, open_run
-from refad.runs.imported import import_run
+from refad.runs import UNIFIED, RunDir, TrainedRun
+from refad.runs import open_run as _open_run
+from refad.runs.imported import import_run as _import_run
 from refad.training import (
     DeviceFeatures,
     StepSettings,
     compiled_loss,
     extract_features,
-    fit,
     make_optimizer,
     train_steps,
 )
+from refad.training import fit as _fit
 from refad.training.loop import STORAGE_DTYPES
+
+# What users call is checked against its type hints first: a wrong argument is one line
+# (`predict: inputs: ...`), not a traceback from deep inside (refad.config.arguments).
+build_config = checked_arguments(_build_config)
+compare = checked_arguments(_compare)
+evaluate = checked_arguments(_evaluate)
+build_report = checked_arguments(_build_report)
+fit = checked_arguments(_fit)
+import_run = checked_arguments(_import_run)
+load_config_file = checked_arguments(_load_config_file)
+open_run = checked_arguments(_open_run)
+predict = checked_arguments(_predict)
 
 __all__ = [
     # what users run
@@ -103,6 +119,7 @@ __all__ = [
 ]
 
 
+@checked_arguments
 def scorer(
     run: Path | str | TrainedRun,
     unit: str = UNIFIED,
@@ -173,6 +190,7 @@ def demo_config(
     )
 
 
+@checked_arguments
 def run_demo(
     out: str | Path,
     epochs: int | None = None,

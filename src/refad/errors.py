@@ -21,3 +21,10 @@ class CheckpointError(RefadError):
 
 class TrainingError(RefadError):
     """Training cannot go on (e.g. the loss diverged); the last complete epoch stays saved."""
+
+
+def require_at_least_one(name: str, value: int) -> None:
+    """A count below 1 would silently do nothing (a batch size of -1 scored no image): the
+    check every command and API entry shares, here so the light CLI start-up can use it."""
+    if value < 1:
+        raise ConfigError(f"{name}: must be at least 1, got {value}")

@@ -22,7 +22,7 @@ try:  # typer >= 0.29 carries its own copy of click; its usage errors are raised
 except ImportError:  # older typer runs on click itself
     from click import exceptions as cli_errors  # type: ignore[no-redef]
 
-from refad.errors import RefadError
+from refad.errors import RefadError, require_at_least_one
 
 
 class OneLineErrors(typer.core.TyperGroup):
@@ -130,11 +130,6 @@ COMPILE_OPTION = typer.Option(
     help="torch.compile the scoring path: none, default, reduce-overhead (CUDA graphs) or "
     "max-autotune; the same Scorer the speed benchmark measures.",
 )
-
-
-def _at_least_one(flag: str, value: int) -> None:
-    if value < 1:
-        raise RefadError(f"{flag}: must be at least 1, got {value}")
 
 
 def _csv(text: str | None, flag: str) -> list[str] | None:
@@ -285,7 +280,7 @@ def test(
     _torch_threads()
     from refad.api import RunDir, build_report, decisions_table, evaluate, markdown_table
 
-    _at_least_one("--batch-size", batch_size)
+    require_at_least_one("--batch-size", batch_size)
     data = None
     if root is not None:
         data = RunDir(run).read_config().data.model_copy(update={"root": str(root)})
@@ -311,7 +306,7 @@ def report(
     _torch_threads()
     from refad.api import build_report
 
-    _at_least_one("--gallery", gallery)
+    require_at_least_one("--gallery", gallery)
     console.print(f"report: {build_report(run, device, gallery)}")
 
 
@@ -337,7 +332,7 @@ def predict(
     compile_: Annotated[str | None, COMPILE_OPTION] = None,
 ) -> None:
     """Score images; write heatmaps, overlays and predictions.json/.csv."""
-    _at_least_one("--batch-size", batch_size)
+    require_at_least_one("--batch-size", batch_size)
     if (run is None) == (model is None):
         raise RefadError("predict: give exactly one of --run and --model")
     if model is not None:
@@ -465,7 +460,7 @@ def serve(
 
     if (run is None) == (model is None):
         raise RefadError("serve: give exactly one of --run and --model")
-    _at_least_one("--max-batch", max_batch)
+    require_at_least_one("--max-batch", max_batch)
     code = run_server(run_dir=run, model_dir=model, host=host, port=port, device=device,
                       api_key_file=api_key_file, max_batch=max_batch,
                       max_pixels_in_flight=max_pixels_in_flight)
@@ -486,7 +481,7 @@ def demo(
     draw heatmaps and defect masks, write the HTML report."""
     for flag, value in (("--epochs", epochs), ("--image-size", image_size)):
         if value is not None:
-            _at_least_one(flag, value)
+            require_at_least_one(flag, value)
     _torch_threads()
     from refad.api import run_demo
 

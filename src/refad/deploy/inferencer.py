@@ -28,7 +28,7 @@ from refad.deploy.images import ImageInput, load_rgb, preprocess_batch
 from refad.deploy.metadata import METADATA_FILE, read_metadata, verify_files
 from refad.deploy.render import heatmap_rgb, normalise_map, overlay, resize_map
 from refad.deploy.runtimes import RUNTIMES, open_runner
-from refad.errors import CheckpointError, ConfigError, DataError
+from refad.errors import CheckpointError, ConfigError, DataError, require_at_least_one
 from refad.inference.thresholds import calibration_for
 from refad.runs.layout import UNIFIED
 
@@ -88,6 +88,10 @@ class Inferencer:
         device: str = "cpu",
         threads: int | None = None,
     ) -> None:
+        if not isinstance(path, (str, Path)):
+            raise ConfigError(f"path: expected an export folder's path, got {type(path).__name__}")
+        if threads is not None and (not _is_int(threads) or threads < 1):
+            raise ConfigError(f"threads: must be a whole number of at least 1, got {threads!r}")
         self.path = Path(path)
         self.meta = read_metadata(self.path)
         if runtime not in RUNTIMES:
@@ -117,6 +121,8 @@ class Inferencer:
         return sorted(self.units)
 
     def _unit_for(self, category: str | None) -> str:
+        if category is not None and not isinstance(category, str):
+            raise ConfigError(f"category: expected a name, got {type(category).__name__}")
         if UNIFIED in self.units:
             known = self.units[UNIFIED].get("categories", {})
             if category is not None and known and category not in known:
@@ -163,9 +169,12 @@ class Inferencer:
     def run(self, batch: np.ndarray, category: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Raw graph call on a preprocessed (B, 3, S, S) float32 batch -> (maps, scores)."""
         want = (3, self.size, self.size)
-        if batch.dtype != np.float32 or batch.ndim != 4 or tuple(batch.shape[1:]) != want:
+        if not isinstance(batch, np.ndarray):
+            raise DataError(f"batch: expected a numpy array, got {type(batch).__name__}")
+        if (batch.dtype != np.float32 or batch.ndim != 4 or tuple(batch.shape[1:]) != want
+                or batch.shape[0] == 0):
             raise DataError(
-                f"batch: expected (B, 3, {self.size}, {self.size}) float32, got "
+                f"batch: expected (B, 3, {self.size}, {self.size}) float32 with B >= 1, got "
                 f"{tuple(batch.shape)} {batch.dtype}"
             )
         return self._runner(self._unit_for(category))(np.ascontiguousarray(batch))
@@ -204,10 +213,15 @@ class Inferencer:
         batch_size: int = 8,
     ) -> list[Prediction]:
         """Score images in batches of `batch_size`; results keep the input order."""
-        if threshold is not None and _finite_or_none(threshold) is None:
+        if threshold is not None and (isinstance(threshold, bool)
+                                      or _finite_or_none(threshold) is None):
             raise ConfigError(f"threshold: must be a finite number, got {threshold!r}")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size: must be >= 1, got {batch_size}")
+        if not _is_int(batch_size):
+            raise ConfigError(f"batch_size: must be a whole number, got {batch_size!r}")
+        require_at_least_one("batch_size", batch_size)
+        if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
+            raise ConfigError(f"images: expected a list of images, got {type(images).__name__} "
+                              "(predict() takes a single one)")
         unit = self._unit_for(category)
         calib, source = self._calibration(unit, category)
         if threshold is not None:
@@ -222,6 +236,10 @@ class Inferencer:
             for rgb, amap, score in zip(rgbs, maps, scores, strict=True):
                 out.append(_result(rgb, amap, float(score), calib, source, unit, category))
         return out
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _name(image: Any, index: int) -> str:

@@ -27,7 +27,7 @@ from refad.config import DataConfig
 from refad.data import ImageDataset, by_category, load_split
 from refad.data.samples import Sample
 from refad.device import amp_active
-from refad.errors import RefadError
+from refad.errors import RefadError, require_at_least_one
 from refad.inference.scorer import Scorer
 from refad.inference.thresholds import calibration_for
 from refad.metrics import METRIC_NAMES, MetricAccumulator, decision_metrics, mean_decisions
@@ -99,6 +99,7 @@ def evaluate_run(
     `amp`: bf16 reconstruction on CUDA (maps and metrics stay float32); ignored on the CPU.
     `compile_mode`: torch.compile of the scoring path (see `Scorer`).
     """
+    require_at_least_one("batch_size", batch_size)
     data = data or run.config.data
     samples = load_split(data, "test")
     size = run.config.data.image_size

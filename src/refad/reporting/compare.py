@@ -8,6 +8,7 @@ normal refad run (`OUT/<method>/`), so each can be re-evaluated or used for pred
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -52,6 +53,10 @@ def method_run_config(
         if "method" in kwargs:
             raise ConfigError("compare: give the methods as a list, not base['method']")
         extra = list(kwargs.pop("overrides", None) or [])
+        unknown = sorted(set(kwargs) - set(inspect.signature(build_config).parameters))
+        if unknown:
+            raise ConfigError(f"compare: base: {unknown[0]!r} is not an argument of "
+                              "build_config (the fields base may hold)")
         cfg = build_config(method=method, overrides=extra + list(overrides), **kwargs)
     return cfg
 

@@ -26,7 +26,7 @@ from PIL import Image
 from refad.atomic import write_atomic, write_json, write_text_atomic
 from refad.deploy.defects import defect_mask, defect_regions, pixel_threshold
 from refad.deploy.render import heatmap_rgb, normalise_map, overlay, resize_map
-from refad.errors import ConfigError
+from refad.errors import ConfigError, require_at_least_one
 from refad.inference.batches import ImageResult, PredictionBatch, scored_batches
 from refad.runs.lock import folder_lock
 
@@ -186,6 +186,7 @@ def predict(
     from refad.inference.predict import predict_images  # torch: only for run folders
     from refad.runs import open_run
 
+    require_at_least_one("batch_size", batch_size)
     refuse_out_among_inputs(inputs, out_dir)
     out_dir = Path(out_dir)
     with folder_lock(out_dir, "give another --out"):  # creates it, removed if this fails
@@ -209,6 +210,7 @@ def predict_exported(
     and write the same files as `predict` does for a run folder."""
     from refad.deploy import Inferencer, preprocess_batch
 
+    require_at_least_one("batch_size", batch_size)
     refuse_out_among_inputs(inputs, out_dir)
     out_dir = Path(out_dir)
     with folder_lock(out_dir, "give another --out"):  # creates it, removed if this fails

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from refad.atomic import write_text_atomic
+from refad.errors import require_at_least_one
 from refad.reporting.report.gallery import gallery_section
 from refad.reporting.report.page import page
 from refad.reporting.report.sections import (
@@ -49,6 +50,7 @@ def build_report(
     `gallery_size` images of each kind per category are shown; `amp` / `compile_mode` score
     them as `refad test` did (see `refad.inference.Scorer`).
     """
+    require_at_least_one("gallery_size", gallery_size)
     folder = RunDir(Path(run_dir))
     metrics, rows = folder.read_evaluation()  # first: cheap, and says what to run when missing
     run = open_run(folder.path, device)
@@ -62,7 +64,7 @@ def build_report(
         "decisions": decisions_section(metrics),
         "curves": curves_section(views),
         "histograms": histograms_section(views),
-        "gallery": gallery_section(run, views, max(0, int(gallery_size)), amp, compile_mode),
+        "gallery": gallery_section(run, views, gallery_size, amp, compile_mode),
         "loss": loss_section({u: list(m.history) for u, m in metas.items()}),
     }
     path = folder.report_path

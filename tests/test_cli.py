@@ -84,6 +84,34 @@ def test_predict_reports_bad_files_and_exits_nonzero(trained_run: Path, tmp_path
     assert Path(rows[0]["heatmap"]).is_file()
 
 
+def test_predict_into_a_non_empty_out_is_refused_or_replaced_with_overwrite(
+    trained_run: Path, tmp_path: Path, demo_root: Path
+) -> None:
+    """A second predict into one folder left the first one's pictures beside a
+    predictions.json that no longer listed them (and replaced its files without a word)."""
+    images = sorted(demo_root.glob("screw/test/good/*.png"))[:2]
+    out = tmp_path / "p"
+
+    def run(*args: str):
+        return runner.invoke(app, ["predict", "--run", str(trained_run), *args,
+                                   "--out", str(out), "--device", "cpu"])
+
+    assert run(*map(str, images)).exit_code == 0
+    first = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert "is not empty" in one_error_line(run(str(images[0])))
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == first
+    assert run(str(images[0]), "--overwrite").exit_code == 0
+    rows = json.loads((out / "predictions.json").read_text())["predictions"]
+    listed = {Path(r[k]).resolve() for r in rows for k in ("heatmap", "overlay", "mask") if r[k]}
+    pictures = {p.resolve() for p in out.rglob("*.png")}
+    assert len(rows) == 1 and pictures == listed  # nothing stale beside them
+    (out / "sub").mkdir()
+    (out / "sub" / "inside.png").write_bytes(images[1].read_bytes())
+    assert "--overwrite would delete it" in one_error_line(run(str(out / "sub" / "inside.png"),
+                                                               "--overwrite"))
+    assert (out / "sub" / "inside.png").is_file()
+
+
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--epochs", "1",
                                  "--image-size", "64", "--device", "cpu", "--no-progress"])

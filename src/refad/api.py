@@ -222,7 +222,8 @@ def run_demo(
     for category in result["categories"]:
         defects = sorted(p for p in (data_root / category / "test").iterdir()
                          if p.name != "good")
-        predict(run_dir, defects, heat_dir / category, device=device, category=category)
+        predict(run_dir, defects, heat_dir / category, device=device, category=category,
+                overwrite=True)  # the demo's own folder: a rerun replaces its pictures
     echo(f"metrics: {run_dir / 'metrics.md'}")
     echo(f"heatmaps, overlays and defect masks: {heat_dir}")
     echo(f"report: {build_report(run_dir, device)}")

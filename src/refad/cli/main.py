@@ -330,6 +330,9 @@ def predict(
     batch_size: Annotated[int, typer.Option()] = 8,
     amp: Annotated[bool, typer.Option(help="bf16 autocast on CUDA (ignored on the CPU).")] = False,
     compile_: Annotated[str | None, COMPILE_OPTION] = None,
+    overwrite: Annotated[bool, typer.Option(
+        help="Empty a non-empty --out first (without it, such a folder is refused)."
+    )] = False,
 ) -> None:
     """Score images; write heatmaps, overlays and predictions.json/.csv."""
     require_at_least_one("--batch-size", batch_size)
@@ -339,12 +342,13 @@ def predict(
         from refad.reporting.predictions import predict_exported
 
         report = predict_exported(model, inputs, out, category, batch_size, runtime,
-                                  device or "cpu")
+                                  device or "cpu", overwrite)
     else:
         _torch_threads()
         from refad.api import predict as run_predict
 
-        report = run_predict(run, inputs, out, device, category, batch_size, amp, compile_)
+        report = run_predict(run, inputs, out, device, category, batch_size, amp, compile_,
+                             overwrite)
     for p in report.predictions:
         verdict = "" if p.anomalous is None else (" ANOMALOUS" if p.anomalous else " normal")
         console.print(f"{p.score:.4f}{verdict}  {p.path}", highlight=False)

@@ -12,10 +12,12 @@ absolute `path` and the `relative_path`. A non-finite score or map (a diverged m
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
-from collections.abc import Iterable, Sequence
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,9 +28,9 @@ from PIL import Image
 from refad.atomic import write_atomic, write_json, write_text_atomic
 from refad.deploy.defects import defect_mask, defect_regions, pixel_threshold
 from refad.deploy.render import heatmap_rgb, normalise_map, overlay, resize_map
-from refad.errors import ConfigError, require_at_least_one
+from refad.errors import ConfigError, RefadError, require_at_least_one
 from refad.inference.batches import ImageResult, PredictionBatch, scored_batches
-from refad.runs.lock import folder_lock
+from refad.runs.lock import LOCK_FILE, folder_lock
 
 if TYPE_CHECKING:
     import torch
@@ -172,6 +174,49 @@ def refuse_out_among_inputs(inputs: Sequence[Path | str], out_dir: Path | str) -
                               "outputs as inputs (choose a folder outside it)")
 
 
+def refuse_unless_empty(out_dir: Path, inputs: Sequence[Path | str], overwrite: bool) -> None:
+    """An earlier prediction's pictures would stay beside new files that no predictions.json
+    lists, so a folder holding anything is refused, or with `overwrite` emptied (never one
+    that holds an input)."""
+    held = sorted(p.name for p in out_dir.iterdir() if p.name != LOCK_FILE)
+    if not held:
+        return
+    if not overwrite:
+        raise ConfigError(f"--out: {out_dir} is not empty (holds {held[0]!r}"
+                          f"{f' and {len(held) - 1} more' if len(held) > 1 else ''}); choose "
+                          "an empty folder, or pass --overwrite to replace its contents")
+    target = out_dir.resolve()
+    for item in map(Path, inputs):
+        if target in item.resolve().parents:
+            raise ConfigError(f"--out: {out_dir} holds the input {item}; --overwrite would "
+                              "delete it (choose another folder)")
+    for name in held:
+        path = out_dir / name
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError as exc:
+            raise RefadError(f"{path}: cannot remove for --overwrite ({exc.strerror or exc})") \
+                from None
+
+
+@contextlib.contextmanager
+def output_folder(
+    inputs: Sequence[Path | str], out_dir: Path | str, batch_size: int, overwrite: bool
+) -> Iterator[Path]:
+    """What both predict paths check before any work, then `out_dir` held for writing: created
+    (removed again if this fails having written nothing), locked against a second writer,
+    and empty."""
+    require_at_least_one("batch_size", batch_size)
+    refuse_out_among_inputs(inputs, out_dir)
+    out_dir = Path(out_dir)
+    with folder_lock(out_dir, "give another --out"):
+        refuse_unless_empty(out_dir, inputs, overwrite)  # under the lock: no one writes now
+        yield out_dir
+
+
 def predict(
     run_dir: Path | str,
     inputs: Sequence[Path | str],
@@ -181,20 +226,19 @@ def predict(
     batch_size: int = 8,
     amp: bool = False,
     compile_mode: str | None = None,
+    overwrite: bool = False,
 ) -> PredictReport:
-    """`refad predict`: open a run folder, score the images and write the results."""
+    """`refad predict`: open a run folder, score the images and write the results into an
+    empty `out_dir` (`overwrite`: one holding an earlier prediction is emptied first)."""
     from refad.inference.predict import predict_images  # torch: only for run folders
     from refad.runs import open_run
 
-    require_at_least_one("batch_size", batch_size)
-    refuse_out_among_inputs(inputs, out_dir)
-    out_dir = Path(out_dir)
-    with folder_lock(out_dir, "give another --out"):  # creates it, removed if this fails
+    with output_folder(inputs, out_dir, batch_size, overwrite) as out:
         run = open_run(run_dir, device)
         calibration, batches = predict_images(
             run, inputs, category, batch_size, amp, compile_mode
         )
-        return write_predictions(out_dir, calibration, batches, category)
+        return write_predictions(out, calibration, batches, category)
 
 
 def predict_exported(
@@ -205,15 +249,13 @@ def predict_exported(
     batch_size: int = 8,
     runtime: str = "onnxruntime",
     device: str = "cpu",
+    overwrite: bool = False,
 ) -> PredictReport:
     """`refad predict --model`: score with an exported folder (`refad.deploy.Inferencer`)
     and write the same files as `predict` does for a run folder."""
     from refad.deploy import Inferencer, preprocess_batch
 
-    require_at_least_one("batch_size", batch_size)
-    refuse_out_among_inputs(inputs, out_dir)
-    out_dir = Path(out_dir)
-    with folder_lock(out_dir, "give another --out"):  # creates it, removed if this fails
+    with output_folder(inputs, out_dir, batch_size, overwrite) as out:
         inferencer = Inferencer(model_dir, runtime=runtime, device=device)
         calibration = inferencer.calibration_for(category)
 
@@ -223,5 +265,5 @@ def predict_exported(
             return maps.astype(np.float32, copy=False), [float(v) for v in values]
 
         return write_predictions(
-            out_dir, calibration, scored_batches(inputs, batch_size, score), category
+            out, calibration, scored_batches(inputs, batch_size, score), category
         )

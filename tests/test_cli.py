@@ -112,6 +112,26 @@ def test_predict_into_a_non_empty_out_is_refused_or_replaced_with_overwrite(
     assert (out / "sub" / "inside.png").is_file()
 
 
+def test_a_folder_holding_an_earlier_prediction_is_not_read_as_images(
+    trained_run: Path, tmp_path: Path, demo_root: Path
+) -> None:
+    """Images given by name may have their --out beside them; a later predict on their folder
+    scored those heatmaps and overlays as product images (8 rows for 2 images)."""
+    folder = tmp_path / "line"
+    folder.mkdir()
+    for image in sorted(demo_root.glob("screw/test/good/*.png"))[:2]:
+        (folder / image.name).write_bytes(image.read_bytes())
+    names = [str(p) for p in sorted(folder.glob("*.png"))]
+    first = runner.invoke(app, ["predict", "--run", str(trained_run), *names,
+                                "--out", str(folder / "preds"), "--device", "cpu"])
+    assert first.exit_code == 0, first.output
+    for given in ([str(folder)], [str(folder / "preds")]):  # the folder, or a shell's `line/*`
+        result = runner.invoke(app, ["predict", "--run", str(trained_run), *given,
+                                     "--out", str(tmp_path / "again"), "--device", "cpu"])
+        assert "holds an earlier refad prediction" in one_error_line(result)
+        assert not (tmp_path / "again").exists()
+
+
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--epochs", "1",
                                  "--image-size", "64", "--device", "cpu", "--no-progress"])

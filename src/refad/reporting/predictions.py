@@ -35,6 +35,7 @@ from refad.runs.lock import LOCK_FILE, folder_lock
 if TYPE_CHECKING:
     import torch
 
+PREDICTIONS_JSON = "predictions.json"
 NOT_FINITE = "score or anomaly map is not finite (training diverged?); no decision"
 
 
@@ -150,7 +151,7 @@ def _write_summary(
         "predictions": rows,
         "failures": report.failures,
     }
-    write_json(out_dir / "predictions.json", summary)
+    write_json(out_dir / PREDICTIONS_JSON, summary)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(Prediction.__dataclass_fields__))
     writer.writeheader()
@@ -172,6 +173,21 @@ def refuse_out_among_inputs(inputs: Sequence[Path | str], out_dir: Path | str) -
             raise ConfigError(f"--out: {out_dir} is inside the input folder {folder}, which is "
                               "read recursively; a later predict on it would score these "
                               "outputs as inputs (choose a folder outside it)")
+
+
+def refuse_earlier_predictions_among_inputs(inputs: Sequence[Path | str]) -> None:
+    """Folders are read recursively: one that holds an earlier prediction (its
+    predictions.json beside refad's lock file) would have those heatmaps scored as images."""
+    for item in map(Path, inputs):
+        if not item.is_dir():
+            continue
+        for summary in item.rglob(PREDICTIONS_JSON):
+            if (summary.parent / LOCK_FILE).exists():
+                raise ConfigError(
+                    f"{summary.parent}: holds an earlier refad prediction ({PREDICTIONS_JSON}); "
+                    f"its pictures would be scored as images (move it out of {item}, or give "
+                    "the images by name)"
+                )
 
 
 def refuse_unless_empty(out_dir: Path, inputs: Sequence[Path | str], overwrite: bool) -> None:
@@ -211,6 +227,7 @@ def output_folder(
     and empty."""
     require_at_least_one("batch_size", batch_size)
     refuse_out_among_inputs(inputs, out_dir)
+    refuse_earlier_predictions_among_inputs(inputs)
     out_dir = Path(out_dir)
     with folder_lock(out_dir, "give another --out"):
         refuse_unless_empty(out_dir, inputs, overwrite)  # under the lock: no one writes now

@@ -8,13 +8,14 @@ can use it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import numbers
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,22 +23,25 @@ from typing import Any
 from refad.errors import RefadError
 
 
+def _sibling(path: Path, suffix: str) -> Path:
+    """A hidden, unused name beside `path`, known before anything is created, so that a
+    Ctrl-C at any moment after the creation still finds it to remove."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
 
     On any error the temporary file is removed and the previous `path` (if any) is untouched;
-    OS errors (disk full, permissions) become a one-line RefadError naming the file.
+    OS errors (disk full, permissions) become a one-line RefadError naming the file. The file
+    gets the permissions of any new file (the umask applies), not a private temporary's.
     """
     path = Path(path)
     ensure_dir(path.parent)
+    tmp = _sibling(path, ".tmp")
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise RefadError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -51,29 +55,32 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_folder(folder: Path | str) -> Iterator[Path]:
-    """Yield an empty folder beside `folder`; on success it takes `folder`'s place (a previous
-    one is replaced), so `folder` is never seen half-written. On error the temporary folder
-    is removed and any previous `folder` is untouched; OS errors become one-line errors."""
+def atomic_folder(folder: Path | str, replace: bool = False) -> Iterator[Path]:
+    """Yield an empty folder beside `folder`; on success it takes `folder`'s place, so
+    `folder` is never seen half-written. An existing `folder` is replaced only with `replace`;
+    otherwise one that is (or became, while this ran) non-empty is refused and nothing is
+    replaced: the kernel's rename refuses a non-empty target atomically. On error the
+    temporary folder is removed and any previous `folder` is untouched; OS errors become
+    one-line errors."""
     folder = Path(folder)
     ensure_dir(folder.parent)
+    tmp = _sibling(folder, ".partial")
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
-    except OSError as exc:
-        raise RefadError(f"{folder.parent}: cannot write ({exc.strerror or exc})") from None
-    try:
-        yield tmp
-        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-        replacing = folder.exists()
-        if replacing:
-            os.replace(folder, old)
         try:
-            os.replace(tmp, folder)
-        except OSError:
-            if replacing:
-                os.replace(old, folder)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
+            tmp.mkdir(0o777)  # the umask applies, as to any new folder
+        except OSError as exc:
+            raise RefadError(f"{folder.parent}: cannot write ({exc.strerror or exc})") from None
+        yield tmp
+        if replace:
+            _replace_folder(tmp, folder)
+        else:
+            try:
+                os.rename(tmp, folder)  # onto nothing or an empty folder only
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                raise RefadError(f"{folder}: appeared, or got files, while this was written; "
+                                 "nothing replaced (remove it, or overwrite)") from None
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         where = exc.filename or folder
@@ -81,6 +88,20 @@ def atomic_folder(folder: Path | str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _replace_folder(new: Path, folder: Path) -> None:
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    replacing = folder.exists()
+    if replacing:
+        os.replace(folder, old)
+    try:
+        os.replace(new, folder)
+    except OSError:
+        if replacing:
+            os.replace(old, folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def ensure_dir(folder: Path | str) -> Path:

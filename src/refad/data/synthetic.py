@@ -410,7 +410,7 @@ def make_demo_dataset(
         raise ConfigError(f"size: must be an integer >= 32, got {size!r}")
 
     _check_root(root)
-    with atomic_folder(root) as building:
+    with atomic_folder(root, replace=True) as building:  # only a demo dataset (_check_root)
         _write_dataset(building, names, n_train, n_test_good, n_test_defect, size, seed_values)
     return root
 

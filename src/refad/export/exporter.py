@@ -204,7 +204,7 @@ def export_model(
             raise ConfigError(f"calibration_images: int8 needs normal images for unit {unit!r}")
         plan[unit] = (check, calib, *_unit_calibration(unit, calibration.get(unit)))
     backbone = copy.deepcopy(extractor).cpu().float().eval()
-    with atomic_folder(out_dir) as tmp:
+    with atomic_folder(out_dir, replace=overwrite) as tmp:
         units = {}
         exporters = set()
         runtime = "onnxruntime" if format == "onnx" else "openvino"

@@ -1,0 +1,67 @@
+"""The one atomic writer: what a crash, a Ctrl-C or a second writer leaves behind."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import refad.atomic
+from refad.atomic import atomic_folder, write_json, write_text_atomic
+from refad.errors import RefadError
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_written_files_and_folders_get_the_usual_permissions(tmp_path: Path) -> None:
+    """Outputs were 0600 and export folders 0700 (private temporaries renamed into place):
+    another user of the line could not read a prediction or load an export."""
+    write_json(tmp_path / "a.json", {"x": 1})
+    with atomic_folder(tmp_path / "export") as building:
+        (building / "graph.onnx").write_bytes(b"x")
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~_umask()
+    assert (tmp_path / "export").stat().st_mode & 0o777 == 0o777 & ~_umask()
+
+
+def test_an_interrupt_right_after_the_temporary_is_created_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C between the temporary's creation and the block that removes it left an empty
+    hidden `.name.XXXX.tmp` in prediction folders."""
+    real_close = os.close
+
+    def interrupted(fd: int) -> None:
+        real_close(fd)  # the temporary exists now
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(refad.atomic.os, "close", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_text_atomic(tmp_path / "a.txt", "x")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_that_appears_while_writing_is_not_replaced(tmp_path: Path) -> None:
+    """Without replace, the folder that got files meanwhile (another export, a user's notes)
+    was deleted and replaced, and both writers reported success."""
+    target = tmp_path / "out"
+    refused = pytest.raises(RefadError, match="appeared, or got files, while this was written")
+    with refused, atomic_folder(target) as building:
+        (building / "graph.onnx").write_bytes(b"new")
+        target.mkdir()
+        (target / "notes.txt").write_text("precious")
+    assert [p.name for p in target.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary left
+    with atomic_folder(target, replace=True) as building:
+        (building / "graph.onnx").write_bytes(b"new")
+    assert [p.name for p in target.iterdir()] == ["graph.onnx"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with atomic_folder(empty) as building:  # an empty folder is no one's work
+        (building / "graph.onnx").write_bytes(b"new")
+    assert [p.name for p in empty.iterdir()] == ["graph.onnx"]

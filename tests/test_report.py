@@ -347,6 +347,34 @@ def test_an_edited_metrics_file_names_the_field(
     assert not (run / "report.html").exists()
 
 
+def test_scores_and_metrics_of_two_evaluations_are_not_reported_as_one(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`refad test` writes test_scores.json, then metrics.json: a full disk between them left
+    the new scores beside the old metrics, and the report drew from the mixed pair."""
+    import refad.runs.rundir
+    from refad.errors import RefadError
+    from refad.runs import open_run
+
+    run = evaluated_copy(trained_run, tmp_path)
+    one = open_run(run, "cpu").config.data.model_copy(update={"categories": ["fabric"]})
+    real = refad.runs.rundir.write_json
+
+    def full_disk_at_metrics(path: Path, data) -> None:
+        if path.name == "metrics.json":
+            raise RefadError(f"{path}: cannot write (No space left on device)")
+        real(path, data)
+
+    monkeypatch.setattr(refad.runs.rundir, "write_json", full_disk_at_metrics)
+    with pytest.raises(RefadError, match="No space left"):
+        evaluate(run, "cpu", one, progress=False)
+    monkeypatch.undo()
+    with pytest.raises(CheckpointError, match="test_scores.json: not the one metrics.json was"):
+        build_report(run, "cpu")
+    evaluate(run, "cpu", one, progress=False)  # a complete `refad test` mends it
+    assert build_report(run, "cpu").is_file()
+
+
 def test_a_gallery_image_gone_from_disk_is_a_line_not_a_crash(
     trained_run: Path, tmp_path: Path
 ) -> None:

@@ -11,14 +11,14 @@ from typing import Any
 
 import torch
 
-from refad.atomic import read_json, write_json, write_text_atomic
+from refad.atomic import file_sha256, read_json, write_json, write_text_atomic
 from refad.backbones import FeatureExtractor, build_extractor
 from refad.config import RunConfig, load_config_file
 from refad.device import resolve_device
 from refad.errors import CheckpointError, ConfigError
 from refad.models.base import ReconstructionModel
 from refad.runs import checkpoint as ckpt
-from refad.runs.file_schemas import METRICS, SCORE_ROW, check_file
+from refad.runs.file_schemas import METRICS, SCORE_ROW, SCORES_HASH, check_file
 from refad.runs.layout import (
     CATEGORIES_DIR,
     CONFIG_FILE,
@@ -165,6 +165,9 @@ class RunDir:
         summary = {k: v for k, v in result.items() if k != "images"}
         if images is not None:
             write_json(self.path / TEST_SCORES_JSON, {"images": images})
+            # the pair is written one file after the other: a full disk or a kill between
+            # them must not leave one evaluation's scores beside another's metrics unseen
+            summary[SCORES_HASH] = file_sha256(self.path / TEST_SCORES_JSON)
         write_json(self.path / METRICS_JSON, summary)
         write_text_atomic(self.path / METRICS_MD, markdown)
         return self.path / METRICS_JSON, self.path / METRICS_MD
@@ -184,6 +187,13 @@ class RunDir:
             if not ok:
                 raise CheckpointError(f"{self.path / name}: not written by refad test")
         check_file(METRICS, metrics, self.path / METRICS_JSON)
+        expected = metrics.get(SCORES_HASH)  # absent in runs tested before it was recorded
+        if expected is not None and file_sha256(self.path / TEST_SCORES_JSON) != expected:
+            raise CheckpointError(
+                f"{self.path / TEST_SCORES_JSON}: not the one {METRICS_JSON} was written with "
+                f"(an interrupted or failed `refad test`?); run `refad test --run {self.path}` "
+                "again"
+            )
         rows = [check_file(SCORE_ROW, row, self.path / TEST_SCORES_JSON, f"images[{i}]")
                 for i, row in enumerate(scores["images"])]
         return metrics, [row.model_dump() for row in rows]

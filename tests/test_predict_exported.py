@@ -46,6 +46,18 @@ def test_predict_with_an_export_writes_what_the_run_writes(
     result = runner.invoke(app, ["predict", "--run", str(run), "--model", str(export),
                                  str(images), "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "exactly one of --run and --model" in result.output
+    # flags that would be ignored are refused; `auto`, every command's device, works here too
+    for args, words in ((["--model", str(export), "--amp"], "--amp: has no effect with --model"),
+                        (["--model", str(export), "--compile", "default"], "--compile: has no"),
+                        (["--run", str(run), "--runtime", "openvino"], "--runtime: has no"),
+                        (["--model", str(export), "--device", ""], "device: '' is not one")):
+        result = runner.invoke(app, ["predict", *args, str(images), "--out", str(tmp_path / "y")])
+        lines = [ln for ln in result.output.splitlines() if ln.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and words in lines[0], result.output
+        assert not (tmp_path / "y").exists()
+    result = runner.invoke(app, ["predict", "--model", str(export), str(images), "--out",
+                                 str(tmp_path / "auto"), "--device", "auto"])
+    assert result.exit_code == 0, result.output
 
 
 def test_export_destination_problems_are_one_line_before_any_work(

@@ -320,8 +320,9 @@ def predict(
         Path | None, typer.Option(help="Exported folder written by `refad export`.")
     ] = None,
     runtime: Annotated[
-        str, typer.Option(help="With --model: onnxruntime or openvino.")
-    ] = "onnxruntime",
+        str | None, typer.Option(help="With --model: onnxruntime or openvino (default: by "
+                                 "the export's format).")
+    ] = None,
     category: Annotated[str | None, typer.Option(
         help="The images' product: its own threshold (per-category runs: its model); "
         "without it the global threshold decides."
@@ -338,11 +339,18 @@ def predict(
     require_at_least_one("--batch-size", batch_size)
     if (run is None) == (model is None):
         raise RefadError("predict: give exactly one of --run and --model")
+    ignored = [flag for flag, given in (("--amp", amp), ("--compile", compile_ is not None),
+                                        ("--runtime", runtime is not None))
+               if given and (flag == "--runtime") == (model is None)]
+    if ignored:
+        with_ = "--run" if model is None else "--model"
+        raise RefadError(f"{ignored[0]}: has no effect with {with_} (--amp and --compile "
+                         "apply to a run folder, --runtime to an export)")
     if model is not None:
         from refad.reporting.predictions import predict_exported
 
         report = predict_exported(model, inputs, out, category, batch_size, runtime,
-                                  device or "cpu", overwrite)
+                                  "cpu" if device is None else device, overwrite)
     else:
         _torch_threads()
         from refad.api import predict as run_predict

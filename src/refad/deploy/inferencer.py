@@ -76,7 +76,9 @@ def _finite_or_none(value: Any) -> float | None:
 class Inferencer:
     """Run an export folder made by `refad export` with onnxruntime or OpenVINO.
 
-    ``device``: "cpu", or "cuda"/"gpu" for the runtime's GPU backend where installed.
+    ``runtime``: "onnxruntime" or "openvino"; None picks by the export's graph format.
+    ``device``: "cpu" (or "auto", which means it here), or "cuda"/"gpu" for the runtime's GPU
+    backend where installed.
     ``threads``: CPU threads of the runtime (None: its default). Graph files are checked
     against their recorded sha256 when the folder is opened; sessions open on first use.
     """
@@ -84,7 +86,7 @@ class Inferencer:
     def __init__(
         self,
         path: str | Path,
-        runtime: str = "onnxruntime",
+        runtime: str | None = None,
         device: str = "cpu",
         threads: int | None = None,
     ) -> None:
@@ -94,6 +96,10 @@ class Inferencer:
             raise ConfigError(f"threads: must be a whole number of at least 1, got {threads!r}")
         self.path = Path(path)
         self.meta = read_metadata(self.path)
+        if runtime is None:  # the export's graph format decides
+            runtime = "openvino" if self.meta["graph"]["format"] == "openvino" else "onnxruntime"
+        if device == "auto":  # as every command's default means: here, the CPU
+            device = "cpu"
         if runtime not in RUNTIMES:
             raise ConfigError(f"runtime: {runtime!r} is not one of {', '.join(RUNTIMES)}")
         if self.meta["graph"]["format"] == "openvino" and runtime != "openvino":

@@ -264,7 +264,7 @@ def predict_exported(
     out_dir: Path | str,
     category: str | None = None,
     batch_size: int = 8,
-    runtime: str = "onnxruntime",
+    runtime: str | None = None,
     device: str = "cpu",
     overwrite: bool = False,
 ) -> PredictReport:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from refad.deploy import Inferencer, read_metadata
+from refad.deploy import Inferencer
 from refad.errors import ConfigError
 from refad.runs.layout import UNIFIED
 from refad.serve.backend import (
@@ -31,11 +31,7 @@ class DeployBackend:
 
     def __init__(self, model_dir: Path, device: str = "auto", runtime: str | None = None) -> None:
         path = Path(model_dir)
-        meta = read_metadata(path)  # the graph format picks the runtime
-        runtime = runtime or ("openvino" if meta["graph"]["format"] == "openvino"
-                              else "onnxruntime")
-        dev = "cpu" if device in ("auto", None) else device
-        self._inf = Inferencer(path, runtime=runtime, device=dev)
+        self._inf = Inferencer(path, runtime=runtime, device=device or "auto")
         self._info = self._build_info(path)
 
     def _build_info(self, path: Path) -> dict[str, Any]:

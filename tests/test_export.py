@@ -206,6 +206,23 @@ def test_an_input_size_no_run_can_have_is_refused_before_any_image_is_resized(
     assert MAX_INPUT_SIZE == MAX_IMAGE_SIZE  # the export writes the run's data.image_size
 
 
+@pytest.mark.parametrize("values, words", [
+    ({"threshold": 0}, r"calibration\.threshold: must be above 0"),
+    ({"threshold": -3.0}, r"calibration\.threshold: must be above 0"),
+    ({"map_floor": 100.0, "map_ceiling": 1.0}, "no colour range"),
+    ({"map_floor": -1e308, "map_ceiling": 1e308}, "no colour range"),
+])
+def test_calibration_no_run_could_write_is_refused(rlr_export, tmp_path, values, words) -> None:
+    """A sealed foreign file with a threshold of 0 called every image anomalous; an inverted
+    or overflowing colour range painted heatmaps one colour (with numpy warnings)."""
+    folder = _copy(rlr_export, tmp_path / "foreign")
+    meta = json.loads((folder / METADATA_FILE).read_text())
+    meta["units"]["unified"]["calibration"].update(values)
+    (folder / METADATA_FILE).write_text(json.dumps(seal(meta)))
+    with pytest.raises(CheckpointError, match=words):
+        Inferencer(folder)
+
+
 def test_bad_images_give_one_line_errors(rlr_export, tmp_path) -> None:
     inf = Inferencer(rlr_export)
     bad = [np.zeros((8, 8), np.uint8), np.zeros((8, 8, 4), np.uint8),

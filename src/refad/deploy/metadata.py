@@ -86,16 +86,31 @@ def _check_unit(name: str, unit: Any, where: str) -> None:
         raise CheckpointError(f"{where}: units.{name}.calibration must be an object")
     for key in ("map_floor", "map_ceiling"):
         _number(calib.get(key), f"{where}: units.{name}.calibration.{key}")
-    for key in ("threshold", "pixel_threshold"):
-        _number(calib.get(key), f"{where}: units.{name}.calibration.{key}", optional=True)
+    _check_calibration(calib, f"{where}: units.{name}.calibration")
     cats = unit.get("categories", {})
     if not isinstance(cats, dict):
         raise CheckpointError(f"{where}: units.{name}.categories must be an object")
     for cat, values in cats.items():
         if not isinstance(values, dict):
             raise CheckpointError(f"{where}: units.{name}.categories.{cat} must be an object")
-        for key in ("threshold", "pixel_threshold", "map_floor", "map_ceiling"):
-            _number(values.get(key), f"{where}: units.{name}.categories.{cat}.{key}", True)
+        _check_calibration(values, f"{where}: units.{name}.categories.{cat}")
+
+
+def _check_calibration(values: dict[str, Any], where: str) -> None:
+    """Scores and maps are reconstruction errors (never negative), and colouring needs a
+    floor below a ceiling at a finite distance: a foreign writer's threshold of 0 called
+    every image anomalous, an inverted range painted every heatmap one colour."""
+    found = {key: _number(values.get(key), f"{where}.{key}", optional=True)
+             for key in ("threshold", "pixel_threshold", "map_floor", "map_ceiling")}
+    for key in ("threshold", "pixel_threshold"):
+        if found[key] is not None and found[key] <= 0:
+            raise CheckpointError(f"{where}.{key}: must be above 0, got {found[key]!r}")
+    floor, ceiling = found["map_floor"], found["map_ceiling"]
+    if floor is not None and ceiling is not None and not (
+        floor <= ceiling and math.isfinite(ceiling - floor)
+    ):
+        raise CheckpointError(f"{where}: map_floor {floor!r} and map_ceiling {ceiling!r} are "
+                              "no colour range (the floor must be below the ceiling)")
 
 
 def validate(meta: Any, where: str) -> dict[str, Any]:

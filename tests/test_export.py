@@ -144,6 +144,25 @@ def test_failed_parity_refuses_and_writes_nothing(extractor, tmp_path, monkeypat
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_a_full_disk_while_writing_the_graph_names_the_file(
+    extractor, tmp_path, monkeypatch
+) -> None:
+    """ENOSPC was reported as "the ONNX exporter failed" after a second, doomed export."""
+    import errno
+
+    import refad.export.graph as graph
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    tried = []
+    monkeypatch.setattr(graph, "_torchscript", full)
+    monkeypatch.setattr(graph, "_dynamo", lambda *a, **k: tried.append("dynamo"))
+    with pytest.raises(RefadError, match=r"unified\.onnx: cannot write \(No space left"):
+        export(extractor, "rlr", tmp_path / "full")
+    assert tried == [] and list(tmp_path.iterdir()) == []
+
+
 def test_bad_export_arguments(extractor, tmp_path) -> None:
     with pytest.raises(ConfigError, match="precision"):
         export(extractor, "rlr", tmp_path / "a", "onnx", "int8")

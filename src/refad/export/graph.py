@@ -115,6 +115,9 @@ def export_onnx(graph: ScoringGraph, size: int, path: Path, exporter: str = "aut
             return name
         except RefadError:
             raise
+        except OSError as exc:  # the file, not the exporter: another exporter would fail alike
+            path.unlink(missing_ok=True)
+            raise RefadError(f"{path}: cannot write ({exc.strerror or exc})") from None
         except Exception as exc:  # exporters raise many types; the last one is reported
             failures.append(f"{name}: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}")
             path.unlink(missing_ok=True)

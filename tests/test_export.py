@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from refad.backbones import FeatureExtractor
@@ -310,6 +311,39 @@ def test_heatmap_matches_matplotlib() -> None:
     np.testing.assert_array_equal(ours, theirs)
 
 
+
+
+def test_export_attention_equals_the_kernel_when_a_query_sees_no_key() -> None:
+    """RLR masks a neighbourhood around each query; on a small feature map (2x2 at 32 px) it
+    covers every key. The kernel then gives zeros, the plain softmax gave NaN, and the export
+    of a valid 32-px run was refused by its own parity check."""
+    from refad.export.graph import export_attention
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8, generator=gen) for _ in range(3))
+    allowed = torch.rand(5, 5, generator=gen) > 0.4
+    allowed[0] = False  # query 0 may attend to nothing
+    allowed[1] = True
+    additive = torch.zeros(5, 5).masked_fill(~allowed, float("-inf"))
+    for mask in (allowed, additive):
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        got = export_attention(q, k, v, attn_mask=mask)
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_parity_of_one_image_is_measured_against_the_range_of_all_check_images() -> None:
+    """A 32-px image's map can be flat to 1e-6; measured against its own range, float
+    rounding of 8e-6 read as 4x the range and refused the export."""
+    from refad.export.parity import compare, map_span
+
+    ref = np.stack([np.full((4, 4), 8.7734), np.linspace(7.7, 11.4, 16).reshape(4, 4)])
+    got = ref + 8e-6
+    scores = np.array([1.0, 2.0])
+    span = map_span(ref)
+    single = compare(ref[:1], scores[:1], got[:1], scores[:1], [], span)
+    assert single["map_max_rel"] == pytest.approx(8e-6 / (11.4 - 7.7), rel=1e-3)
+    assert compare(ref, scores, got, scores, [])["map_range"] == pytest.approx(11.4 - 7.7)
 
 
 def test_attention_is_exported_in_the_fusable_pattern(rlr_export) -> None:

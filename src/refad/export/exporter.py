@@ -38,7 +38,7 @@ from refad.deploy.runtimes import ONNXRUNTIME_SESSION_CONFIG, open_runner
 from refad.errors import ConfigError, RefadError
 from refad.export.graph import OPSET, ScoringGraph, export_onnx
 from refad.export.openvino import onnx_to_openvino
-from refad.export.parity import TOLERANCES, compare, finite_json, passes, worst
+from refad.export.parity import TOLERANCES, compare, finite_json, map_span, passes, worst
 from refad.models.base import ReconstructionModel
 from refad.runs.layout import UNIFIED
 
@@ -147,8 +147,9 @@ def _self_check(
     graph: ScoringGraph, runner: Any, batch: np.ndarray, thresholds: list[float], limits: dict
 ) -> dict[str, Any]:
     ref_maps, ref_scores = _reference(graph, batch)
-    figs = [compare(ref_maps, ref_scores, *runner(batch), thresholds)]
-    figs.append(compare(ref_maps[:1], ref_scores[:1], *runner(batch[:1]), thresholds))
+    span = map_span(ref_maps)  # one yardstick for both runs: the maps of all check images
+    figs = [compare(ref_maps, ref_scores, *runner(batch), thresholds, span)]
+    figs.append(compare(ref_maps[:1], ref_scores[:1], *runner(batch[:1]), thresholds, span))
     fig = worst(figs)
     fig.update(images=int(batch.shape[0]), batch_sizes=[int(batch.shape[0]), 1],
                tolerance=limits)

@@ -58,12 +58,19 @@ def export_attention(
         raise RefadError("export: causal, grouped or dropout attention is not exportable")
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     logits = torch.matmul(query * scale, key.transpose(-2, -1))
-    if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            logits = logits.masked_fill(~attn_mask, float("-inf"))
-        else:
-            logits = logits + attn_mask
-    return torch.matmul(torch.softmax(logits, dim=-1), value)
+    if attn_mask is None:
+        return torch.matmul(torch.softmax(logits, dim=-1), value)
+    if attn_mask.dtype == torch.bool:
+        allowed = attn_mask
+        logits = logits.masked_fill(~attn_mask, float("-inf"))
+    else:
+        allowed = attn_mask > float("-inf")
+        logits = logits + attn_mask
+    out = torch.matmul(torch.softmax(logits, dim=-1), value)
+    # A query that may attend to no key (RLR's masked neighbourhood covers a whole small
+    # feature map) gets zeros from the kernel and NaN from a plain softmax. Mended after the
+    # last matmul, so the fusable pattern stays whole; the mask is a constant, so is this test.
+    return torch.where(allowed.any(dim=-1, keepdim=True), out, torch.zeros((), dtype=out.dtype))
 
 
 @contextlib.contextmanager

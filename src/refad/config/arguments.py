@@ -23,7 +23,7 @@ _OPEN = ConfigDict(arbitrary_types_allowed=True)  # torch.device and the like: i
 
 
 def _adapters(func: Callable[..., Any]) -> dict[str, TypeAdapter[Any]]:
-    """A strict validator per annotated parameter. Hints name types by string (postponed
+    """A validator per annotated parameter. Hints name types by string (postponed
     annotations); one naming a module not imported (torch in a torch-free install) cannot be
     resolved, and that parameter goes unchecked rather than importing it."""
     namespace = dict(vars(sys.modules[func.__module__]))
@@ -36,7 +36,7 @@ def _adapters(func: Callable[..., Any]) -> dict[str, TypeAdapter[Any]]:
                                                               param.VAR_KEYWORD):
             continue
         try:
-            resolved = eval(hint, namespace) if isinstance(hint, str) else hint  # noqa: S307
+            resolved = eval(hint, namespace) if isinstance(hint, str) else hint
         except NameError:
             continue
         if resolved is Any:

@@ -72,10 +72,10 @@ class MetricsFile(BaseModel):
     mean_categories: dict[str, int] = {}
     notes: list[str] = []
     decisions: Decisions | None = None
-    test_scores_sha256: str | None = None  # the test_scores.json written with it
+    evaluation: str | None = None  # also in the test_scores.json written with it
 
 
-SCORES_HASH = "test_scores_sha256"
+EVALUATION_ID = "evaluation"
 
 
 class _Thresholds(TypedDict, total=False):

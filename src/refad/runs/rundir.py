@@ -5,20 +5,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from refad.atomic import file_sha256, read_json, write_json, write_text_atomic
+from refad.atomic import read_json, write_json, write_text_atomic
 from refad.backbones import FeatureExtractor, build_extractor
 from refad.config import RunConfig, load_config_file
 from refad.device import resolve_device
 from refad.errors import CheckpointError, ConfigError
 from refad.models.base import ReconstructionModel
 from refad.runs import checkpoint as ckpt
-from refad.runs.file_schemas import METRICS, SCORE_ROW, SCORES_HASH, check_file
+from refad.runs.file_schemas import EVALUATION_ID, METRICS, SCORE_ROW, check_file
 from refad.runs.layout import (
     CATEGORIES_DIR,
     CONFIG_FILE,
@@ -164,10 +165,11 @@ class RunDir:
         images = result.get("images")
         summary = {k: v for k, v in result.items() if k != "images"}
         if images is not None:
-            write_json(self.path / TEST_SCORES_JSON, {"images": images})
             # the pair is written one file after the other: a full disk or a kill between
             # them must not leave one evaluation's scores beside another's metrics unseen
-            summary[SCORES_HASH] = file_sha256(self.path / TEST_SCORES_JSON)
+            summary[EVALUATION_ID] = secrets.token_hex(8)
+            write_json(self.path / TEST_SCORES_JSON,
+                       {EVALUATION_ID: summary[EVALUATION_ID], "images": images})
         write_json(self.path / METRICS_JSON, summary)
         write_text_atomic(self.path / METRICS_MD, markdown)
         return self.path / METRICS_JSON, self.path / METRICS_MD
@@ -187,8 +189,8 @@ class RunDir:
             if not ok:
                 raise CheckpointError(f"{self.path / name}: not written by refad test")
         check_file(METRICS, metrics, self.path / METRICS_JSON)
-        expected = metrics.get(SCORES_HASH)  # absent in runs tested before it was recorded
-        if expected is not None and file_sha256(self.path / TEST_SCORES_JSON) != expected:
+        ids = (metrics.get(EVALUATION_ID), scores.get(EVALUATION_ID))  # absent in older runs
+        if None not in ids and ids[0] != ids[1]:
             raise CheckpointError(
                 f"{self.path / TEST_SCORES_JSON}: not the one {METRICS_JSON} was written with "
                 f"(an interrupted or failed `refad test`?); run `refad test --run {self.path}` "

@@ -295,6 +295,35 @@ def test_folder_errors(tmp_path):
         folder_samples("test", tmp_path / "empty")
 
 
+def test_folders_that_overlap_are_refused_for_either_split(tmp_path):
+    """The same folder as training and test normals, or the defect folder as the mask folder,
+    trained and tested with exit 0: metrics that looked fine and meant nothing."""
+    for i in range(3):
+        write_rgb(tmp_path / "ok" / f"img{i}.png", (6, 6), seed=i)
+    write_rgb(tmp_path / "bad" / "b0.png", (6, 6))
+    write_mask(tmp_path / "masks" / "b0_mask.png", box_mask((6, 6), 1, 1, 2))
+    (tmp_path / "mixed").mkdir()
+    write_rgb(tmp_path / "mixed" / "t0.png", (6, 6), seed=9)
+    (tmp_path / "mixed" / "img1.png").symlink_to(tmp_path / "ok" / "img1.png")
+    ok, bad, masks = tmp_path / "ok", tmp_path / "bad", tmp_path / "masks"
+    for split in ("train", "test"):
+        with pytest.raises(ConfigError, match=r"data.test_normal_dir: .*img0.png is also in "
+                                              r"data.normal_dir"):
+            folder_samples(split, ok, anomalous_dir=bad, mask_dir=masks, test_normal_dir=ok)
+        with pytest.raises(ConfigError, match=r"img1.png is also in data.normal_dir"):
+            folder_samples(split, ok, anomalous_dir=bad, mask_dir=masks,
+                           test_normal_dir=tmp_path / "mixed")
+        with pytest.raises(ConfigError, match=r"data.anomalous_dir: .*is also in"):
+            folder_samples(split, ok, anomalous_dir=ok, mask_dir=masks)
+        with pytest.raises(ConfigError, match=r"data.mask_dir: .* is the anomalous folder"):
+            folder_samples(split, ok, anomalous_dir=bad, mask_dir=bad)
+    # a mask folder that holds a copy of the defect image under the image's own name
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "b0.png").symlink_to(bad / "b0.png")
+    with pytest.raises(DataError, match=r"b0.png: is its own mask"):
+        folder_samples("test", ok, anomalous_dir=bad, mask_dir=tmp_path / "photos")
+
+
 def test_load_split_dispatch(tmp_path):
     make_mvtec_category(tmp_path, "nut", n_train=2)
     root = str(tmp_path)

@@ -97,6 +97,9 @@ class MaskIndex:
                 f"{image}: defective image has no mask in {where} "
                 f"(looked for {image.stem}_mask.* and {image.stem}.*)"
             )
+        if found.resolve() == image.resolve():
+            raise DataError(f"{image}: is its own mask (the mask folder holds the defect "
+                            "images); give the folder of the masks")
         return found
 
 

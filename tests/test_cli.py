@@ -132,6 +132,25 @@ def test_a_folder_holding_an_earlier_prediction_is_not_read_as_images(
         assert not (tmp_path / "again").exists()
 
 
+def test_a_file_name_that_is_not_utf8_is_scored_and_written(
+    trained_run: Path, tmp_path: Path, demo_root: Path
+) -> None:
+    """predictions.csv (and report.html) failed with UnicodeEncodeError after the work was
+    done, leaving predictions.json without its CSV."""
+    import os
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    name = os.fsdecode(b"\xff.png")  # a Latin-1 name on a UTF-8 system
+    (folder / name).write_bytes(sorted(demo_root.glob("screw/test/good/*.png"))[0].read_bytes())
+    result = runner.invoke(app, ["predict", "--run", str(trained_run), str(folder),
+                                 "--out", str(tmp_path / "p"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "p" / "predictions.json").read_text())["predictions"]
+    assert rows[0]["path"] == str(folder / name)  # JSON gives the exact name back
+    assert "\\udcff.png" in (tmp_path / "p" / "predictions.csv").read_text(encoding="utf-8")
+
+
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--epochs", "1",
                                  "--image-size", "64", "--device", "cpu", "--no-progress"])

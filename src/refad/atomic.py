@@ -146,8 +146,11 @@ def write_atomic(path: Path, writer: Callable[[Path], None]) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file atomically."""
-    write_atomic(path, lambda tmp: tmp.write_text(text))
+    """Write a UTF-8 text file atomically. A file name that is not UTF-8 (Python holds its
+    bytes as lone surrogates) is written escaped (`\\udcff`) rather than failing the whole
+    report or CSV after the work is done; JSON escapes such names itself and reads them back."""
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8",
+                                                  errors="backslashreplace"))
 
 
 def file_sha256(path: Path | str) -> str:

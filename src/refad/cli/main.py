@@ -6,6 +6,7 @@ Every user-facing failure (bad data, config, checkpoint, full disk) is printed a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import signal
 import sys
@@ -30,6 +31,7 @@ class OneLineErrors(typer.core.TyperGroup):
     one line `error: ...` and exit status 2 as every other bad input, not a framed box."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
+        _escape_unprintable_names()
         try:
             code = super().main(*args, **{**kwargs, "standalone_mode": False})
         except cli_errors.NoArgsIsHelpError as exc:
@@ -50,6 +52,14 @@ class OneLineErrors(typer.core.TyperGroup):
             sys.exit(2)
         sys.exit(code if isinstance(code, int) else 0)  # without standalone mode, click
         # returns the status of a typer.Exit instead of exiting with it
+
+
+def _escape_unprintable_names() -> None:
+    """A file name that is not UTF-8 (held as lone surrogates) is printed escaped (`\\udcff`),
+    not a UnicodeEncodeError after the work is done: the command owns its output streams."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
 
 
 app = typer.Typer(

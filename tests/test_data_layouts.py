@@ -189,6 +189,43 @@ def test_visa_small_csv(tmp_path):
         visa_samples(tmp_path, "test", categories=["fryum"])
 
 
+@pytest.mark.parametrize("edit, words", [
+    # an object that is a path put a per-category run's checkpoints over another run's files
+    (lambda t: t.replace("pcb1,test,anomaly", "../../victim,test,anomaly"),
+     r"line 5: category '../../victim' is not a plain name"),
+    (lambda t: t.replace("candle,train", "/tmp/victim,train", 1),
+     r"line 6: category '/tmp/victim' is not a plain name"),
+    (lambda t: t.replace("pcb1,test,normal", " ,test,normal"), r"line 4: category '' is not"),
+    # a mistyped split made the row vanish (I-AUROC on 2 of 3 defects, no word)
+    (lambda t: t.replace("candle,test,anomaly", "candle,Test,anomaly"),
+     r"line 9: split must be train or test, got 'Test'"),
+    # listed twice: scored twice, or a training image among the test images
+    (lambda t: t + "pcb1,test,normal,pcb1/Data/Images/Normal/0000.JPG,\n",
+     r"line 10: pcb1/Data/Images/Normal/0000.JPG is listed again \(first on line 2\)"),
+    (lambda t: t.replace("Masks/Anomaly/000.png", "Images/Anomaly/000.JPG", 1),
+     r"line 5: the mask is the image itself"),
+])
+def test_visa_csv_rows_that_would_be_silently_wrong_are_refused(tmp_path, edit, words):
+    _small_visa(tmp_path)
+    csv_path = tmp_path / "split_csv" / "1cls.csv"
+    csv_path.write_text(edit(csv_path.read_text().replace("\r\n", "\n")))
+    for split in ("train", "test"):  # the whole file, whichever split is read
+        with pytest.raises(DataError, match=words):
+            visa_samples(tmp_path, split)
+
+
+def test_visa_csv_errors_name_the_file_line_despite_blank_lines(tmp_path):
+    _small_visa(tmp_path)
+    csv_path = tmp_path / "split_csv" / "1cls.csv"
+    lines = csv_path.read_text().replace("\r\n", "\n").splitlines()
+    lines.insert(2, "")  # a blank line counted by the file, not by the csv rows
+    lines.append("pcb1,test,anomaly,pcb1/Data/Images/Anomaly/gone.JPG,x.png")
+    csv_path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"gone.JPG: image listed in .*1cls.csv line "
+                                        rf"{len(lines)} not found"):
+        visa_samples(tmp_path, "test")
+
+
 def test_visa_csv_missing_columns(tmp_path):
     _write_csv(tmp_path / "split_csv" / "1cls.csv",
                [{"object": "a", "split": "train", "image": "x.JPG"}],

@@ -423,3 +423,14 @@ def test_bad_data_is_reported_before_the_backbone_is_fetched(
         assert result.exit_code == 2 and len(lines) == 1, result.output
         assert expected in lines[0]
         assert not out.exists()
+
+
+@pytest.mark.parametrize("unit", ["../victim", "/tmp/victim", "..", "", "a/b", "a\\b"])
+def test_a_unit_never_lies_outside_its_run_folder(tmp_path: Path, unit: str) -> None:
+    """A per-category unit is named by its category; one from a csv ('../../victim') wrote
+    checkpoints over another run and deleted that run's weights as left-overs."""
+    from refad.runs.layout import unit_path
+
+    with pytest.raises(CheckpointError, match="would lie outside the run folder"):
+        unit_path(tmp_path / "run", unit)
+    assert unit_path(tmp_path / "run", "pcb1") == tmp_path / "run" / "categories" / "pcb1"

@@ -35,6 +35,15 @@ class Sample:
                             f"{self.label!r}")
         if self.label == 1 and self.mask is None:
             raise DataError(f"{self.image}: anomalous image has no ground-truth mask")
+        check_category_name(self.category, str(self.image))
+
+
+def check_category_name(name: str, where: str) -> None:
+    """A category names a folder of a per-category run (`categories/<name>`): '../x' or an
+    absolute path there wrote checkpoints over another run. One plain folder name only."""
+    if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise DataError(f"{where}: category {name!r} is not a plain name (one folder name, "
+                        "without '/', '\\' or '..')")
 
 
 def check_split(split: str) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from refad.data.samples import Sample, check_split, select_categories
+from refad.data.samples import SPLITS, Sample, check_category_name, check_split, select_categories
 from refad.errors import DataError
 
 REQUIRED_COLUMNS = ("object", "split", "label", "image", "mask")
@@ -34,9 +34,32 @@ def _read_rows(split_csv: Path) -> list[dict[str, str]]:
                     f"(need {','.join(REQUIRED_COLUMNS)})"
                 )
             reader.fieldnames = columns
-            return [{k: (v or "").strip() for k, v in row.items() if k} for row in reader]
+            rows = []
+            for row in reader:  # line_num: the file's line, blank and multi-line rows counted
+                clean = {k: (v or "").strip() for k, v in row.items() if k}
+                rows.append({**clean, "line": str(reader.line_num)})
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{split_csv}: cannot read csv ({type(exc).__name__}: {exc})") from None
+    _check_rows(split_csv, rows)
+    return rows
+
+
+def _check_rows(split_csv: Path, rows: list[dict[str, str]]) -> None:
+    """The whole file, whatever split and categories are asked for: a row in another split
+    that is mistyped would otherwise vanish without a word, and an image listed twice would
+    be scored twice (or be a test image and a training image at once)."""
+    first: dict[str, str] = {}
+    for row in rows:
+        where = f"{split_csv} line {row['line']}"
+        check_category_name(row["object"], where)
+        if row["split"] not in SPLITS:
+            raise DataError(f"{where}: split must be train or test, got {row['split']!r}")
+        if row["image"] and row["image"] == row["mask"]:
+            raise DataError(f"{where}: the mask is the image itself ({row['image']})")
+        seen = first.setdefault(row["image"], row["line"])
+        if row["image"] and seen != row["line"]:
+            raise DataError(f"{where}: {row['image']} is listed again (first on line {seen}); "
+                            "an image is in one split, once")
 
 
 def visa_samples(
@@ -62,10 +85,10 @@ def visa_samples(
     chosen = set(select_categories(available, categories, csv_path))
 
     samples: list[Sample] = []
-    for line, row in enumerate(rows, start=2):  # line 1 is the header
+    for row in rows:
         if row["split"] != split or row["object"] not in chosen:
             continue
-        where = f"{csv_path} line {line}"
+        where = f"{csv_path} line {row['line']}"
         if row["label"] not in _LABELS:
             raise DataError(f"{where}: label must be normal or anomaly, got {row['label']!r}")
         label = _LABELS[row["label"]]

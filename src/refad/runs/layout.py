@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from refad.errors import CheckpointError
+
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -26,8 +28,13 @@ UNIFIED = "unified"
 
 
 def unit_path(run_dir: Path, unit: str) -> Path:
-    """Folder of a unit's checkpoint: the run folder itself when unified."""
-    return Path(run_dir) if unit == UNIFIED else Path(run_dir) / CATEGORIES_DIR / unit
+    """Folder of a unit's checkpoint: the run folder itself when unified; never outside it
+    (a unit named by a category from a csv must not reach another run's files)."""
+    if unit == UNIFIED:
+        return Path(run_dir)
+    if unit in ("", ".", "..") or Path(unit).name != unit or "\\" in unit:
+        raise CheckpointError(f"{run_dir}: unit {unit!r} would lie outside the run folder")
+    return Path(run_dir) / CATEGORIES_DIR / unit
 
 
 def unit_for_category(mode: str, category: str) -> str:

@@ -383,3 +383,46 @@ def test_non_binary_masks_are_reported_in_the_metrics(trained_run: Path, tmp_pat
     assert any(n.startswith("fabric: 1 of") and "not binary" in n for n in result["notes"])
     assert not any(n.startswith("mesh:") and "not binary" in n for n in result["notes"])
     assert json.loads((run / "metrics.json").read_text())["notes"] == result["notes"]
+
+
+def _with_exif_orientation(path: Path, size: tuple[int, int]) -> Path:
+    """Re-save an image as a JPEG of `size` whose EXIF says "turn 90 degrees to display"."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    target = path.with_suffix(".jpg")
+    Image.open(path).convert("RGB").resize(size).save(target, exif=exif, quality=95)
+    path.unlink()
+    return target
+
+
+def test_masks_of_images_with_an_exif_orientation_are_reported(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    """refad does not apply EXIF orientation; a mask drawn on the turned picture of a square
+    image was applied to the stored pixels with no word (pixel metrics silently wrong)."""
+    from refad.api import evaluate
+    from refad.runs import RunDir
+
+    cfg = RunDir(trained_run).read_config()
+    root = tmp_path / "data"
+    shutil.copytree(cfg.data.root, root)
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    RunDir(run).write_config(cfg.model_copy(
+        update={"data": cfg.data.model_copy(update={"root": str(root)})}))
+    image = sorted((root / "fabric" / "test").glob("[!g]*/*.png"))[0]
+    _with_exif_orientation(image, Image.open(image).size)
+    result = evaluate(run, device="cpu", progress=False)
+    assert any(n.startswith("fabric: 1 of") and "EXIF orientation" in n
+               for n in result["notes"]), result["notes"]
+    assert not any(n.startswith("mesh:") and "EXIF" in n for n in result["notes"])
+
+
+def test_a_mask_size_mismatch_names_the_exif_orientation_that_explains_it(
+    tmp_path: Path
+) -> None:
+    write_rgb(tmp_path / "a.png", (48, 64))
+    image = _with_exif_orientation(tmp_path / "a.png", (64, 48))
+    write_mask(tmp_path / "a_mask.png", box_mask((64, 48), 1, 1, 4))  # as a viewer shows it
+    with pytest.raises(DataError, match="differs from image .* carries EXIF orientation 6"):
+        read_mask(tmp_path / "a_mask.png", image_size(image), image=image)

@@ -12,7 +12,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from refad.data.images import empty_mask_reason, read_image_rgb, read_mask_levels
+from refad.data.images import (
+    empty_mask_reason,
+    exif_orientation,
+    read_image_rgb,
+    read_mask_levels,
+)
 from refad.data.samples import Sample
 from refad.errors import ConfigError, DataError
 
@@ -110,6 +115,8 @@ class ImageDataset(Dataset):
             "image": image_tensor(rgb, self.size, self.mean, self.std),
             "mask": mask,
             "soft_mask_pixels": soft,
+            # a mask drawn on the picture as a viewer turns it would not match the pixels
+            "turned_mask": sample.mask is not None and exif_orientation(sample.image) != 1,
             "label": int(sample.label),
             "category": sample.category,
             "path": str(sample.image),

@@ -138,6 +138,18 @@ def _decode(img: Image.Image, path: Path) -> None:
         raise DataError(f"{path}: corrupt or truncated image ({one_line(exc)})") from None
 
 
+EXIF_ORIENTATION = 0x0112
+
+
+def exif_orientation(path: Path) -> int:
+    """The EXIF orientation tag of an image (1, the stored pixels as they are, when absent),
+    read from the header only. refad does not apply it (module doc); callers report it where a
+    mask drawn on the displayed picture would no longer match."""
+    with _open(path, decode=False) as img:
+        value = img.getexif().get(EXIF_ORIENTATION, 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
 def image_size(path: Path) -> tuple[int, int]:
     """(H, W) of an image read from its header only (cheap; does not validate the pixel data)."""
     with _open(path, decode=False) as img:
@@ -284,5 +296,8 @@ def read_mask_levels(
         got = f"{mask.shape[1]}x{mask.shape[0]}"
         want = f"{expected[1]}x{expected[0]}"
         owner = f"image {image}" if image is not None else "its image"
-        raise DataError(f"{path}: mask size {got} (WxH) differs from {owner} size {want}")
+        turned = exif_orientation(image) if image is not None else 1
+        hint = (f"; the image carries EXIF orientation {turned}, which refad does not apply: "
+                "masks must match the stored pixels") if turned != 1 else ""
+        raise DataError(f"{path}: mask size {got} (WxH) differs from {owner} size {want}{hint}")
     return mask, soft

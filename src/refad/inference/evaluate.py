@@ -122,9 +122,10 @@ def evaluate_run(
         dataset = ImageDataset(group, size, run.extractor.mean, run.extractor.std)
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=data.num_workers)
         acc = MetricAccumulator(mode=metrics_mode)
-        soft_masks = 0
+        soft_masks = turned_masks = 0
         for batch in tqdm(loader, desc=f"test {category}", disable=not progress, leave=False):
             soft_masks += int((batch["soft_mask_pixels"] > 0).sum())
+            turned_masks += int(batch["turned_mask"].sum())
             scores = scorer.images(batch["image"])
             _check_finite(run, scores)
             image_scores.append(scores.image.float().cpu().numpy())
@@ -150,6 +151,12 @@ def evaluate_run(
             soft_notes.append(
                 f"{category}: {soft_masks} of {n_defective} masks are not binary (values between "
                 "empty and full, e.g. soft edges); binarised at > half of their range"
+            )
+        if turned_masks:
+            soft_notes.append(
+                f"{category}: {turned_masks} of {n_defective} defective images carry an EXIF "
+                "orientation tag, which refad does not apply; their masks must match the "
+                "stored pixels, not the picture a viewer turns (check them)"
             )
     mean, mean_categories, notes = summarise(per_category, counts)
     notes += soft_notes

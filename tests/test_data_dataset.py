@@ -22,7 +22,9 @@ def test_item_shapes_types_and_normalisation(tmp_path):
     write_rgb(tmp_path / "a.png", (10, 14), value=128)
     ds = ImageDataset([Sample(tmp_path / "a.png", "cat", 0, None, "good")], 8, MEAN, STD)
     item = ds[0]
-    assert set(item) == {"image", "mask", "soft_mask_pixels", "label", "category", "path", "index"}
+    assert set(item) == {"image", "mask", "soft_mask_pixels", "turned_mask", "label", "category",
+                         "path", "index"}
+    assert item["turned_mask"] is False  # no mask, so no mask drawn on a turned picture
     assert item["image"].shape == (3, 8, 8) and item["image"].dtype == torch.float32
     assert item["mask"].shape == (1, 8, 8) and item["mask"].dtype == torch.float32
     assert item["label"] == 0 and item["category"] == "cat" and item["index"] == 0

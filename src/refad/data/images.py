@@ -26,6 +26,7 @@ becomes the same one-line :class:`DataError`.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -296,7 +297,10 @@ def read_mask_levels(
         got = f"{mask.shape[1]}x{mask.shape[0]}"
         want = f"{expected[1]}x{expected[0]}"
         owner = f"image {image}" if image is not None else "its image"
-        turned = exif_orientation(image) if image is not None else 1
+        turned = 1
+        if image is not None:
+            with contextlib.suppress(DataError):  # the name serves the message; reading it may not
+                turned = exif_orientation(image)
         hint = (f"; the image carries EXIF orientation {turned}, which refad does not apply: "
                 "masks must match the stored pixels") if turned != 1 else ""
         raise DataError(f"{path}: mask size {got} (WxH) differs from {owner} size {want}{hint}")

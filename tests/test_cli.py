@@ -151,6 +151,17 @@ def test_a_file_name_that_is_not_utf8_is_scored_and_written(
     assert "\\udcff.png" in (tmp_path / "p" / "predictions.csv").read_text(encoding="utf-8")
 
 
+def test_a_path_longer_than_the_file_system_takes_is_one_line(
+    demo_root: Path, tmp_path: Path
+) -> None:
+    """ENAMETOOLONG from pathlib (not among the errors it swallows) was a 60-line traceback."""
+    long = "a" * 300
+    for args in (["--root", str(tmp_path / long), "--out", str(tmp_path / "r")],
+                 ["--root", str(demo_root), "--out", str(tmp_path / long)]):
+        result = runner.invoke(app, ["train", *args, "--epochs", "1"])
+        assert one_error_line(result).endswith("File name too long"), result.output
+
+
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--epochs", "1",
                                  "--image-size", "64", "--device", "cpu", "--no-progress"])

@@ -148,6 +148,37 @@ def test_booleans_and_infinities_are_not_numbers(override: str, expected: str) -
         apply_overrides(preset("rlr"), [override])
 
 
+def test_values_no_run_can_use_are_short_one_line_errors() -> None:
+    """A 5000-digit --set value was a ValueError traceback; a seed past int64 passed
+    validation and failed in torch.manual_seed after the run folder was made."""
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(preset("rlr"), ["train.epochs=" + "9" * 5000])
+    assert str(info.value).startswith("override: train.epochs: ") and len(str(info.value)) < 300
+    with pytest.raises(ConfigError, match="train.seed: Input should be less than 4294967296"):
+        apply_overrides(preset("rlr"), ["train.seed=9223372036854775808"])
+    with pytest.raises(ConfigError, match="train.seed: Input should be greater than or equal"):
+        apply_overrides(preset("rlr"), ["train.seed=-1"])
+
+
+@pytest.mark.parametrize("name, text, expected", [
+    ("dup.json", '{"train": {"epochs": 1, "epochs": 3}}', "key 'epochs' is given twice"),
+    ("dup.json", '{"train": {"epochs": 1}, "train": {"lr": 0.1}}', "key 'train' is given twice"),
+    ("dup.yaml", "train:\n  epochs: 1\n  epochs: 3\n", "line 2: key 'epochs' is given twice"),
+    # a kilobyte that expands to 9**10 values (minutes and 14 GB before)
+    ("laughs.yaml", "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 9) + "]\n"
+        for i in range(9)) + "method: *j\n", r"YAML aliases \(\*name\) are not supported"),
+])
+def test_config_files_with_a_key_twice_or_aliases_are_refused(
+    tmp_path: Path, name: str, text: str, expected: str
+) -> None:
+    """The last of two keys won without a word (a second `train` section dropped the first)."""
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=expected) as info:
+        load_config_file(tmp_path / name)
+    assert len(str(info.value)) < 300
+
+
 def test_booleans_stay_valid_where_a_boolean_is_meant() -> None:
     assert apply_overrides(preset("rlr"), ["train.amp=true"]).train.amp is True
 

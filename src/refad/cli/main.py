@@ -112,6 +112,14 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             err_console.print(INTERRUPTED, soft_wrap=True)
             raise typer.Exit(130) from None
+        except OSError as exc:
+            # the last net for a path the checks did not foresee (a name longer than the file
+            # system takes, a loop of links): the path and the system's reason, in one line
+            if exc.filename is None:
+                raise
+            err_console.print(f"[bold red]error:[/] {exc.filename}: {exc.strerror or exc}",
+                              highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         except ModuleNotFoundError as exc:
             if exc.name is None or exc.name.split(".")[0] not in OPTIONAL_STACKS:
                 raise

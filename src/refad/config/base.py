@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 import types
 import typing
 from typing import Any, TypeVar
@@ -59,6 +60,15 @@ def _plain_types(annotation: Any) -> set[Any]:
     return {annotation}
 
 
+def short_repr(value: Any) -> str:
+    """A value shown in a message stays short: a YAML alias bomb's 9**10 items, or a 5000-digit
+    number, made a "one-line" error of megabytes (or a process of 14 GB building it)."""
+    shown = reprlib.Repr()
+    shown.maxlevel, shown.maxlist, shown.maxdict = 2, 4, 4
+    shown.maxstring = shown.maxlong = shown.maxother = 60
+    return shown.repr(value)
+
+
 def describe_validation_error(exc: ValidationError, where: str) -> str:
     """First problem of a pydantic ValidationError as `where: field.path: message (got value)`."""
     err = exc.errors()[0]
@@ -70,7 +80,7 @@ def describe_validation_error(exc: ValidationError, where: str) -> str:
     ]
     path = ".".join(str(p) for p in loc) or "(root)"
     got = err.get("input")
-    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    shown = "" if isinstance(got, dict) else f" (got {short_repr(got)})"
     more = f"; {len(exc.errors()) - 1} more problem(s)" if len(exc.errors()) > 1 else ""
     message = err["msg"].removeprefix("Value error, ")
     return f"{where}: {path}: {message}{shown}{more}"

@@ -43,7 +43,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, raw = item.split("=", 1)
     try:
         return key, json.loads(raw)
-    except json.JSONDecodeError:
+    except ValueError:  # not JSON, or a number of more digits than Python converts
         return key, raw
 
 
@@ -66,11 +66,11 @@ def load_config_file(path: Path | str) -> RunConfig:
         raise ConfigError(f"{path}: cannot read config file ({exc})") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = _load_yaml(text, path)
         else:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=lambda pairs: _unique(pairs, path))
+    except ConfigError:
+        raise
     except Exception as exc:  # json and yaml raise their own error types
         kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON"
         first = " ".join(str(exc).split())
@@ -78,3 +78,40 @@ def load_config_file(path: Path | str) -> RunConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config sections at the top")
     return RunConfig.parse(data, where=str(path))
+
+
+def _unique(pairs: list[tuple[str, Any]], path: Path) -> dict[str, Any]:
+    """A key given twice would be decided by its last value without a word (a second
+    `train` section silently dropped every field of the first)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ConfigError(f"{path}: key {key!r} is given twice")
+        out[key] = value
+    return out
+
+
+def _load_yaml(text: str, path: Path) -> Any:
+    """Safe YAML without aliases (a kilobyte of nested ones expands to billions of values;
+    a config needs none) and without a key given twice in one mapping."""
+    import yaml
+
+    node = yaml.compose(text, Loader=yaml.SafeLoader)  # nodes only: nothing is built yet
+    seen: set[int] = set()
+    stack = [node] if node is not None else []
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            raise ConfigError(f"{path}: line {current.start_mark.line + 1}: YAML aliases (*name) "
+                              "are not supported in config files")
+        seen.add(id(current))
+        if isinstance(current, yaml.MappingNode):
+            keys = [k.value for k, _ in current.value if isinstance(k, yaml.ScalarNode)]
+            twice = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+            if twice is not None:
+                raise ConfigError(f"{path}: line {current.start_mark.line + 1}: key {twice!r} "
+                                  "is given twice")
+            stack.extend(v for pair in current.value for v in pair)
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
+    return yaml.safe_load(text)

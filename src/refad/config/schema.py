@@ -124,7 +124,8 @@ class TrainConfig(StrictModel):
     lr_step_epoch: int | None = Field(None, ge=1)  # multiply lr by lr_gamma from this epoch
     lr_gamma: float = Field(0.1, gt=0)
     grad_clip: float | None = Field(None, gt=0)
-    seed: int = 3407
+    # the loop derives per-epoch seeds (seed * 1_000_003 + epoch) that torch takes as int64
+    seed: int = Field(3407, ge=0, lt=2**32)
     mode: Literal["unified", "per-category"] = _shared("unified")
     feature_cache: str | None = _shared(None)  # folder for cached features; None: in memory
     val_fraction: float = _shared(0.0, ge=0, lt=1)  # normal train images held out (calibration)

@@ -162,6 +162,29 @@ def test_a_path_longer_than_the_file_system_takes_is_one_line(
         assert one_error_line(result).endswith("File name too long"), result.output
 
 
+@pytest.mark.parametrize("folder", ["a[/]b", "data[v2]", "x[bold]y"])
+def test_brackets_in_a_path_are_printed_as_they_are(tmp_path: Path, folder: str) -> None:
+    """Console output was rich markup: `[/]` in a path raised a MarkupError after the work
+    was done, and `[v2]` vanished from messages, which then named a file that does not
+    exist."""
+    run = tmp_path / folder / "no-run"
+    result = runner.invoke(app, ["predict", "--run", str(run), str(tmp_path / "a.png"),
+                                 "--out", str(tmp_path / "q" / "p")])
+    assert one_error_line(result).startswith(f"error: {run}: ")
+
+
+def test_run_saved_line_keeps_brackets(demo_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run[/]x"
+    result = runner.invoke(app, ["train", "--root", str(demo_root), "--out", str(out),
+                                 "--epochs", "1", "--image-size", "64", "--weights", "none",
+                                 "--backbone", "tf_efficientnet_lite2", "--batch-size", "8",
+                                 "--set", "model.num_layers=1", "--set",
+                                 "model.hidden_dims=[32,64]", "--set", "model.num_heads=4",
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert f"run saved in {out}" in result.output.replace("\n", "")
+
+
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--epochs", "1",
                                  "--image-size", "64", "--device", "cpu", "--no-progress"])

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 import typer.core
 from rich.console import Console
+from rich.text import Text
 
 try:  # typer >= 0.29 carries its own copy of click; its usage errors are raised from there
     from typer._click import exceptions as cli_errors
@@ -39,8 +40,7 @@ class OneLineErrors(typer.core.TyperGroup):
             sys.exit(0)
         except cli_errors.UsageError as exc:
             hint = f" (see `refad {exc.ctx.command.name} --help`)" if exc.ctx else ""
-            err_console.print(f"[bold red]error:[/] {exc.format_message()}{hint}",
-                              highlight=False, soft_wrap=True)
+            print_error(f"{exc.format_message()}{hint}")
             sys.exit(2)
         except typer.Exit as exc:
             sys.exit(exc.exit_code)
@@ -48,7 +48,7 @@ class OneLineErrors(typer.core.TyperGroup):
             err_console.print(INTERRUPTED, soft_wrap=True)
             sys.exit(130)
         except cli_errors.ClickException as exc:
-            err_console.print(f"[bold red]error:[/] {exc.format_message()}", highlight=False)
+            print_error(exc.format_message())
             sys.exit(2)
         sys.exit(code if isinstance(code, int) else 0)  # without standalone mode, click
         # returns the status of a typer.Exit instead of exiting with it
@@ -69,8 +69,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# markup off: paths and messages are users' text, and `[v2]` or `[/]` in a folder name would be
+# taken for style tags (dropped from the message, or a MarkupError after the work was done)
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
+
+
+def print_error(message: str) -> None:
+    """`error: <message>` on stderr, the message exactly as given."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False,
+                      soft_wrap=True)
 
 
 @app.callback()
@@ -107,7 +115,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except RefadError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            print_error(str(exc))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print(INTERRUPTED, soft_wrap=True)
@@ -117,18 +125,14 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             # system takes, a loop of links): the path and the system's reason, in one line
             if exc.filename is None:
                 raise
-            err_console.print(f"[bold red]error:[/] {exc.filename}: {exc.strerror or exc}",
-                              highlight=False, soft_wrap=True)
+            print_error(f"{exc.filename}: {exc.strerror or exc}")
             raise typer.Exit(2) from None
         except ModuleNotFoundError as exc:
             if exc.name is None or exc.name.split(".")[0] not in OPTIONAL_STACKS:
                 raise
             extra = OPTIONAL_STACKS[exc.name.split(".")[0]]
-            err_console.print(
-                f"[bold red]error:[/] this needs {exc.name.split('.')[0]}, which is not installed "
-                f"(install it with: pip install 'refad\\[{extra}]')",
-                highlight=False, soft_wrap=True,
-            )
+            print_error(f"this needs {exc.name.split('.')[0]}, which is not installed "
+                        f"(install it with: pip install 'refad[{extra}]')")
             raise typer.Exit(2) from None
 
     return wrapper
@@ -382,7 +386,7 @@ def predict(
     console.print(report.decision_line(), highlight=False)
     if report.failures:
         for line in report.failures:
-            err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+            print_error(line)
         raise typer.Exit(2)
 
 

@@ -375,6 +375,35 @@ def test_scores_and_metrics_of_two_evaluations_are_not_reported_as_one(
     assert build_report(run, "cpu").is_file()
 
 
+def test_metrics_of_a_model_the_run_has_trained_past_are_not_reported(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    """Tested at epoch 3, resumed to 40, reported: metrics of the epoch-3 model beside the
+    gallery and loss of the epoch-40 one, exit 0. The evaluation records the models it scored;
+    here its record is set back to what an earlier epoch's test would have written."""
+    run = evaluated_copy(trained_run, tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    recorded = metrics["checkpoints"]["unified"]
+    assert recorded["epoch"] == 2 and len(recorded["model_sha256"]) == 64
+    metrics["checkpoints"]["unified"] = {"epoch": 1, "model_sha256": "0" * 64}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(CheckpointError, match=r"metrics.json: computed on epoch 1 of 'unified', "
+                                              r"whose checkpoint is now epoch 2"):
+        build_report(run, "cpu")
+    evaluate(run, "cpu", progress=False)  # a new `refad test` mends it
+    assert build_report(run, "cpu").is_file()
+
+
+def test_an_unfinished_training_is_said_in_the_metrics(trained_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    meta = json.loads((run / "checkpoint.json").read_text())
+    meta["epochs"] = 40  # as the manifest of a run stopped at epoch 2 of 40 reads
+    (run / "checkpoint.json").write_text(json.dumps(meta))
+    notes = evaluate(run, "cpu", progress=False)["notes"]
+    assert "unified: training stopped at epoch 2 of 40" in " ".join(notes)
+
+
 def test_a_gallery_image_gone_from_disk_is_a_line_not_a_crash(
     trained_run: Path, tmp_path: Path
 ) -> None:

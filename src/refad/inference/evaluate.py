@@ -32,7 +32,7 @@ from refad.inference.scorer import Scorer
 from refad.inference.thresholds import calibration_for
 from refad.metrics import METRIC_NAMES, MetricAccumulator, decision_metrics, mean_decisions
 from refad.models.base import Scores
-from refad.runs import TrainedRun
+from refad.runs import TrainedRun, checkpoint_identity
 
 
 def _check_finite(run: TrainedRun, scores: Scores) -> None:
@@ -110,6 +110,7 @@ def evaluate_run(
     decisions: dict[str, dict[str, Any]] = {}
     images: list[dict[str, Any]] = []
     soft_notes: list[str] = []
+    checkpoints: dict[str, dict[str, Any]] = {}
     tic = time.perf_counter()
     for category, group in by_category(samples).items():
         unit = run.unit_for(category)
@@ -117,6 +118,12 @@ def evaluate_run(
             model, meta = run.model(unit)
             scorers[unit] = Scorer(model, run.device, run.extractor, amp, compile_mode)
             calibrations[unit] = meta.calibration
+            checkpoints[unit] = checkpoint_identity(meta)
+            if meta.epoch < meta.epochs:
+                soft_notes.append(
+                    f"{unit}: training stopped at epoch {meta.epoch} of {meta.epochs}; these "
+                    f"are that model's figures (continue with refad train --out RUN --resume)"
+                )
         scorer = scorers[unit]
         image_scores: list[np.ndarray] = []
         dataset = ImageDataset(group, size, run.extractor.mean, run.extractor.std)
@@ -177,6 +184,7 @@ def evaluate_run(
         "mean": mean,
         "mean_categories": mean_categories,
         "notes": notes,
+        "checkpoints": checkpoints,  # the models scored: a report refuses a newer checkpoint
         "decisions": {
             "rule": "anomalous = score > the category's calibrated threshold",
             "calibration_images": sorted(sources),

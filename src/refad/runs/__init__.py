@@ -10,6 +10,7 @@ from refad.lazy import lazy_attributes
 
 _EXPORTS = {
     "CheckpointMeta": "checkpoint", "backbone_identity": "checkpoint", "load_model": "checkpoint",
+    "checkpoint_identity": "checkpoint",
     "read_meta": "checkpoint", "save_checkpoint": "checkpoint", "spec_to_dict": "checkpoint",
     "UNIFIED": "layout", "unit_for_category": "layout", "unit_path": "layout",
     "RunDir": "rundir", "TrainedRun": "rundir", "open_run": "rundir",

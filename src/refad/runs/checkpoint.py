@@ -64,6 +64,12 @@ class CheckpointMeta:
         )
 
 
+def checkpoint_identity(meta: CheckpointMeta) -> dict[str, Any]:
+    """What an evaluation records of the model it scored, so a report can tell when the run
+    has trained on since (a resume after `refad test`)."""
+    return {"epoch": meta.epoch, "model_sha256": (meta.files.get("model") or {}).get("sha256")}
+
+
 def spec_to_dict(spec: FeatureSpec) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()}
 

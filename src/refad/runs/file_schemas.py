@@ -58,6 +58,13 @@ class Decisions(BaseModel):
     mean: dict[str, Finite | None]
 
 
+class CheckpointIdentity(BaseModel):
+    model_config = _OPEN
+
+    epoch: int
+    model_sha256: str | None = None
+
+
 class MetricsFile(BaseModel):
     """metrics.json as `refad test` writes it (`decisions` is absent in older runs)."""
 
@@ -73,6 +80,7 @@ class MetricsFile(BaseModel):
     notes: list[str] = []
     decisions: Decisions | None = None
     evaluation: str | None = None  # also in the test_scores.json written with it
+    checkpoints: dict[str, CheckpointIdentity] = {}  # per unit, the model that was scored
 
 
 EVALUATION_ID = "evaluation"

@@ -600,6 +600,12 @@ def test_imported_rlr_run_folder_reloads_identically(tmp_path: Path) -> None:
     levels = levels_for(spec)
     with torch.no_grad():
         assert torch.allclose(model.reconstruct(levels)[0], imported.reconstruct(levels)[0])
+    # an imported run has no optimiser state: resuming it said "names no optimizer file"
+    from refad.errors import ConfigError
+    from refad.training import fit
+
+    with pytest.raises(ConfigError, match="an imported checkpoint .* no optimiser state"):
+        fit(config, run_dir, resume=True, progress=False)
 
 
 def test_cli_refuses_a_wrong_file_before_fetching_any_backbone(tmp_path: Path) -> None:

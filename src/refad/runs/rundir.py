@@ -23,6 +23,7 @@ from refad.runs.file_schemas import EVALUATION_ID, METRICS, SCORE_ROW, check_fil
 from refad.runs.layout import (
     CATEGORIES_DIR,
     CONFIG_FILE,
+    IMPORTED_FILE,
     META_FILE,
     METRICS_JSON,
     METRICS_MD,
@@ -77,6 +78,9 @@ class RunDir:
         """The saved config of a run to continue (it is authoritative over new flags)."""
         if not self.config_path.is_file():
             raise ConfigError(f"{self.path}: nothing to resume (no {CONFIG_FILE})")
+        if (self.path / IMPORTED_FILE).exists():
+            raise ConfigError(f"{self.path}: an imported checkpoint (the authors' code) carries "
+                              "no optimiser state to continue from; train a new run instead")
         return load_config_file(self.config_path)
 
     def check_checkpoints(self, config: RunConfig, resuming: bool = False) -> None:

@@ -404,6 +404,23 @@ def test_an_unfinished_training_is_said_in_the_metrics(trained_run: Path, tmp_pa
     assert "unified: training stopped at epoch 2 of 40" in " ".join(notes)
 
 
+def test_a_category_the_run_never_saw_is_noted(trained_run: Path, tmp_path: Path) -> None:
+    """`refad test --root` with a new product: scored at the global threshold and averaged into
+    the mean without a word."""
+    from refad.runs import open_run
+
+    config = open_run(trained_run, "cpu").config
+    root = tmp_path / "data"
+    shutil.copytree(config.data.root, root)
+    shutil.copytree(root / "fabric", root / "bolt")
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    data = config.data.model_copy(update={"root": str(root)})
+    notes = " ".join(evaluate(run, "cpu", data, progress=False)["notes"])
+    assert "bolt: not among the run's training categories" in notes
+    assert "fabric: not among" not in notes
+
+
 def test_a_gallery_image_gone_from_disk_is_a_line_not_a_crash(
     trained_run: Path, tmp_path: Path
 ) -> None:

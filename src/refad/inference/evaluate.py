@@ -29,7 +29,7 @@ from refad.data.samples import Sample
 from refad.device import amp_active
 from refad.errors import RefadError, require_at_least_one
 from refad.inference.scorer import Scorer
-from refad.inference.thresholds import calibration_for
+from refad.inference.thresholds import calibration_for, known_categories
 from refad.metrics import METRIC_NAMES, MetricAccumulator, decision_metrics, mean_decisions
 from refad.models.base import Scores
 from refad.runs import TrainedRun, checkpoint_identity
@@ -146,6 +146,11 @@ def evaluate_run(
         values = np.concatenate(image_scores)
         images.extend(_image_rows(group, values))
         decided = calibration_for(calibrations[unit], unit, category)
+        if decided["source"] == "global" and known_categories(calibrations[unit]):
+            soft_notes.append(
+                f"{category}: not among the run's training categories (no calibration of its "
+                "own); decided at the global threshold, and its figures enter the mean"
+            )
         if decided["threshold"] is not None:
             decisions[category] = {
                 **decision_metrics(values, np.array([s.label for s in group]),

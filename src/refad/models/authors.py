@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import pickle
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,8 +77,9 @@ def load_authors_file(path: Path | str) -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        with torch.serialization.safe_globals(_metadata_globals()):
+    try:  # torch warns on some foreign files: the one line below says what went wrong
+        with torch.serialization.safe_globals(_metadata_globals()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         refused, detail = _unpickling_problem(exc)

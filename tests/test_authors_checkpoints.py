@@ -624,11 +624,15 @@ def test_cli_refuses_a_wrong_file_before_fetching_any_backbone(tmp_path: Path) -
     assert f"{bad}: not a readable torch checkpoint" in lines[0]
     assert not (tmp_path / "run").exists()
     import pickle
+    import subprocess
+    import sys
 
     with open(bad, "wb") as fh:  # a plain pickle: torch warned on stderr besides the error
         pickle.dump({"state_dict": {"a": [1, 2]}}, fh)
-    result = CliRunner().invoke(app, ["import-authors", "--method", "rlr", "--checkpoint",
-                                      str(bad), "--out", str(tmp_path / "run")])
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert result.exit_code == 2 and len(lines) == 1, result.stderr
+    # a real process: pytest would capture the warning that a user's terminal shows
+    done = subprocess.run([sys.executable, "-m", "refad", "import-authors", "--method", "rlr",
+                           "--checkpoint", str(bad), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert f"{bad}: not a readable torch checkpoint" in lines[0]

@@ -357,15 +357,9 @@ def test_overlay_and_normalise_keep_their_results() -> None:
                                np.clip((amap - 0.5) / 2.0, 0, 1), atol=1e-6)
 
 
-def test_non_binary_masks_are_reported_in_the_metrics(trained_run: Path, tmp_path: Path) -> None:
-    """Soft mask values are accepted (real masks have anti-aliased edges) but never silently:
-    the evaluation says how many masks the > 0.5 cut had to decide."""
-    import json
-    import shutil
-
-    from PIL import Image
-
-    from refad.api import evaluate
+def _run_with_own_data(trained_run: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the session's run whose config points at a private copy of its dataset, for
+    tests that alter the data (both are shared by other tests)."""
     from refad.runs import RunDir
 
     cfg = RunDir(trained_run).read_config()
@@ -375,6 +369,15 @@ def test_non_binary_masks_are_reported_in_the_metrics(trained_run: Path, tmp_pat
     shutil.copytree(trained_run, run)
     RunDir(run).write_config(cfg.model_copy(
         update={"data": cfg.data.model_copy(update={"root": str(root)})}))
+    return run, root
+
+
+def test_non_binary_masks_are_reported_in_the_metrics(trained_run: Path, tmp_path: Path) -> None:
+    """Soft mask values are accepted (real masks have anti-aliased edges) but never silently:
+    the evaluation says how many masks the > 0.5 cut had to decide."""
+    from refad.api import evaluate
+
+    run, root = _run_with_own_data(trained_run, tmp_path)
     mask = sorted((root / "fabric" / "ground_truth").rglob("*.png"))[0]
     arr = np.asarray(Image.open(mask).convert("L")).copy()
     arr[(arr == 0) & (np.roll(arr, 1, axis=0) == 255)] = 100  # a soft rim, still 0..255
@@ -401,15 +404,8 @@ def test_masks_of_images_with_an_exif_orientation_are_reported(
     """refad does not apply EXIF orientation; a mask drawn on the turned picture of a square
     image was applied to the stored pixels with no word (pixel metrics silently wrong)."""
     from refad.api import evaluate
-    from refad.runs import RunDir
 
-    cfg = RunDir(trained_run).read_config()
-    root = tmp_path / "data"
-    shutil.copytree(cfg.data.root, root)
-    run = tmp_path / "run"
-    shutil.copytree(trained_run, run)
-    RunDir(run).write_config(cfg.model_copy(
-        update={"data": cfg.data.model_copy(update={"root": str(root)})}))
+    run, root = _run_with_own_data(trained_run, tmp_path)
     image = sorted((root / "fabric" / "test").glob("[!g]*/*.png"))[0]
     _with_exif_orientation(image, Image.open(image).size)
     result = evaluate(run, device="cpu", progress=False)

@@ -109,7 +109,7 @@ def evaluate_run(
     calibrations: dict[str, dict[str, Any] | None] = {}
     decisions: dict[str, dict[str, Any]] = {}
     images: list[dict[str, Any]] = []
-    soft_notes: list[str] = []
+    extra_notes: list[str] = []
     checkpoints: dict[str, dict[str, Any]] = {}
     tic = time.perf_counter()
     for category, group in by_category(samples).items():
@@ -120,9 +120,10 @@ def evaluate_run(
             calibrations[unit] = meta.calibration
             checkpoints[unit] = checkpoint_identity(meta)
             if meta.epoch < meta.epochs:
-                soft_notes.append(
+                extra_notes.append(
                     f"{unit}: training stopped at epoch {meta.epoch} of {meta.epochs}; these "
-                    f"are that model's figures (continue with refad train --out RUN --resume)"
+                    f"are that model's figures (continue: refad train --out {run.folder.path} "
+                    "--resume)"
                 )
         scorer = scorers[unit]
         image_scores: list[np.ndarray] = []
@@ -147,7 +148,7 @@ def evaluate_run(
         images.extend(_image_rows(group, values))
         decided = calibration_for(calibrations[unit], unit, category)
         if decided["source"] == "global" and known_categories(calibrations[unit]):
-            soft_notes.append(
+            extra_notes.append(
                 f"{category}: not among the run's training categories (no calibration of its "
                 "own); decided at the global threshold, and its figures enter the mean"
             )
@@ -160,18 +161,18 @@ def evaluate_run(
         n_defective = sum(s.label for s in group)
         counts[category] = (len(group) - n_defective, n_defective)
         if soft_masks:
-            soft_notes.append(
+            extra_notes.append(
                 f"{category}: {soft_masks} of {n_defective} masks are not binary (values between "
                 "empty and full, e.g. soft edges); binarised at > half of their range"
             )
         if turned_masks:
-            soft_notes.append(
+            extra_notes.append(
                 f"{category}: {turned_masks} of {n_defective} defective images carry an EXIF "
                 "orientation tag, which refad does not apply; their masks must match the "
                 "stored pixels, not the picture a viewer turns (check them)"
             )
     mean, mean_categories, notes = summarise(per_category, counts)
-    notes += soft_notes
+    notes += extra_notes
     undecided = sorted(set(per_category) - set(decisions))
     if undecided:
         notes.append(f"no calibrated threshold for {', '.join(undecided)}: no decision metrics")

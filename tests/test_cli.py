@@ -105,6 +105,13 @@ def test_predict_into_a_non_empty_out_is_refused_or_replaced_with_overwrite(
     listed = {Path(r[k]).resolve() for r in rows for k in ("heatmap", "overlay", "mask") if r[k]}
     pictures = {p.resolve() for p in out.rglob("*.png")}
     assert len(rows) == 1 and pictures == listed  # nothing stale beside them
+    notes = tmp_path / "notes"  # a folder refad did not write is never emptied
+    notes.mkdir()
+    (notes / "todo.txt").write_text("keep")
+    result = runner.invoke(app, ["predict", "--run", str(trained_run), str(images[0]), "--out",
+                                 str(notes), "--overwrite", "--device", "cpu"])
+    assert "was not written by refad predict" in one_error_line(result)
+    assert [p.name for p in notes.iterdir()] == ["todo.txt"]
     (out / "sub").mkdir()
     (out / "sub" / "inside.png").write_bytes(images[1].read_bytes())
     assert "--overwrite would delete it" in one_error_line(run(str(out / "sub" / "inside.png"),

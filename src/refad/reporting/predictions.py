@@ -30,6 +30,7 @@ from refad.deploy.defects import defect_mask, defect_regions, pixel_threshold
 from refad.deploy.render import heatmap_rgb, normalise_map, overlay, resize_map
 from refad.errors import ConfigError, RefadError, require_at_least_one
 from refad.inference.batches import ImageResult, PredictionBatch, scored_batches
+from refad.runs.layout import CONFIG_FILE
 from refad.runs.lock import LOCK_FILE, folder_lock
 
 if TYPE_CHECKING:
@@ -190,32 +191,39 @@ def refuse_earlier_predictions_among_inputs(inputs: Sequence[Path | str]) -> Non
                 )
 
 
-def refuse_unless_empty(out_dir: Path, inputs: Sequence[Path | str], overwrite: bool) -> None:
+def refuse_unless_empty(out_dir: Path, inputs: Sequence[Path | str], overwrite: bool) -> list[str]:
     """An earlier prediction's pictures would stay beside new files that no predictions.json
-    lists, so a folder holding anything is refused, or with `overwrite` emptied (never one
-    that holds an input)."""
-    held = sorted(p.name for p in out_dir.iterdir() if p.name != LOCK_FILE)
+    lists, so a folder holding anything is refused; with `overwrite`, the names to remove are
+    returned, but only of a folder refad predict wrote (its lock file, and no run's
+    config.json) and holding no input, so a mistyped `--out ~ --overwrite` empties nothing."""
+    held = sorted(p.name for p in out_dir.iterdir() if p.name != LOCK_FILE) \
+        if out_dir.is_dir() else []
     if not held:
-        return
+        return []
     if not overwrite:
         raise ConfigError(f"--out: {out_dir} is not empty (holds {held[0]!r}"
                           f"{f' and {len(held) - 1} more' if len(held) > 1 else ''}); choose "
                           "an empty folder, or pass --overwrite to replace its contents")
+    if not (out_dir / LOCK_FILE).exists() or (out_dir / CONFIG_FILE).exists():
+        raise ConfigError(f"--out: {out_dir} was not written by refad predict; --overwrite "
+                          "empties only an earlier prediction's folder (choose another folder)")
     target = out_dir.resolve()
     for item in map(Path, inputs):
         if target in item.resolve().parents:
             raise ConfigError(f"--out: {out_dir} holds the input {item}; --overwrite would "
                               "delete it (choose another folder)")
-    for name in held:
-        path = out_dir / name
-        try:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        except OSError as exc:
-            raise RefadError(f"{path}: cannot remove for --overwrite ({exc.strerror or exc})") \
-                from None
+    return held
+
+
+def _remove(path: Path) -> None:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except OSError as exc:
+        raise RefadError(f"{path}: cannot remove for --overwrite ({exc.strerror or exc})") \
+            from None
 
 
 @contextlib.contextmanager
@@ -229,8 +237,10 @@ def output_folder(
     refuse_out_among_inputs(inputs, out_dir)
     refuse_earlier_predictions_among_inputs(inputs)
     out_dir = Path(out_dir)
+    refuse_unless_empty(out_dir, inputs, overwrite)  # before the lock leaves its file there
     with folder_lock(out_dir, "give another --out"):
-        refuse_unless_empty(out_dir, inputs, overwrite)  # under the lock: no one writes now
+        for name in refuse_unless_empty(out_dir, inputs, overwrite):  # again: no one writes now
+            _remove(out_dir / name)
         yield out_dir
 
 

@@ -204,6 +204,20 @@ class RunDir:
                 for i, row in enumerate(scores["images"])]
         return metrics, [row.model_dump() for row in rows]
 
+    def check_evaluated_models(
+        self, metrics: dict[str, Any], metas: dict[str, ckpt.CheckpointMeta]
+    ) -> None:
+        """metrics.json of a model the run has trained past (tested, then resumed) beside a
+        gallery and loss curve of the newer one would be one page about two models."""
+        recorded = metrics.get("checkpoints") or {}  # absent in runs tested before it was kept
+        for unit, meta in metas.items():
+            if unit in recorded and recorded[unit] != ckpt.checkpoint_identity(meta):
+                raise CheckpointError(
+                    f"{self.path / METRICS_JSON}: computed on epoch {recorded[unit]['epoch']} "
+                    f"of {unit!r}, whose checkpoint is now epoch {meta.epoch}; run `refad test "
+                    f"--run {self.path}` again"
+                )
+
     @property
     def report_path(self) -> Path:
         return self.path / REPORT_HTML

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from refad.atomic import write_text_atomic
-from refad.errors import CheckpointError, require_at_least_one
+from refad.errors import require_at_least_one
 from refad.reporting.report.gallery import gallery_section
 from refad.reporting.report.page import page
 from refad.reporting.report.sections import (
@@ -31,8 +31,7 @@ from refad.reporting.report.sections import (
     summary_section,
 )
 from refad.reporting.report.views import category_views
-from refad.runs import RunDir, checkpoint_identity, open_run
-from refad.runs.layout import METRICS_JSON
+from refad.runs import RunDir, open_run
 
 __all__ = ["build_report"]
 
@@ -56,7 +55,7 @@ def build_report(
     metrics, rows = folder.read_evaluation()  # first: cheap, and says what to run when missing
     run = open_run(folder.path, device)
     metas = {unit: run.model(unit)[1] for unit in run.units}
-    refuse_a_newer_checkpoint(folder, metrics, metas)
+    folder.check_evaluated_models(metrics, metas)
     views = category_views(metrics, rows)
     bodies = {
         "summary": summary_section(metrics, run),
@@ -73,15 +72,3 @@ def build_report(
     write_text_atomic(path, page(metrics, run, bodies))
     return path
 
-
-def refuse_a_newer_checkpoint(folder: RunDir, metrics: dict, metas: dict) -> None:
-    """metrics.json of a model the run has trained past (tested, then resumed) beside a
-    gallery and loss curve of the newer one would be one page about two models."""
-    recorded = metrics.get("checkpoints") or {}  # absent in runs tested before it was kept
-    for unit, meta in metas.items():
-        if unit in recorded and recorded[unit] != checkpoint_identity(meta):
-            raise CheckpointError(
-                f"{folder.path / METRICS_JSON}: computed on epoch {recorded[unit]['epoch']} "
-                f"of {unit!r}, whose checkpoint is now epoch {meta.epoch}; run `refad test "
-                f"--run {folder.path}` again"
-            )

@@ -62,3 +62,32 @@ def test_good_arguments_are_converted_as_the_hints_say(
     assert isinstance(api.build_config(categories=["fabric"]), api.RunConfig)
     api.fit(config.model_dump(), str(tmp_path / "run"), progress=False)
     assert api.RunDir(tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("table", "result", "problem"),
+    [
+        (api.markdown_table, {}, "'categories' missing"),
+        (api.markdown_table, [], "a list, not a dict"),
+        (api.markdown_table, {"categories": {"pcb": {"i_auroc": 0.5}}, "mean": {}}, "'pcb' lacks"),
+        (api.decisions_table, "metrics.json", "a str, not a dict"),
+        (api.decisions_table, {"decisions": {"rule": "x", "mean": {}}}, "decisions.categories"),
+        (api.decisions_table,
+         {"decisions": {"rule": "x", "mean": {}, "categories": {"pcb": {"tp": 1, "fp": 0,
+                                                                       "tn": 1, "fn": "?"}}}},
+         "decisions.categories.pcb.fn"),
+    ],
+)
+def test_tables_name_what_a_result_lacks(table, result, problem) -> None:
+    """The table helpers are public: a dict that is not an evaluation result was a KeyError
+    from inside the table (`api.markdown_table({})`)."""
+    with pytest.raises(ConfigError, match="result: .*" + problem.replace("?", r"\?")) as info:
+        table(result)
+    assert "\n" not in str(info.value) and table.__name__ in str(info.value)
+
+
+def test_decisions_table_of_an_uncalibrated_category_shows_na() -> None:
+    counts = {"tp": 3, "fp": 1, "tn": 4, "fn": 2, "threshold": None}
+    decisions = {"rule": "x", "mean": {}, "categories": {"pcb": counts}}
+    text = api.decisions_table({"decisions": decisions})
+    assert "| pcb | n/a |" in text and "| 1 / 5 | 2 / 5 |" in text

@@ -5,7 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from pydantic import ValidationError
+
+from refad.errors import ConfigError
 from refad.metrics import METRIC_NAMES
+from refad.runs.file_schemas import Decisions
 
 METRIC_LABELS = {
     "i_auroc": "I-AUROC",
@@ -18,6 +22,32 @@ METRIC_LABELS = {
 }
 
 
+def _check_result(result: Any, caller: str, metrics: bool) -> None:
+    """These functions are public (`refad.api`): a dict that is not an evaluation result is one
+    line naming what is wrong, not a KeyError or TypeError from inside the table."""
+    def fail(problem: str) -> None:
+        raise ConfigError(f"{caller}: result: {problem} (pass the dict that evaluate() "
+                          "returns, or a run's metrics.json)")
+
+    if not isinstance(result, dict):
+        fail(f"a {type(result).__name__}, not a dict")
+    if result.get("decisions") is not None:
+        try:
+            Decisions.model_validate(result["decisions"])
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            fail(f"decisions.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
+    if not metrics:
+        return
+    for key in ("categories", "mean"):
+        if not isinstance(result.get(key), dict):
+            fail(f"{key!r} missing or not a mapping")
+    for name, row in [*result["categories"].items(), ("mean", result["mean"])]:
+        absent = [m for m in METRIC_NAMES if not isinstance(row, dict) or m not in row]
+        if absent:
+            fail(f"{name!r} lacks {', '.join(absent)}")
+
+
 def percent(x: float | None) -> str:
     """A fraction as a percentage with one decimal; n/a for missing or undefined values."""
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
@@ -26,6 +56,7 @@ def percent(x: float | None) -> str:
 def markdown_table(result: dict[str, Any]) -> str:
     """Per-category rows and the mean, in percent; then the notes on undefined metrics (a mean
     over fewer categories than the table shows must say so)."""
+    _check_result(result, "markdown_table", metrics=True)
     head = "| category | " + " | ".join(METRIC_LABELS[m] for m in METRIC_NAMES) + " |"
     sep = "|---|" + "---:|" * len(METRIC_NAMES)
     rows = [head, sep]
@@ -49,6 +80,7 @@ DECISION_LABELS = {
 def decisions_table(result: dict[str, Any]) -> str:
     """Decisions at each category's calibrated threshold (percent), with the counts; empty
     when the run has no calibrated threshold."""
+    _check_result(result, "decisions_table", metrics=False)
     decisions = result.get("decisions") or {}
     per = decisions.get("categories") or {}
     if not per:
@@ -57,8 +89,9 @@ def decisions_table(result: dict[str, Any]) -> str:
             + " | flagged good / good | missed / defective |")
     rows = [head, "|---|---:|" + "---:|" * (len(DECISION_LABELS) + 2)]
     for cat, d in per.items():
-        rates = " | ".join(percent(d[k]) for k in DECISION_LABELS)
-        rows.append(f"| {cat} | {d['threshold']:.4g} | {rates} | {d['fp']} / {d['fp'] + d['tn']}"
+        rates = " | ".join(percent(d.get(k)) for k in DECISION_LABELS)
+        threshold = "n/a" if d.get("threshold") is None else f"{d['threshold']:.4g}"
+        rows.append(f"| {cat} | {threshold} | {rates} | {d['fp']} / {d['fp'] + d['tn']}"
                     f" | {d['fn']} / {d['fn'] + d['tp']} |")
     mean = decisions.get("mean") or {}
     rates = " | ".join(percent(mean.get(k)) for k in DECISION_LABELS)

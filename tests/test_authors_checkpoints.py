@@ -636,3 +636,30 @@ def test_cli_refuses_a_wrong_file_before_fetching_any_backbone(tmp_path: Path) -
     lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert f"{bad}: not a readable torch checkpoint" in lines[0]
+
+
+def test_a_file_of_another_method_is_named_as_such(tmp_path: Path) -> None:
+    """Read as the wrong method, a file failed on a missing key or a level count ("1 level
+    model(s), but the backbone gives 2"), which pointed at levels and config, not --method."""
+    files = {"uniad": _save(tmp_path, {"state_dict": uniad_state(24, 8, 8, 32, 48, 1, 1)})}
+    files["crad"] = tmp_path / "crad.pth"
+    torch.save({"state_dict": crad_state(16, 8, 8, 1, 8)}, files["crad"])
+    files["rlr"] = tmp_path / "rlr.pth"
+    save_rlr(files["rlr"])
+    specs = {"uniad": UNIAD_SPEC, "crad": CRAD_SPEC, "rlr": RLR_SPEC}
+    for kind, path in files.items():
+        for method, spec in specs.items():
+            if method == kind:
+                continue
+            with pytest.raises(CheckpointError, match=f"an authors' {kind} checkpoint, not "
+                                                      f"{method} \\(import it as method {kind}"):
+                import_authors_checkpoint(method, path, spec, {"num_heads": 4})
+    from typer.testing import CliRunner
+
+    from refad.cli.main import app
+
+    # the CLI says so before it builds the backbone (the default one is not on this machine)
+    result = CliRunner().invoke(app, ["import-authors", "--method", "rlr", "--checkpoint",
+                                      str(files["crad"]), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert "an authors' crad checkpoint, not rlr" in result.output

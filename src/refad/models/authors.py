@@ -258,6 +258,29 @@ def strip_wrappers(state: StateDict) -> tuple[StateDict, list[str]]:
     return kept, sorted(k for k in state if not k.startswith(prefix))
 
 
+def _keys_match(method: str, obj: Any) -> bool:
+    """Whether every key of `obj` read as `method`'s file is a key of that method's network."""
+    try:
+        states = state_dicts_of(obj, method, "")
+    except CheckpointError:
+        return False
+    keys = [key for state in states for key in strip_wrappers(state)[0]]
+    return bool(keys) and all(
+        any(re.fullmatch(rule.pattern, key) for rule in RULES[method]) for key in keys)
+
+
+def check_method_of(obj: Any, method: str, where: str) -> None:
+    """A file of another method is named as such: read as `method`, it failed on a missing key
+    or a level count, which sent users to their levels and config, not to `--method`."""
+    if _keys_match(method, obj):
+        return
+    other = next((m for m in AUTHORS_METHODS if m != method and _keys_match(m, obj)), None)
+    if other is not None:
+        raise CheckpointError(
+            f"{where}: this is an authors' {other} checkpoint, not {method} (import it as "
+            f"method {other})")
+
+
 # ------------------------------------------------------------------- config from the weights
 
 
@@ -365,6 +388,7 @@ def convert_authors_state(
     """Authors' loaded object -> (refad model in eval mode, its model config, ignored keys)."""
     if method not in AUTHORS_METHODS:
         raise ConfigError(f"method {method!r}: authors' checkpoints exist for rlr, uniad, crad")
+    check_method_of(obj, method, where)
     raw = state_dicts_of(obj, method, where)
     ignored: list[str] = []
     if method == "rlr":

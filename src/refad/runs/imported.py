@@ -17,7 +17,12 @@ from refad.backbones import FeatureExtractor, build_extractor
 from refad.config import RunConfig
 from refad.device import resolve_device
 from refad.errors import CheckpointError, ConfigError
-from refad.models.authors import ImportReport, import_authors_checkpoint, load_authors_file
+from refad.models.authors import (
+    ImportReport,
+    check_method_of,
+    import_authors_checkpoint,
+    load_authors_file,
+)
 from refad.models.base import FeatureSpec, ReconstructionModel
 from refad.models.registry import build_model
 from refad.runs.checkpoint import CheckpointMeta, backbone_identity, spec_to_dict
@@ -123,6 +128,7 @@ def import_run(
     dev = resolve_device(device)
     RunDir(Path(run_dir)).check_new()
     loaded = load_authors_file(checkpoint)
+    check_method_of(loaded, method, str(checkpoint))
     extractor = build_extractor(config.backbone, dev)
     spec = FeatureSpec(
         levels=tuple(extractor.levels),

@@ -250,3 +250,32 @@ def test_an_unsupported_device_is_one_line(trained_run: Path, name: str) -> None
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert f"device: {name!r}" in lines[0]
+
+
+LATE_SIGNAL = """
+import atexit, os, signal, sys, time
+from refad.cli.main import {entry}
+def late():  # the user's Ctrl-C (or a scheduler's SIGTERM) while the interpreter exits
+    os.kill(os.getpid(), signal.{sig})
+    time.sleep(0.3)
+atexit.register(late)
+sys.argv = ["refad", "report", "--help"]
+{entry}()
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_after_the_command_finished_does_not_fail_it(sig: str) -> None:
+    """A Ctrl-C or SIGTERM in the moment after the work was done killed the process by the
+    signal (status 143, or a KeyboardInterrupt traceback), so a script saw a failure."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", LATE_SIGNAL.format(entry="main", sig=sig)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert "Usage" in done.stdout and "Traceback" not in done.stderr, done.stderr
+    # the program's own entry points are the guarded one
+    for module in ("refad.__main__", "refad.cli.__main__"):
+        source = Path(__import__("importlib").util.find_spec(module).origin).read_text()
+        assert "main()" in source and "app()" not in source

@@ -1,5 +1,5 @@
 """`python -m refad` runs the CLI (also under torchrun)."""
 
-from refad.cli.main import app
+from refad.cli.main import main
 
-app()
+main()

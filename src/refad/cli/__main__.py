@@ -1,5 +1,5 @@
 """`python -m refad.cli` runs the CLI."""
 
-from refad.cli.main import app
+from refad.cli.main import main
 
-app()
+main()

@@ -101,6 +101,26 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def main() -> None:
+    """The `refad` program (and `python -m refad`): the CLI, then an exit that a late Ctrl-C
+    cannot turn into a failure."""
+    try:
+        app()
+    finally:
+        _ignore_late_signals()
+
+
+def _ignore_late_signals() -> None:
+    """Once the command is over (its files complete, its exit status decided), Ctrl-C and
+    SIGTERM are ignored for the moments the interpreter takes to exit. Before, one in that
+    window killed the process by the signal (status 130 or 143 with no message, or a
+    KeyboardInterrupt traceback from an exit handler) after the work was done, and a script
+    took the finished command for a failed one. Only the program does this: `app` run
+    in-process (tests, notebooks) leaves the caller's handlers alone."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 INTERRUPTED = (
     "interrupted; every file refad writes is complete or absent (a training keeps its last "
     "finished epoch: continue it with `refad train --out RUN --resume`)"

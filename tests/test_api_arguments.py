@@ -75,7 +75,7 @@ def test_good_arguments_are_converted_as_the_hints_say(
         (api.decisions_table,
          {"decisions": {"rule": "x", "mean": {}, "categories": {"pcb": {"tp": 1, "fp": 0,
                                                                        "tn": 1, "fn": "?"}}}},
-         "decisions.categories.pcb.fn"),
+         "decisions.categories.pcb: fn missing or not a count"),
     ],
 )
 def test_tables_name_what_a_result_lacks(table, result, problem) -> None:

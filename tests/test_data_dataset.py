@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from helpers_data import make_mvtec_category, write_mask, write_rgb
+from helpers_data import box_mask, make_mvtec_category, write_mask, write_rgb
 from PIL import Image
 
 from refad.data import ImageDataset, Sample, mvtec_samples, samples_fingerprint
@@ -109,3 +109,22 @@ def test_fingerprint_tracks_files_labels_and_order(tmp_path):
     samples[0].image.unlink()
     with pytest.raises(DataError, match="000.png"):
         samples_fingerprint(samples)
+
+
+def test_a_defective_image_is_opened_once(tmp_path, monkeypatch):
+    """The image of a sample with a mask was opened twice: once for its pixels, once more for
+    its EXIF orientation (the turned-mask note)."""
+    pixels = write_rgb(tmp_path / "d.png", (16, 16))
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # shown turned by a quarter: refad reports it, never applies it
+    image.save(tmp_path / "d.png", exif=exif)
+    write_mask(tmp_path / "d_mask.png", box_mask((16, 16)))
+    sample = Sample(tmp_path / "d.png", "c", 1, tmp_path / "d_mask.png", "crack")
+    opened: list[str] = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda fp, *a, **k: opened.append(str(fp)) or real_open(
+        fp, *a, **k))
+    item = ImageDataset([sample], 8, MEAN, STD)[0]
+    assert item["turned_mask"] is True
+    assert opened.count(str(tmp_path / "d.png")) == 1, opened

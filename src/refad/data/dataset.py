@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from refad.data.images import (
     empty_mask_reason,
-    exif_orientation,
+    read_image_and_orientation,
     read_image_rgb,
     read_mask_levels,
 )
@@ -109,14 +109,16 @@ class ImageDataset(Dataset):
         if not 0 <= index < len(self.samples):
             raise IndexError(f"index {i} out of range for {len(self.samples)} samples")
         sample = self.samples[index]
-        rgb = read_image_rgb(sample.image)
+        if sample.mask is None:
+            rgb, orientation = read_image_rgb(sample.image), 1
+        else:  # a mask drawn on the picture as a viewer turns it would not match the pixels
+            rgb, orientation = read_image_and_orientation(sample.image)
         mask, soft = self._mask_tensor(sample, (rgb.shape[0], rgb.shape[1]))
         return {
             "image": image_tensor(rgb, self.size, self.mean, self.std),
             "mask": mask,
             "soft_mask_pixels": soft,
-            # a mask drawn on the picture as a viewer turns it would not match the pixels
-            "turned_mask": sample.mask is not None and exif_orientation(sample.image) != 1,
+            "turned_mask": orientation != 1,
             "label": int(sample.label),
             "category": sample.category,
             "path": str(sample.image),

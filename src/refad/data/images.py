@@ -147,7 +147,11 @@ def exif_orientation(path: Path) -> int:
     read from the header only. refad does not apply it (module doc); callers report it where a
     mask drawn on the displayed picture would no longer match."""
     with _open(path, decode=False) as img:
-        value = img.getexif().get(EXIF_ORIENTATION, 1)
+        return _orientation_of(img)
+
+
+def _orientation_of(img: Image.Image) -> int:
+    value = img.getexif().get(EXIF_ORIENTATION, 1)
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
@@ -189,6 +193,14 @@ def read_image_rgb(path: Path) -> np.ndarray:
     path = Path(path)
     with _open(path, decode=True) as img:
         return rgb_array(img, path)
+
+
+def read_image_and_orientation(path: Path) -> tuple[np.ndarray, int]:
+    """`read_image_rgb` and `exif_orientation` from one opening of the file (a test image with
+    a mask needs both; reading the header again cost a second open per image)."""
+    path = Path(path)
+    with _open(path, decode=True) as img:
+        return rgb_array(img, path), _orientation_of(img)
 
 
 def _mask_values(img: Image.Image, path: Path) -> tuple[np.ndarray, float, float]:

@@ -49,14 +49,17 @@ def test_upload_two_images_and_move_the_threshold(page_server, browser, tmp_path
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: problems.append(str(e)))
     page.goto(page_server.url + "/")
-    page.wait_for_function("document.querySelector('#category').options.length > 1")
+    # functions, not expressions: Playwright polls an expression with eval, which the page's
+    # CSP refuses; a condition not yet true at the first check failed (seen on a busy machine)
+    page.wait_for_function("() => document.querySelector('#category').options.length > 1")
     assert "RLR on tf_efficientnet_lite0" in page.locator("#model-summary").inner_text()
     page.select_option("#category", "fabric")
     page.set_input_files("[data-testid=file-input]", [str(good), str(bad)])
     cards = page.locator("[data-testid=result]")
     cards.nth(1).wait_for()
     page.wait_for_function(
-        "[...document.querySelectorAll('[data-testid=result]')].every(c => c.dataset.verdict)")
+        "() => [...document.querySelectorAll('[data-testid=result]')]"
+        ".every(c => c.dataset.verdict)")
     assert cards.count() == 2
     assert all(v in ("normal", "anomalous") for v in verdicts(page))
     assert "fabric" in page.locator("#thresholds").inner_text()

@@ -216,3 +216,23 @@ def test_preset_is_the_released_configuration() -> None:
     assert model.net.input_proj.weight.shape == (256, 272)
     assert model.net.decoder[0].queries.shape == (196, 256)
     assert model.net.encoder[0].ffn[0].weight.shape == (1024, 256)
+
+
+def test_the_same_weights_give_the_same_checkpoint_file(tmp_path: Path) -> None:
+    """safetensors writes its metadata in hash-map order, so identical weights got another
+    sha256 and file name in most saves: a resumed run and a fresh one looked like different
+    models (metrics.json records the model's sha256)."""
+    model = UniAD(SPEC, small(position_embedding="learned"))
+    optimizer = torch.optim.Adam(model.parameters())
+    model.loss(features(), torch.Generator().manual_seed(0)).backward()
+    optimizer.step()
+    manifests = []
+    for i in range(12):
+        meta = CheckpointMeta(method="uniad", epoch=1, epochs=1, spec=spec_to_dict(SPEC),
+                              backbone={}, model_config=model.config.model_dump())
+        save_checkpoint(tmp_path / str(i), model, meta, optimizer)
+        manifests.append({kind: entry["sha256"] for kind, entry in meta.files.items()})
+    assert all(m == manifests[0] for m in manifests), manifests
+    loaded, meta = load_model(tmp_path / "11", torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
+                                                 model.state_dict().values(), strict=True))

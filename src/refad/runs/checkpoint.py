@@ -87,6 +87,22 @@ def tensor_files(unit_dir: Path) -> list[Path]:
                   if p.name.startswith(KINDS) and p.name.endswith(".safetensors"))
 
 
+def canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes that depend on the tensors and metadata only. The library writes
+    its metadata in hash-map order, which changes from call to call, so identical weights got
+    another sha256 (and file name) in every save: a resumed run and a fresh one, or two runs
+    of one seed, looked like different models. The header is written again with the metadata
+    keys sorted; the tensor entries (already in a fixed order) and the data are unchanged."""
+    blob = save_bytes(tensors, metadata)
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + size])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the padding safetensors itself uses: data stays aligned
+    return len(text).to_bytes(8, "little") + text + blob[8 + size :]
+
+
 def _write_blob(unit_dir: Path, kind: str, epoch: int, data: bytes) -> dict[str, Any]:
     """Write one tensor file under its content name (skipped when it is already there)."""
     digest = hashlib.sha256(data).hexdigest()
@@ -109,11 +125,12 @@ def save_checkpoint(
     unit_dir.mkdir(parents=True, exist_ok=True)
     tag = {"format": FORMAT, "method": meta.method, "epoch": str(meta.epoch)}
     weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    files = {"model": _write_blob(unit_dir, "model", meta.epoch, save_bytes(weights, tag))}
+    blob = canonical_safetensors(weights, tag)
+    files = {"model": _write_blob(unit_dir, "model", meta.epoch, blob)}
     if optimizer is not None:
         tensors, groups = _flatten_optimizer(optimizer)
         opt_tag = dict(tag, param_groups=json.dumps(groups))
-        blob = save_bytes(tensors, opt_tag)
+        blob = canonical_safetensors(tensors, opt_tag)
         files["optimizer"] = _write_blob(unit_dir, "optimizer", meta.epoch, blob)
     fsync_dir(unit_dir)
     meta.format, meta.files = FORMAT, files

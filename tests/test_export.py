@@ -273,6 +273,9 @@ def test_bad_inferencer_arguments_are_one_line_errors(rlr_export, tmp_path) -> N
         (lambda: inf.predict_batch([image], batch_size="8"), ConfigError, "batch_size"),
         (lambda: inf.predict(image, category=["fabric"]), ConfigError, "category"),
         (lambda: inf.predict(image, threshold=True), ConfigError, "threshold"),
+        # as the server refuses: a threshold at or below 0 flagged every image
+        (lambda: inf.predict(image, threshold=0), ConfigError, "threshold: must be .* > 0"),
+        (lambda: inf.predict(image, threshold=-5.0), ConfigError, "threshold: must be .* > 0"),
         (lambda: inf.run(np.zeros((0, 3, SIZE, SIZE), np.float32)), DataError, "B >= 1"),
         (lambda: inf.run([[1.0]]), DataError, "numpy array"),
     ]

@@ -255,6 +255,9 @@ def test_bad_requests(server, run_paths):
     assert_error(post(url, [("a.png", img)], outputs="heatmap,xray"), 400, "xray")
     assert_error(post(url, [("a.png", img)], category="wood"), 400, "unknown category", "fabric")
     assert_error(post(url, [("a.png", img)], category="x" * 500), 400, "category")
+    # `-F category=$CAT` with CAT unset: the global threshold decided, as if none was named
+    assert_error(post(url, [("a.png", img)], category=""), 400, "category is empty")
+    assert_error(post(url, [("a.png", img)], threshold=""), 400, "threshold is empty")
     assert_error(post(url, [("notes.txt", b"hello world")]), 415, "notes.txt", "not an image")
     assert_error(post(url, [("empty.png", b"")]), 400, "empty")
     assert_error(post(url, [("cut.png", img[: len(img) // 2])]), 400, "cut.png")
@@ -599,3 +602,81 @@ def test_torch_backend_warmup_scores_a_full_batch(shared_backend, monkeypatch):
     monkeypatch.setattr(shared_backend, "predict_batch", counting)
     shared_backend.warmup(3)
     assert sizes == [3]
+
+
+# ---- the torch backend decides as `refad predict --run` does ------------------------------
+
+def _edited_copy(run: Path, target: Path, edit) -> Path:
+    shutil.copytree(run, target)
+    manifest = target / "unified" / "checkpoint.json"
+    if not manifest.exists():
+        manifest = target / "checkpoint.json"
+    data = json.loads(manifest.read_text())
+    edit(data)
+    manifest.write_text(json.dumps(data))
+    return target
+
+
+def test_categories_come_from_the_calibration_not_the_training_data(trained_run, tmp_path):
+    """The list of categories was read from the training data: served from another working
+    directory, or on a machine without the data, it was empty, and a mistyped category
+    ('Fabric') was decided at the global threshold instead of refused."""
+    from refad.inference.thresholds import known_categories
+    from refad.runs import open_run
+    from refad.serve.backend import RequestError
+    from refad.serve.torch_backend import TorchBackend
+
+    calibrated = known_categories(open_run(trained_run, "cpu").model("unified")[1].calibration)
+    assert calibrated
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["data"]["root"] = str(tmp_path / "elsewhere")  # the serving machine has no data
+    (run / "config.json").write_text(json.dumps(config))
+    backend = TorchBackend(run, "cpu")
+    assert backend.info()["categories"] == calibrated
+    image = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(RequestError, match="unknown category 'Fabric'"):
+        backend.predict_batch([image], ["Fabric"], [None])
+    (result,) = backend.predict_batch([image], [calibrated[0]], [None])
+    assert result.threshold_source == f"category:{calibrated[0]}"
+
+
+def test_an_uncalibrated_run_gets_no_invented_mask(trained_run, tmp_path):
+    """Without calibration, serve called the upper half of each map's own range a defect (most
+    of the image), where `refad predict` and the exported model give no mask."""
+    from refad.serve.pictures import render_outputs
+    from refad.serve.torch_backend import TorchBackend
+
+    run = _edited_copy(trained_run, tmp_path / "run", lambda d: d.update(calibration=None))
+    backend = TorchBackend(run, "cpu")
+    image = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    (result,) = backend.predict_batch([image], [None], [None])
+    assert result.threshold is None and result.anomalous is None and result.mask is None
+    assert render_outputs(result, image, ("overlay", "mask"))["mask"] is None
+    with_threshold = backend.predict_batch([image], [None], [1.0])[0]
+    assert with_threshold.anomalous is not None and with_threshold.mask is None
+
+
+def test_a_per_category_run_of_one_category_needs_no_category(demo_root, tmp_path):
+    """`refad predict --run` demanded --category of a per-category run with one product, while
+    its export (and `serve --model`) scored with the only model; both now do the latter."""
+    from conftest import tiny_config
+
+    from refad.reporting.predictions import predict
+    from refad.serve.torch_backend import TorchBackend
+    from refad.training import fit
+
+    run = tmp_path / "one"
+    fit(tiny_config(demo_root, "train.mode=per-category", "data.categories=[\"fabric\"]",
+                    epochs=1), run, progress=False)
+    report = predict(run, [demo_root / "fabric" / "test"], tmp_path / "p", device="cpu")
+    assert report.predictions and not report.failures
+    assert {p.threshold_source for p in report.predictions} == {"category:fabric"}
+    backend = TorchBackend(run, "cpu")
+    assert backend.info()["category_required"] is False
+    image = np.zeros((64, 64, 3), np.uint8)
+    (alone,) = backend.predict_batch([image], [None], [None])
+    (named,) = backend.predict_batch([image], ["fabric"], [None])
+    assert alone.threshold_source == named.threshold_source == "category:fabric"
+    assert alone.score == named.score and alone.threshold == named.threshold

@@ -220,8 +220,10 @@ class Inferencer:
     ) -> list[Prediction]:
         """Score images in batches of `batch_size`; results keep the input order."""
         if threshold is not None and (isinstance(threshold, bool)
-                                      or _finite_or_none(threshold) is None):
-            raise ConfigError(f"threshold: must be a finite number, got {threshold!r}")
+                                      or _finite_or_none(threshold) is None or threshold <= 0):
+            # as the server and export metadata: scores are errors (>= 0), so a threshold at or
+            # below 0 flags every image, and its normalised score has the wrong sign
+            raise ConfigError(f"threshold: must be a finite number > 0, got {threshold!r}")
         if not _is_int(batch_size):
             raise ConfigError(f"batch_size: must be a whole number, got {batch_size!r}")
         require_at_least_one("batch_size", batch_size)

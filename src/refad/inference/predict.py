@@ -26,6 +26,8 @@ def predict_unit(run: TrainedRun, category: str | None) -> str:
     if run.config.train.mode == "unified":
         return UNIFIED
     if category is None:
+        if len(run.units) == 1:  # its only product, as the exported model takes it
+            return next(iter(run.units))
         raise ConfigError(
             f"{run.path}: per-category run; name the --category to use ({', '.join(run.units)})"
         )

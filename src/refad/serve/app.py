@@ -299,6 +299,10 @@ def _read_form(parts: list[Part], max_images: int) -> _Form:
         raise ApiError(400, "no image: send one or more files in the form field 'image'")
     if len(images) > max_images:
         raise ApiError(413, f"{len(images)} images in one request; the limit is {max_images}")
+    for name in ("category", "threshold"):  # `-F category=$CAT` with CAT unset: the global
+        # threshold would have decided silently, as if no category had been named
+        if singles.get(name) == "":
+            raise ApiError(400, f"{name} is empty; leave the field out to use the default")
     threshold: float | None = None
     if singles.get("threshold"):
         try:
@@ -309,7 +313,7 @@ def _read_form(parts: list[Part], max_images: int) -> _Form:
         check_threshold(threshold)
     except RequestError as exc:
         raise ApiError(400, str(exc)) from None
-    return _Form(images, singles.get("category") or None, threshold, _parse_outputs(outputs))
+    return _Form(images, singles.get("category"), threshold, _parse_outputs(outputs))
 
 
 def _each_image(parts: list[Part], max_pixels: int,

@@ -49,7 +49,9 @@ class ImageResult:
     anomalous: bool | None
     normalised_score: float | None
     anomaly_map: np.ndarray  # (H, W) float32 at the image's own size
-    mask: np.ndarray  # (H, W) bool: pixels above the pixel threshold
+    # (H, W) bool: pixels above the calibrated pixel threshold; None when the model has none
+    # (not calibrated) or the map is not finite, as `refad predict` writes no mask then
+    mask: np.ndarray | None
     _heatmap: Callable[[], np.ndarray] = field(repr=False)
     _overlay: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)

@@ -94,10 +94,9 @@ class DeployBackend:
 
 def _convert(p: Any) -> ImageResult:
     source = "request" if p.threshold_source == "override" else p.threshold_source
-    mask = p.mask if p.mask is not None else np.zeros(p.anomaly_map.shape, dtype=bool)
     return ImageResult(
         score=float(p.score), threshold=p.threshold, threshold_source=source,
         anomalous=p.anomalous, normalised_score=p.normalised_score,
-        anomaly_map=np.asarray(p.anomaly_map, dtype=np.float32), mask=mask,
+        anomaly_map=np.asarray(p.anomaly_map, dtype=np.float32), mask=p.mask,
         _heatmap=lambda: p.heatmap, _overlay=lambda _image: p.overlay,
     )

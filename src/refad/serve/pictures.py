@@ -24,11 +24,11 @@ def png_base64(array: np.ndarray) -> str:
 
 def render_outputs(result: ImageResult, image: np.ndarray, wanted: tuple[str, ...]) -> dict:
     """The requested pictures of one result (``wanted`` is a subset of OUTPUTS)."""
-    out: dict[str, str] = {}
+    out: dict[str, str | None] = {}
     if "heatmap" in wanted:
         out["heatmap"] = png_base64(result.heatmap)
     if "overlay" in wanted:
         out["overlay"] = png_base64(result.overlay(image))
     if "mask" in wanted:
-        out["mask"] = png_base64(result.mask)
+        out["mask"] = None if result.mask is None else png_base64(result.mask)
     return out

@@ -22,7 +22,9 @@ class ImageTiming(BaseModel):
 class Outputs(BaseModel):
     heatmap: str | None = Field(None, description="Colour heatmap, base64 PNG.")
     overlay: str | None = Field(None, description="Heatmap over the image, base64 PNG.")
-    mask: str | None = Field(None, description="Defect mask (0/255 grey), base64 PNG.")
+    mask: str | None = Field(None, description=(
+        "Defect mask (0/255 grey), base64 PNG; null when the model has no calibrated pixel "
+        "threshold (an uncalibrated run) or the anomaly map is not finite."))
 
 
 class ImagePrediction(BaseModel):

@@ -6,6 +6,7 @@ so the number of connections never changes what is in memory.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,12 @@ import numpy as np
 import torch
 
 import refad
-from refad.data import image_tensor, load_split
-from refad.deploy.defects import pixel_threshold
+from refad.data import image_tensor
+from refad.deploy.defects import defect_mask, pixel_threshold
 from refad.deploy.render import heatmap_rgb, normalise_map, overlay, resize_map
 from refad.device import set_cpu_threads
 from refad.inference import Scorer
-from refad.inference.thresholds import calibration_for
+from refad.inference.thresholds import calibration_for, known_categories
 from refad.runs import UNIFIED, TrainedRun, open_run
 from refad.serve.backend import (
     Categories,
@@ -32,16 +33,14 @@ from refad.serve.backend import (
 )
 
 
-def _run_categories(run: TrainedRun) -> list[str]:
-    """Categories a run knows: its units, or (unified) the configured / training-set ones."""
+def _run_categories(run: TrainedRun, calibration: dict[str, Any]) -> list[str]:
+    """Categories a run knows: its units, or (unified) the calibrated ones, as `refad predict`
+    takes them, else the configured ones. Never read from the training data: it may be absent
+    or elsewhere on the serving machine, and then a mistyped category was decided at the
+    global threshold instead of refused."""
     if run.config.train.mode != "unified":
         return list(run.units)
-    if run.config.data.categories:
-        return sorted(run.config.data.categories)
-    try:  # the training data may not exist on the serving machine: then categories are free
-        return sorted({s.category for s in load_split(run.config.data, "train")})
-    except Exception:  # noqa: BLE001 - any failure only means "no list to offer"
-        return []
+    return known_categories(calibration) or sorted(run.config.data.categories or [])
 
 
 class TorchBackend:
@@ -71,8 +70,10 @@ class TorchBackend:
             "backbone": cfg.backbone.name,
             "input_size": self._size,
             "mode": cfg.train.mode,
-            "categories": _run_categories(self._run),
-            "category_required": not unified,
+            "categories": _run_categories(self._run, cal[UNIFIED] if unified else {}),
+            # one model per category: name it, unless there is only one (as an export of the
+            # run answers, and `refad predict`)
+            "category_required": not unified and len(self._models) > 1,
             "thresholds": {
                 "global": cal[UNIFIED].get("threshold") if unified else None,
                 "categories": {
@@ -99,13 +100,20 @@ class TorchBackend:
                                          [None] * batch_size)
         return results
 
-    def _unit(self, category: str | None) -> str:
+    def _category(self, category: str | None) -> str | None:
+        """The category that decides: the one asked for, or a per-category run's only one."""
         check_category(self._info, category)
-        return UNIFIED if self._run.config.train.mode == "unified" else str(category)
+        if category is None and UNIFIED not in self._models:
+            return next(iter(self._models))
+        return category
+
+    def _unit(self, category: str | None) -> str:
+        return UNIFIED if UNIFIED in self._models else str(category)
 
     def predict_batch(
         self, images: Images, categories: Categories, thresholds: Thresholds
     ) -> list[ImageResult]:
+        categories = [self._category(category) for category in categories]
         groups: dict[str, list[int]] = defaultdict(list)
         for i, category in enumerate(categories):
             groups[self._unit(category)].append(i)
@@ -133,10 +141,10 @@ class TorchBackend:
         cal = calibration_for(self._calibration[unit], unit, category)
         floor = float(cal.get("map_floor", amap.min()))
         ceiling = float(cal.get("map_ceiling", amap.max()))
-        # Pixel decision: the calibrated pixel threshold (`refad.deploy.defects`);
-        # uncalibrated, the upper half of the map's own range.
-        pixel_level = pixel_threshold(cal)
-        pixel_level = (floor + ceiling) / 2 if pixel_level is None else pixel_level
+        # Pixel decision: the calibrated pixel threshold (`refad.deploy.defects`), as predict
+        # and the exported model decide; uncalibrated or a non-finite map: no mask at all
+        finite = math.isfinite(score) and bool(np.isfinite(amap).all())
+        mask = defect_mask(full, pixel_threshold(cal)) if finite else None
         threshold, source = resolve_threshold(self._info, category, requested)
         anomalous, normalised = decide(score, threshold)
 
@@ -150,7 +158,7 @@ class TorchBackend:
 
         result = ImageResult(
             score=score, threshold=threshold, threshold_source=source, anomalous=anomalous,
-            normalised_score=normalised, anomaly_map=full, mask=full > pixel_level,
+            normalised_score=normalised, anomaly_map=full, mask=mask,
             _heatmap=heat, _overlay=blend,
         )
         return result

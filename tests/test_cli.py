@@ -205,6 +205,14 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         assert saved["threshold_source"] == f"category:{category}"
     report = tmp_path / "demo" / "run" / "report.html"
     assert f"report: {report}" in result.output.replace("\n", "") and report.is_file()
+    # a rerun continues the saved run: another size was ignored, with exit 0 and old figures
+    metrics = (tmp_path / "demo" / "run" / "metrics.json").read_bytes()
+    again = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--epochs", "1",
+                                "--image-size", "96", "--device", "cpu", "--no-progress"])
+    line = one_error_line(again)
+    assert "holds a demo run of 1 epochs at 64 px" in line and "--image-size 96" in line
+    assert "--epochs" not in line  # the same as saved
+    assert (tmp_path / "demo" / "run" / "metrics.json").read_bytes() == metrics
 
 
 @pytest.mark.parametrize("flag", ["--epochs", "--image-size"])

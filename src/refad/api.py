@@ -28,6 +28,7 @@ from refad.config.arguments import checked_arguments
 from refad.data import make_demo_dataset
 from refad.deploy.render import heatmap_rgb, normalise_map, overlay
 from refad.device import cpu_threads
+from refad.errors import ConfigError
 from refad.inference import Scorer
 from refad.models.base import FeatureSpec
 from refad.models.registry import build_model
@@ -191,6 +192,26 @@ def demo_config(
 
 
 @checked_arguments
+def _check_demo_rerun(run_dir: Path, config: RunConfig, changes: dict[str, int],
+                      echo: Callable[[str], None]) -> None:
+    """A rerun continues the saved demo run with its own settings: a flag that asks for
+    others is refused (it was ignored, and the figures looked like the asked-for schedule's),
+    and a run of other than the default settings is named."""
+    saved = RunDir(run_dir).resume()
+    have = {"epochs": saved.train.epochs, "image_size": saved.data.image_size}
+    want = {"epochs": config.train.epochs, "image_size": config.data.image_size}
+    differ = [key for key in changes if have[key] != want[key]]
+    if differ:
+        flags = ", ".join(f"--{key.replace('_', '-')} {want[key]}" for key in differ)
+        raise ConfigError(
+            f"--out: {run_dir} holds a demo run of {have['epochs']} epochs at "
+            f"{have['image_size']} px, which a rerun continues; {flags} would be ignored "
+            "(choose another --out)")
+    if have != want:
+        echo(f"continuing the demo run in {run_dir} with its saved settings: "
+             f"{have['epochs']} epochs at {have['image_size']} px")
+
+
 def run_demo(
     out: str | Path,
     epochs: int | None = None,
@@ -211,7 +232,10 @@ def run_demo(
         make_demo_dataset(data_root, **settings.dataset)
     run_dir = out / "run"
     resume = RunDir(run_dir).exists()
-    fit(demo_config(data_root, settings, device), run_dir, resume=resume, progress=progress)
+    config = demo_config(data_root, settings, device)
+    if resume:
+        _check_demo_rerun(run_dir, config, changes, echo)
+    fit(config, run_dir, resume=resume, progress=progress)
     result = evaluate(run_dir, device=device, progress=progress)
     echo(markdown_table(result))
     echo("\nDecisions at each product's calibrated threshold (set on its normal images only):")

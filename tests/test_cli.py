@@ -287,3 +287,16 @@ def test_a_signal_after_the_command_finished_does_not_fail_it(sig: str) -> None:
     for module in ("refad.__main__", "refad.cli.__main__"):
         source = Path(__import__("importlib").util.find_spec(module).origin).read_text()
         assert "main()" in source and "app()" not in source
+
+
+def test_report_on_a_path_that_is_no_run_says_so(trained_run: Path, tmp_path: Path) -> None:
+    """`refad report --run nosuch` said 'nosuch/metrics.json: missing; run refad test first',
+    sending the user to test a run that does not exist; the other commands name the folder."""
+    line = one_error_line(runner.invoke(app, ["report", "--run", str(tmp_path / "nosuch")]))
+    assert "nosuch: not a refad run folder (no config.json)" in line
+    untested = tmp_path / "untested"
+    shutil.copytree(trained_run, untested)
+    for name in ("metrics.json", "test_scores.json"):
+        (untested / name).unlink(missing_ok=True)
+    line = one_error_line(runner.invoke(app, ["report", "--run", str(untested)]))
+    assert "metrics.json: missing; run `refad test" in line

@@ -180,6 +180,8 @@ class RunDir:
 
     def read_evaluation(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """(metrics.json, the rows of test_scores.json) written by `refad test`."""
+        if not self.config_path.is_file():  # a mistyped path is no run, not an untested one
+            raise CheckpointError(f"{self.path}: not a refad run folder (no {CONFIG_FILE})")
         found = []
         for name in (METRICS_JSON, TEST_SCORES_JSON):
             path = self.path / name

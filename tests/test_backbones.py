@@ -376,3 +376,23 @@ def test_weights_file_cut_to_the_used_stages_loads_and_gives_the_same_features(
     safetensors.torch.save_file(state, str(cut))
     with pytest.raises(CheckpointError, match="missing key 'blocks.4.0.conv_pw.weight'"):
         FeatureExtractor("tf_efficientnet_lite0", levels=(2, 3), weights=cut)
+
+
+def test_unobtainable_pretrained_weights_are_one_quiet_line(monkeypatch, caplog) -> None:
+    """Offline, the hub logged 'Retrying in Ns' twenty times before the error, and the error
+    told CLI users to pass `weights=<file>`, a form only the Python API has."""
+    import logging
+
+    from refad.backbones import extractor
+
+    def offline(*_args, **_kwargs):
+        logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(extractor.timm, "create_model", offline)
+    before = logging.getLogger("huggingface_hub").level
+    with caplog.at_level(logging.INFO), pytest.raises(CheckpointError) as info:
+        extractor._create_features_model("tf_efficientnet_b6", (2, 3), True, 0)
+    assert "could not be obtained" in str(info.value) and "--weights FILE" in str(info.value)
+    assert not [r for r in caplog.records if "Retrying" in r.getMessage()]
+    assert logging.getLogger("huggingface_hub").level == before  # given back

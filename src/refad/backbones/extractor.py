@@ -15,8 +15,10 @@ for k = 3).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,19 @@ from refad.config.schema import (
 from refad.errors import CheckpointError, ConfigError
 
 
+@contextlib.contextmanager
+def _hub_retries_quiet() -> Iterator[None]:
+    """Offline, the Hugging Face hub logged two lines per retry (twenty over 46 s) before the
+    one-line error; its warnings are held back while timm fetches weights."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _create_features_model(
     name: str, levels: tuple[int, ...], pretrained: bool, seed: int
 ) -> nn.Module:
@@ -44,9 +59,10 @@ def _create_features_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            return timm.create_model(
-                name, pretrained=pretrained, features_only=True, out_indices=levels
-            )
+            with _hub_retries_quiet():
+                return timm.create_model(
+                    name, pretrained=pretrained, features_only=True, out_indices=levels
+                )
         except IndexError as exc:
             raise ConfigError(f"backbone.levels: {list(levels)} out of range for {name}") from exc
         except Exception as exc:
@@ -54,7 +70,8 @@ def _create_features_model(
                 raise
             raise CheckpointError(
                 f"timm:{name}: pretrained weights could not be obtained ({type(exc).__name__}); "
-                "pass weights=<file> instead"
+                "give a local file instead (refad train --weights FILE; backbone.weights in a "
+                "config)"
             ) from exc
 
 

@@ -419,6 +419,15 @@ def test_a_category_the_run_never_saw_is_noted(trained_run: Path, tmp_path: Path
     notes = " ".join(evaluate(run, "cpu", data, progress=False)["notes"])
     assert "bolt: not among the run's training categories" in notes
     assert "fabric: not among" not in notes
+    # its report: the gallery scored it as refad test decided it (at the global threshold);
+    # asking for it by name had stopped the whole report
+    root_node = parse(build_report(run, "cpu").read_text())
+    bolt = [n for n in section(root_node, "gallery").find_all("div")
+            if n.attrs.get("data-category") == "bolt"][0]
+    assert bolt.find_all("figure", **{"class": "entry"})
+    assert not bolt.find_all("p", **{"class": "failure"})
+    caption = section(root_node, "decisions").all_text()
+    assert "the global one where a category has none of its own" in caption
 
 
 def test_a_gallery_image_gone_from_disk_is_a_line_not_a_crash(
@@ -448,6 +457,57 @@ def test_a_gallery_image_gone_from_disk_is_a_line_not_a_crash(
     fabric = [n for n in section(parse(text), "gallery").find_all("div")
               if n.attrs.get("data-category") == "fabric"][0]
     assert fabric.find_all("figure", **{"class": "entry"})  # the other images still shown
+
+
+def test_a_relative_data_root_is_found_from_any_working_directory(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """test_scores.json kept the paths as given: with a relative --root, `refad report` run
+    from another directory called every gallery image moved or deleted."""
+    from refad.runs import open_run
+
+    config = open_run(trained_run, "cpu").config
+    shutil.copytree(config.data.root, tmp_path / "data")
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    monkeypatch.chdir(tmp_path)
+    evaluate(run, "cpu", config.data.model_copy(update={"root": "data"}), progress=False)
+    rows = json.loads((run / "test_scores.json").read_text())["images"]
+    assert all(Path(r["image"]).is_absolute() for r in rows)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    text = build_report(run, "cpu").read_text()
+    assert not parse(text).find_all("p", **{"class": "failure"})
+
+
+def test_an_uncalibrated_run_says_so_in_data_and_gallery(trained_run: Path, tmp_path: Path) -> None:
+    """Without calibration the page said thresholds were set on normal images, and that the
+    heatmaps used the calibrated range while each was stretched to its own."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    meta = json.loads((run / "checkpoint.json").read_text())
+    meta["calibration"] = None
+    (run / "checkpoint.json").write_text(json.dumps(meta))
+    evaluate(run, "cpu", progress=False)
+    root_node = parse(build_report(run, "cpu").read_text())
+    data = section(root_node, "data").all_text()
+    assert "not calibrated" in data and "Thresholds were set on normal images" not in data
+    assert "No calibrated colour range" in section(root_node, "gallery").all_text()
+
+
+def test_the_summary_names_the_evaluated_epoch(report) -> None:
+    run, _, _, root, metrics, _ = report
+    (unit,) = metrics["checkpoints"].values()
+    epochs = json.loads((run / "config.json").read_text())["train"]["epochs"]
+    assert f"epoch {unit['epoch']} of {epochs}" in section(root, "summary").all_text()
+
+
+def test_one_epoch_of_loss_has_one_integer_tick() -> None:
+    from refad.reporting.report.figures import loss_figure
+
+    ax = loss_figure([{"epoch": 1, "loss": 0.5}]).axes[0]
+    assert list(ax.get_xticks()) == [1]
 
 
 def test_curves_group_tied_scores_like_sklearn() -> None:

@@ -14,6 +14,7 @@ non-finite scores or maps (training diverged) gets no metrics at all.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -202,9 +203,12 @@ def evaluate_run(
 
 
 def _image_rows(group: list[Sample], scores: np.ndarray) -> list[dict[str, Any]]:
-    """One row per test image: where it is, what it is, and its score (for reports)."""
+    """One row per test image: where it is, what it is, and its score (for reports). Paths
+    are absolute: a relative data root is relative to where `refad test` ran, and the report
+    (any working directory) took every image for moved or deleted."""
     return [
-        {"category": s.category, "image": str(s.image), "mask": str(s.mask) if s.mask else None,
+        {"category": s.category, "image": os.path.abspath(s.image),
+         "mask": os.path.abspath(s.mask) if s.mask else None,
          "defect": s.defect, "label": int(s.label), "score": float(v)}
         for s, v in zip(group, scores, strict=True)
     ]

@@ -102,8 +102,13 @@ def decisions_table(result: dict[str, Any]) -> str:
 
 def decisions_caption(result: dict[str, Any]) -> str:
     """What the decision table is: which threshold, set on which normal images."""
-    images = ", ".join(result.get("decisions", {}).get("calibration_images") or []) or "none"
-    return ("At the calibrated threshold (each category's own; anomalous = score > threshold), "
+    decisions = result.get("decisions") or {}
+    images = ", ".join(decisions.get("calibration_images") or []) or "none"
+    own = ("each category's own; the global one where a category has none of its own"
+           if any(d.get("threshold_source") == "global"
+                  for d in (decisions.get("categories") or {}).values())
+           else "each category's own")
+    return (f"At the calibrated threshold ({own}; anomalous = score > threshold), "
             f"set on normal images only (calibration images: {images}); never on test images.")
 
 

@@ -83,5 +83,7 @@ def loss_figure(history: list[dict[str, float]]) -> Figure:
     ax.plot(epochs, [h["loss"] for h in history], "o-", color=GOOD_COLOUR, lw=2, ms=4)
     ax.set(xlabel="epoch", ylabel="training loss (mean per epoch)")
     ax.xaxis.get_major_locator().set_params(integer=True)
+    if len(epochs) == 1:  # one point: the locator's integer steps would still read 0.96...1.04
+        ax.set_xticks(epochs)
     ax.grid(alpha=0.3)
     return fig

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from refad.errors import DataError
+from refad.errors import DataError, RefadError
 from refad.inference.batches import ImageResult
 from refad.inference.predict import predict_images
+from refad.inference.thresholds import known_categories
 from refad.reporting.report.markup import escape, image, note, number
-from refad.reporting.report.tiles import Tile, entry_tiles
+from refad.reporting.report.tiles import Tile, entry_tiles, has_colour_range
 from refad.reporting.report.views import CategoryView
-from refad.runs import TrainedRun
+from refad.runs import UNIFIED, TrainedRun
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,16 @@ class Rescored:
     failures: dict[str, str]
 
 
+def _decided_as(run: TrainedRun, category: str) -> str | None:
+    """The category to score as: a unified run's category without a calibration of its own is
+    decided at the global threshold, as `refad test` decided it (asking for it by name is
+    refused, as `refad predict --category` refuses it)."""
+    if run.config.train.mode != "unified":
+        return category
+    known = known_categories(run.model(UNIFIED)[1].calibration)
+    return None if known and category not in known else category
+
+
 def rescore(
     run: TrainedRun,
     category: str,
@@ -80,9 +91,13 @@ def rescore(
             found.failures[path] = f"{path}: file not found (moved or deleted after refad test?)"
     if not present:
         return found
-    found.calibration, batches = predict_images(
-        run, present, category=category, batch_size=8, amp=amp, compile_mode=compile_mode
-    )
+    try:
+        found.calibration, batches = predict_images(
+            run, present, category=_decided_as(run, category), batch_size=8, amp=amp,
+            compile_mode=compile_mode)
+    except RefadError as exc:  # a category the run has no model for: the rest of the report
+        found.failures.update((path, f"{path}: not scored again ({exc})") for path in present)
+        return found
     lines: list[str] = []
     try:
         for batch in batches:
@@ -135,7 +150,8 @@ def gallery_section(
 ) -> str:
     legend = note("Each entry: the image; the heatmap over it with the predicted defect "
                   "outlined (white); the ground-truth defect outlined (green); the predicted "
-                  "defect mask. Heatmap colours use the run's calibrated range.")
+                  "defect mask. Heatmap colours use the run's calibrated range (floor to "
+                  "ceiling of normal images' maps), where it has one.")
     if size == 0:
         return note("Gallery left out (gallery_size 0).")
     parts = [legend]
@@ -148,6 +164,9 @@ def gallery_section(
         if view.threshold is None:
             body += note("No calibrated threshold for this category: no misses or false "
                          "alarms can be named.")
+        if found.results and not has_colour_range(found.calibration):
+            body += note("No calibrated colour range: each heatmap is scaled to its own "
+                         "image's range, so a good image can look as red as a defective one.")
         for kind in kinds:
             body += f'<h4>{escape(kind.title)} <small>{escape(kind.hint)}</small></h4>'
             entries = "".join(gallery_entry(r, found, view.threshold) for r in kind.rows)

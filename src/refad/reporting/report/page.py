@@ -34,7 +34,7 @@ h1 { font-size: 26px; margin: 0 0 4px; }
 header p { margin: 0; color: var(--muted); }
 h2 { font-size: 20px; margin: 36px 0 12px; padding-bottom: 4px;
   border-bottom: 1px solid var(--line); }
-h3 { font-size: 16px; margin: 20px 0 8px; }
+h3 { font-size: 16px; margin: 20px 0 8px; overflow-wrap: anywhere; }
 h4 { font-size: 14px; margin: 14px 0 6px; }
 h4 small { color: var(--muted); font-weight: normal; margin-left: 6px; }
 nav.toc { background: var(--soft); border: 1px solid var(--line); border-radius: 6px;
@@ -45,7 +45,7 @@ table { border-collapse: collapse; margin: 8px 0; font-size: 14px; }
 caption { caption-side: top; text-align: left; color: var(--muted); padding-bottom: 6px;
   max-width: 1100px; }
 th, td { padding: 5px 10px; border-bottom: 1px solid var(--line); text-align: left;
-  vertical-align: top; }
+  vertical-align: top; overflow-wrap: anywhere; }
 thead th { background: var(--soft); border-bottom: 2px solid var(--line); white-space: nowrap; }
 th.num, td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.total td { font-weight: 600; border-top: 2px solid var(--line); }

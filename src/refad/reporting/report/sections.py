@@ -55,6 +55,7 @@ def summary_section(metrics: dict[str, Any], run: TrainedRun) -> str:
         ("backbone", metrics.get("backbone")),
         ("levels", ", ".join(str(v) for v in levels) if isinstance(levels, list) else levels),
         ("image size", f"{metrics.get('image_size')} px"),
+        ("evaluated checkpoint", _checkpoints_text(metrics, run)),
         ("run folder", run.path.resolve().name),
         ("training mode", run.config.train.mode),
         ("refad version", refad.__version__),
@@ -63,6 +64,16 @@ def summary_section(metrics: dict[str, Any], run: TrainedRun) -> str:
     fact_html = "".join(f"<tr>{k}<td>{v}</td></tr>" for k, v in rows)
     return (f'<div class="cards">{card_html}</div>'
             f'<table class="facts" data-table="facts"><tbody>{fact_html}</tbody></table>')
+
+
+def _checkpoints_text(metrics: dict[str, Any], run: TrainedRun) -> str:
+    """The epoch each unit was evaluated at, against the schedule: a report of a training that
+    stopped early must not read as the finished model's."""
+    epochs = run.config.train.epochs
+    found = metrics.get("checkpoints") or {}
+    parts = [f"epoch {c.get('epoch')} of {epochs}" + ("" if len(found) == 1 else f" ({unit})")
+             for unit, c in found.items()]
+    return "; ".join(parts) or "not recorded (metrics.json of an older refad)"
 
 
 def config_section(run: TrainedRun) -> str:
@@ -99,6 +110,10 @@ def data_section(views: list[CategoryView], run: TrainedRun,
             "calibration images"]
     body = table(head, rows, numeric=(1, 2, 4), name="data")
     sources = sorted({(c or {}).get("source") or "none" for c in calibrations.values()})
+    if sources == ["none"]:
+        return body + note("The run is not calibrated: it has no thresholds, so no image is "
+                           "decided (an imported checkpoint, or a training stopped before its "
+                           "calibration).")
     lines = [f"<li><code>{escape(s)}</code>: {escape(_source_text(s))}</li>" for s in sources]
     return (body + "<p>Thresholds were set on normal images only, never on test images. "
             f"Calibration images:</p><ul>{''.join(lines)}</ul>")

@@ -56,6 +56,11 @@ class Tile:
     text: str = ""
 
 
+def has_colour_range(calibration: dict[str, Any]) -> bool:
+    """Whether heatmaps can be coloured on the calibrated floor/ceiling of normal maps."""
+    return is_finite(calibration.get("map_floor")) and is_finite(calibration.get("map_ceiling"))
+
+
 def entry_tiles(row: dict[str, Any], result: ImageResult, calibration: dict[str, Any],
                 ) -> list[Tile]:
     """Image, heatmap overlay (predicted defect outlined), ground truth outlined, predicted
@@ -66,8 +71,9 @@ def entry_tiles(row: dict[str, Any], result: ImageResult, calibration: dict[str,
     if size != (width, height):
         image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
     amap = resize_map(result.amap, *size)
-    floor, ceiling = calibration.get("map_floor"), calibration.get("map_ceiling")
-    if not (is_finite(floor) and is_finite(ceiling)):
+    if has_colour_range(calibration):
+        floor, ceiling = calibration["map_floor"], calibration["map_ceiling"]
+    else:  # said beside the gallery: each map on its own range
         floor, ceiling = float(np.nanmin(amap)), float(np.nanmax(amap))
     heat = heatmap_rgb(normalise_map(amap, floor, ceiling))
     predicted = defect_mask(amap, pixel_threshold(calibration))

@@ -663,3 +663,21 @@ def test_a_file_of_another_method_is_named_as_such(tmp_path: Path) -> None:
                                       str(files["crad"]), "--out", str(tmp_path / "run")])
     assert result.exit_code == 2, result.output
     assert "an authors' crad checkpoint, not rlr" in result.output
+
+
+def test_an_imported_run_is_not_called_unfinished(tmp_path: Path, demo_root: Path) -> None:
+    """Its manifest took refad's schedule as the total (epoch 0 of 50), so `refad test` noted a
+    training that stopped early and advised a resume, which imported runs refuse."""
+    from refad.api import evaluate
+
+    config = lite_config("crad", f"data.root={demo_root}")
+    path = _save(tmp_path, {"state_dict": crad_state(48 + 120, 8, 8, blocks=1, exp=24)})
+    run_dir = import_run("crad", path, tmp_path / "run", config)
+    meta = json.loads((run_dir / "checkpoint.json").read_text())
+    assert meta["epoch"] == meta["epochs"]
+    notes = " ".join(evaluate(run_dir, "cpu", progress=False)["notes"])
+    assert "stopped" not in notes and "--resume" not in notes, notes
+    meta["epochs"] = 50  # a run imported before this fix
+    (run_dir / "checkpoint.json").write_text(json.dumps(meta))
+    notes = " ".join(evaluate(run_dir, "cpu", progress=False)["notes"])
+    assert "stopped" not in notes and "--resume" not in notes, notes

@@ -59,6 +59,17 @@ def test_compare_trains_evaluates_and_tabulates(demo_root: Path, tmp_path: Path)
     with pytest.raises(ConfigError, match="already holds a run"):
         compare(["uniad"], base_for(demo_root, tmp_path / "cache"), out,
                 method_overrides={"uniad": TINY["uniad"]}, progress=False)
+    # resumed with other settings: the table had shown them beside the saved run's figures
+    before = (out / "crad" / "metrics.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"crad: resume continues .* data.image_size, "
+                                          r"train.epochs differ"):
+        compare(["crad"], {**base_for(demo_root, tmp_path / "cache"), "image_size": 96,
+                           "epochs": 5}, out, method_overrides={"crad": TINY["crad"]},
+                resume=True, progress=False)
+    assert (out / "crad" / "metrics.json").read_bytes() == before
+    again = compare(["crad"], base_for(demo_root, tmp_path / "cache"), out,
+                    method_overrides={"crad": TINY["crad"]}, resume=True, progress=False)
+    assert again["methods"]["crad"]["mean"] == result["methods"]["crad"]["mean"]
 
 
 def test_every_configuration_is_checked_before_training(demo_root: Path, tmp_path: Path) -> None:

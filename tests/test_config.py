@@ -135,6 +135,17 @@ def test_train_config_file_reproduces_a_run(
     result = runner.invoke(app, ["train", "--config", str(tmp_path / "none.yaml"),
                                  "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "no such config file" in result.output
+    # the mode flag both ways over a file: --no-per-category was taken for "not given"
+    per_category = tmp_path / "pc.json"
+    RunDir(tmp_path / "pc").write_config(tiny_config(demo_root, "train.mode=per-category"))
+    per_category.write_text((tmp_path / "pc" / "config.json").read_text())
+    for file, flag, mode in ((per_category, "--no-per-category", "unified"),
+                             (per_category, None, "per-category"),
+                             (saved, "--per-category", "per-category"), (saved, None, "unified")):
+        result = runner.invoke(app, ["train", "--config", str(file), "--out",
+                                     str(tmp_path / "r"), *([flag] if flag else [])])
+        assert result.exit_code == 0, result.output
+        assert seen[-1].train.mode == mode, (file.name, flag)
 
 
 @pytest.mark.parametrize("override, expected", [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from conftest import tiny_config
 from safetensors.torch import load_file
 
 from refad.api import evaluate, predict
-from refad.errors import CheckpointError, ConfigError, RefadError
+from refad.errors import CheckpointError, ConfigError, DataError, RefadError
 from refad.metrics import METRIC_NAMES
 from refad.runs import RunDir, open_run
 from refad.runs import checkpoint as ckpt
@@ -194,3 +195,16 @@ def test_per_category_mode_trains_one_model_per_category(
     report = predict(run, [demo_root / categories[0] / "test"], tmp_path / "p",
                      device="cpu", category=categories[0])
     assert report.predictions and not report.failures
+
+
+def test_a_per_category_run_refuses_a_category_named_unified(demo_root: Path,
+                                                             tmp_path: Path) -> None:
+    """Its model was stored as the unified one: `predict` then used another category's model
+    for it, and export and serve left it out, all without a word."""
+    root = tmp_path / "data"
+    shutil.copytree(demo_root / "fabric", root / "fabric")
+    shutil.copytree(demo_root / "mesh", root / "unified")
+    run = tmp_path / "run"
+    with pytest.raises(DataError, match="category 'unified': a per-category run"):
+        fit(tiny_config(root, "train.mode=per-category", epochs=1), run, progress=False)
+    assert not (run / "config.json").exists()  # refused before any training: nothing left

@@ -227,7 +227,12 @@ def train(
     batch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option()] = None,
     seed: Annotated[int | None, typer.Option()] = None,
-    per_category: Annotated[bool, typer.Option(help="One model per category.")] = False,
+    per_category: Annotated[
+        bool | None,
+        typer.Option("--per-category/--no-per-category",
+                     help="One model per category, or one for all (default: the config file's, "
+                     "else unified)."),
+    ] = None,
     feature_cache: Annotated[Path | None, typer.Option(help="Folder to cache features.")] = None,
     val_fraction: Annotated[float | None, typer.Option(help="Normal images held out.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
@@ -255,7 +260,7 @@ def train(
             "--mask-dir": mask_dir, "--test-normal-dir": test_normal_dir, "--method": method,
             "--backbone": backbone, "--levels": levels, "--weights": weights,
             "--image-size": image_size, "--epochs": epochs, "--batch-size": batch_size,
-            "--lr": lr, "--seed": seed, "--per-category": per_category or None,
+            "--lr": lr, "--seed": seed, "--per-category": per_category,
             "--feature-cache": feature_cache, "--val-fraction": val_fraction,
             "--set": set_ or None, "--amp": amp or None, "--compile": compile_,
         }

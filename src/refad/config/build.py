@@ -28,7 +28,7 @@ def build_config(
     batch_size: int | None = None,
     lr: float | None = None,
     seed: int | None = None,
-    per_category: bool = False,
+    per_category: bool | None = None,
     feature_cache: str | Path | None = None,
     val_fraction: float | None = None,
     device: str = "auto",
@@ -51,7 +51,9 @@ def build_config(
         "train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr,
         "train.seed": seed, "train.feature_cache": feature_cache,
         "train.val_fraction": val_fraction,
-        "train.mode": "per-category" if per_category else None,
+        # None keeps the base's mode; False asks for unified (over a per-category config file)
+        "train.mode": None if per_category is None else (
+            "per-category" if per_category else "unified"),
     }
     fields.update({k: v for k, v in named.items() if v is not None})
     fields.update(parse_override(item) for item in overrides or ())

@@ -36,6 +36,23 @@ def with_fields(config: RunConfig, fields: Mapping[str, Any], where: str = "conf
     return RunConfig.parse(data, where=where)
 
 
+def differing_fields(a: RunConfig, b: RunConfig, ignore: Iterable[str] = ()) -> list[str]:
+    """The field paths (`train.epochs`) whose values differ between two configs, sorted."""
+    skip = set(ignore)
+
+    def flat(node: Any, prefix: str) -> dict[str, Any]:
+        if not isinstance(node, dict):
+            return {prefix: node}
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(flat(value, f"{prefix}.{key}" if prefix else key))
+        return out
+
+    left, right = flat(a.model_dump(mode="json"), ""), flat(b.model_dump(mode="json"), "")
+    return sorted(k for k in left.keys() | right.keys()
+                  if k not in skip and left.get(k) != right.get(k))
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """`section.field=value` -> (path, value); the value is JSON when it parses, else a string."""
     if "=" not in item:

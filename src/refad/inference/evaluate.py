@@ -120,7 +120,8 @@ def evaluate_run(
             scorers[unit] = Scorer(model, run.device, run.extractor, amp, compile_mode)
             calibrations[unit] = meta.calibration
             checkpoints[unit] = checkpoint_identity(meta)
-            if meta.epoch < meta.epochs:
+            if meta.epoch < meta.epochs and not run.folder.is_imported:  # imported earlier
+                # with refad's schedule as its total; it cannot be resumed
                 extra_notes.append(
                     f"{unit}: training stopped at epoch {meta.epoch} of {meta.epochs}; these "
                     f"are that model's figures (continue: refad train --out {run.folder.path} "

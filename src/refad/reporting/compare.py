@@ -17,6 +17,7 @@ from typing import Any
 from refad.atomic import write_json, write_text_atomic
 from refad.config import PRESETS, RunConfig, apply_overrides, build_config, preset
 from refad.config import shared_train_fields as shared_fields
+from refad.config.overrides import differing_fields
 from refad.data import load_split
 from refad.errors import ConfigError
 from refad.metrics import METRIC_NAMES
@@ -97,6 +98,22 @@ def comparison_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _check_resumed_config(run_dir: Path, cfg: RunConfig, resume: bool) -> None:
+    """A resumed method continues its saved run, which its new settings would not reach: the
+    table had shown them beside that run's figures. Any difference is refused up front."""
+    folder = RunDir(run_dir)
+    if not (resume and folder.exists()):
+        return
+    changed = differing_fields(folder.read_config(), cfg, ignore=("device",))
+    if changed:
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3
+                                           else "")
+        raise ConfigError(
+            f"{run_dir}: resume continues this run with its saved config.json, whose {shown} "
+            "differ from the settings asked for now; drop those settings, or compare into "
+            "another output folder")
+
+
 def compare(
     methods: Sequence[str],
     base: Mapping[str, Any] | RunConfig | None,
@@ -132,6 +149,8 @@ def compare(
             raise ConfigError(
                 f"{out_dir / taken[0]}: already holds a run; use resume or another output folder"
             )
+    for name, cfg in configs.items():
+        _check_resumed_config(out_dir / name, cfg, resume)
     data = next(iter(configs.values())).data
     load_split(data, "train")  # a wrong data section fails now, not after the first run
     dataset = f"{data.kind} ({data.normal_dir if data.kind == 'folder' else data.root})"

@@ -105,7 +105,8 @@ def write_imported_run(
     meta = CheckpointMeta(
         method=model.method,
         epoch=epoch,
-        epochs=max(epoch, config.train.epochs),
+        epochs=epoch,  # the file is the model as the authors' training left it: refad's
+        # own schedule does not apply, and no note may call the import unfinished
         spec=spec_to_dict(model.spec),
         backbone=backbone_identity(extractor, config.data.image_size),
         model_config=model.config.model_dump(),

@@ -74,11 +74,16 @@ class RunDir:
             raise CheckpointError(f"{self.path}: not a refad run folder (no {CONFIG_FILE})")
         return load_config_file(self.config_path)
 
+    @property
+    def is_imported(self) -> bool:
+        """Written by `refad import-authors`: the authors' weights, no schedule of refad's."""
+        return (self.path / IMPORTED_FILE).exists()
+
     def resume(self) -> RunConfig:
         """The saved config of a run to continue (it is authoritative over new flags)."""
         if not self.config_path.is_file():
             raise ConfigError(f"{self.path}: nothing to resume (no {CONFIG_FILE})")
-        if (self.path / IMPORTED_FILE).exists():
+        if self.is_imported:
             raise ConfigError(f"{self.path}: an imported checkpoint (the authors' code) carries "
                               "no optimiser state to continue from; train a new run instead")
         return load_config_file(self.config_path)

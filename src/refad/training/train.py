@@ -35,7 +35,7 @@ from refad.data import (
     split_validation,
 )
 from refad.device import resolve_device
-from refad.errors import TrainingError
+from refad.errors import DataError, TrainingError
 from refad.inference import Scorer, calibrate
 from refad.models.base import FeatureSpec
 from refad.models.registry import build_model
@@ -200,7 +200,13 @@ def group_units(config: RunConfig, samples: Sequence[Sample]) -> dict[str, list[
     """Unified: one unit with every category. Per-category: one unit per category."""
     if config.train.mode == "unified":
         return {UNIFIED: list(samples)}
-    return by_category(samples)
+    groups = by_category(samples)
+    if UNIFIED in groups:  # its model would be stored, opened and exported as the unified one
+        raise DataError(
+            f"category {UNIFIED!r}: a per-category run names its models by category, and "
+            f"{UNIFIED!r} is the name of a unified run's model; rename that category's folder "
+            "(or train unified)")
+    return groups
 
 
 def fit(

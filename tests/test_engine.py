@@ -192,6 +192,11 @@ def test_per_category_mode_trains_one_model_per_category(
     assert sorted(result["categories"]) == categories
     with pytest.raises(ConfigError, match="--category"):
         predict(run, [demo_root], tmp_path / "p", device="cpu")
+    # a category without a model: named with the run's models (it was "checkpoint.json: no
+    # checkpoint here (train first ...)")
+    with pytest.raises(ConfigError, match="no model 'bolt' in this run; its models: "
+                                          + ", ".join(categories)):
+        predict(run, [demo_root], tmp_path / "p", device="cpu", category="bolt")
     report = predict(run, [demo_root / categories[0] / "test"], tmp_path / "p",
                      device="cpu", category=categories[0])
     assert report.predictions and not report.failures

@@ -368,3 +368,24 @@ def test_attention_is_exported_in_the_fusable_pattern(rlr_export) -> None:
     assert options.get_session_config_entry("session.set_denormal_as_zero") == "1"
     # ...on onnxruntime's own thread: this thread still computes with denormal numbers
     assert (np.array([5e-324]) * 1.0)[0] != 0.0
+
+
+def test_categories_named_like_no_file_export_under_safe_file_names(extractor, tmp_path) -> None:
+    """A per-category run whose category folder was 'metal nut' trained, tested and predicted,
+    but its export was refused ('not usable as a file name')."""
+    from refad.export.exporter import graph_stems
+
+    assert graph_stems(["fabric", "metal nut", "Fabric", "unit-0"]) == {
+        "fabric": "fabric", "metal nut": "unit-1", "Fabric": "unit-2", "unit-0": "unit-3"}
+    model = make_model(extractor, "crad")
+    calib = {"threshold": 1.0, "map_floor": 0.1, "map_ceiling": 2.0}
+    out = tmp_path / "pc"
+    export_model(extractor, {"metal nut": model, "screw": model},
+                 {"metal nut": calib, "screw": {**calib, "threshold": 2.0}}, {"run": "pc"}, out,
+                 "onnx", "fp32", calibration_images=images(2, 1), check_images=images(2))
+    assert sorted(p.name for p in out.glob("*.onnx")) == ["screw.onnx", "unit-0.onnx"]
+    inferencer = Inferencer(out)
+    nut, screw = (inferencer.predict(images(1, 5)[0], category=c) for c in ("metal nut", "screw"))
+    assert nut.score == pytest.approx(screw.score, rel=1e-6)  # the same weights in both
+    assert (nut.threshold, screw.threshold) == (1.0, 2.0)
+    assert nut.threshold_source == "category:metal nut"

@@ -81,6 +81,20 @@ def _images_for(images: ImagesArg | None, unit: str, what: str) -> list[np.ndarr
     return [check_rgb_array(im, f"{what}[{i}]") for i, im in enumerate(chosen)]
 
 
+def graph_stems(units: list[str]) -> dict[str, str]:
+    """The file name (without suffix) of each unit's graph. A category may be named anything
+    a folder can ('metal nut', 'Größe'): such a name became a refusal of the whole export. Names
+    of letters, digits and '_.-' stay as they are; others get `unit-N` (metadata keeps the
+    category's real name beside its graph file)."""
+    stems: dict[str, str] = {}
+    taken: set[str] = set()  # compared without case: the folder may go to a Windows box
+    for index, unit in enumerate(units):
+        plain = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", unit) and not unit.startswith("unit-")
+        stems[unit] = unit if plain and unit.lower() not in taken else f"unit-{index}"
+        taken.add(stems[unit].lower())
+    return stems
+
+
 def _check_inputs(
     extractor: FeatureExtractor, models: Mapping[str, ReconstructionModel], fmt: str,
     precision: str,
@@ -100,8 +114,6 @@ def _check_inputs(
     if len(methods) != 1 or len(sizes) != 1:
         raise ConfigError("models: every unit of a run must share method and image size")
     for unit, model in models.items():
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", unit):
-            raise ConfigError(f"models: unit name {unit!r} is not usable as a file name")
         if tuple(model.spec.levels) != tuple(extractor.levels):
             raise ConfigError(
                 f"models.{unit}: trained on levels {list(model.spec.levels)}, the backbone "
@@ -209,16 +221,17 @@ def export_model(
         units = {}
         exporters = set()
         runtime = "onnxruntime" if format == "onnx" else "openvino"
+        stems = graph_stems(list(models))
         for unit, model in models.items():
             check, calib_imgs, base, cats = plan[unit]
             graph = ScoringGraph(backbone, copy.deepcopy(model).cpu().float().eval()).eval()
-            onnx_path = tmp / f"{unit}.onnx"
+            onnx_path = tmp / f"{stems[unit]}.onnx"
             exporters.add(export_onnx(graph, size, onnx_path, exporter))
             files = [onnx_path]
             if format == "openvino":
                 batches = [preprocess_batch([im], size, extractor.mean, extractor.std)
                            for im in calib_imgs]
-                files = onnx_to_openvino(onnx_path, tmp / f"{unit}.xml", precision, method,
+                files = onnx_to_openvino(onnx_path, tmp / f"{stems[unit]}.xml", precision, method,
                                          batches)
                 onnx_path.unlink()
             runner = open_runner(runtime, files[0], "cpu", None, precision)

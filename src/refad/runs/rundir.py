@@ -255,6 +255,11 @@ class TrainedRun:
 
     def model(self, unit: str) -> tuple[ReconstructionModel, ckpt.CheckpointMeta]:
         if unit not in self._models:
+            units = self.units
+            if units and unit not in units:  # said with the run's own models, not as a
+                # missing checkpoint.json that sent users to train again
+                raise ConfigError(f"{self.path}: no model {unit!r} in this run; its models: "
+                                  f"{', '.join(units)}")
             cross_check(self.config, self.folder.read_meta(unit), self.folder.unit_path(unit))
             model, meta = self.folder.load_model(unit, self.device)
             if meta.backbone["weights_id"] != self.extractor.weights_id:

@@ -389,3 +389,18 @@ def test_categories_named_like_no_file_export_under_safe_file_names(extractor, t
     assert nut.score == pytest.approx(screw.score, rel=1e-6)  # the same weights in both
     assert (nut.threshold, screw.threshold) == (1.0, 2.0)
     assert nut.threshold_source == "category:metal nut"
+
+
+def test_int8_is_checked_on_images_it_was_not_calibrated_on(trained_run, monkeypatch) -> None:
+    """The parity check of an int8 export ran on a subset of its calibration images, which
+    made its figures look better than on new images."""
+    from refad.export import from_run
+
+    seen = {}
+    monkeypatch.setattr(from_run, "export_model",
+                        lambda *args, **kwargs: seen.update(kwargs) or {})
+    from_run.export_run(trained_run, trained_run.parent / "never-written", "openvino", "int8",
+                        check_count=2, calibration_count=3)
+    (check,), (calib,) = seen["check_images"].values(), seen["calibration_images"].values()
+    assert len(check) == 2 and len(calib) == 3
+    assert not any(np.array_equal(a, b) for a in check for b in calib)

@@ -47,9 +47,11 @@ def export_run(
     run = open_run(run_dir, "cpu")
     models = {unit: run.model(unit)[0] for unit in run.units}
     calibration = {unit: run.model(unit)[1].calibration or {} for unit in run.units}
-    images = _normal_images(run, max(check_count, calibration_count), seed)
+    images = _normal_images(run, check_count + calibration_count, seed)
     check = {u: imgs[:check_count] for u, imgs in images.items() if u in models}
-    calib = {u: imgs[:calibration_count] for u, imgs in images.items() if u in models}
+    # int8 is checked on images it was not calibrated on (the same ones made its parity look
+    # better than on new images); a unit with too few normal images reuses them
+    calib = {u: imgs[check_count:] or imgs for u, imgs in images.items() if u in models}
     info = {
         "run": Path(run_dir).name, "refad_version": refad.__version__,
         "method": run.config.method, "mode": run.config.train.mode,

@@ -35,6 +35,9 @@ def test_predict_with_an_export_writes_what_the_run_writes(
     by_model = json.loads((tmp_path / "by-model" / "predictions.json").read_text())
     assert len(by_run["predictions"]) == len(by_model["predictions"]) > 0
     assert by_run["threshold"] == by_model["threshold"]
+    # what computed the scores is said (a bf16 export on a CPU without bf16 runs in f32)
+    assert by_run["scored_with"] == "pytorch on cpu"
+    assert by_model["scored_with"] == "onnxruntime, fp32 export, f32 arithmetic on cpu"
     for a, b in zip(by_run["predictions"], by_model["predictions"], strict=True):
         assert a["relative_path"] == b["relative_path"]
         assert abs(a["score"] - b["score"]) <= 1e-5 * abs(a["score"])

@@ -124,6 +124,7 @@ def test_health_ready_and_model_card(server, run_paths):
     assert card["refad_version"] and card["run"] == "run"  # a folder name, never a path
     assert str(run_paths[1]) not in json.dumps(card)
     assert card["limits"]["max_batch"] == 8 and card["api_key_required"] is False
+    assert card["scored_with"] == "pytorch on cpu"
     assert server.factory_calls == [1]  # one model, whatever the number of connections
 
 
@@ -564,6 +565,7 @@ def test_exported_folder_backend_matches_the_run(server, run_paths, tmp_path):
     with live_server(make_backend_factory(None, tmp_path / "onnx", "cpu")) as s:
         card = httpx.get(s.url + "/v1/model").json()
         assert card["backend"] == "deploy:onnxruntime" and card["method"] == "rlr"
+        assert card["scored_with"] == "onnxruntime, fp32 export, f32 arithmetic on cpu"
         got = post(s.url, files, outputs="heatmap,mask").json()["results"]
         assert post(s.url, files[:1], threshold="1e-9").json()["results"][0][
             "threshold_source"] == "request"

@@ -407,7 +407,8 @@ def predict(
     for p in report.predictions:
         verdict = "" if p.anomalous is None else (" ANOMALOUS" if p.anomalous else " normal")
         console.print(f"{p.score:.4f}{verdict}  {p.path}", highlight=False)
-    console.print(f"{len(report.predictions)} images scored; results in {out}")
+    console.print(f"{len(report.predictions)} images scored ({report.scored_with}); results "
+                  f"in {out}", highlight=False)
     console.print(report.decision_line(), highlight=False)
     if report.failures:
         for line in report.failures:

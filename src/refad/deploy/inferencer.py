@@ -172,6 +172,15 @@ class Inferencer:
             self._runners[unit] = runner
         return self._runners[unit]
 
+    def scored_with(self, category: str | None = None) -> str:
+        """What computes the scores of `category`, in words: the runtime, the export's
+        precision, and the arithmetic this machine gives it (a bf16 export on a CPU without
+        bf16 runs in f32, and its scores move by a few percent against a machine with it)."""
+        runner = self._runner(self._unit_for(category))
+        precision = self.meta["graph"]["precision"]
+        compute = getattr(runner, "inference_precision", None) or "f32"
+        return f"{self.runtime}, {precision} export, {compute} arithmetic on {self.device}"
+
     def run(self, batch: np.ndarray, category: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Raw graph call on a preprocessed (B, 3, S, S) float32 batch -> (maps, scores)."""
         want = (3, self.size, self.size)

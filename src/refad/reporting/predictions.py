@@ -64,6 +64,7 @@ class PredictReport:
     predictions: list[Prediction]
     failures: list[str]  # one line each: "<file>: <problem>"
     threshold_source: str | None = None  # "global", "category:C"; None: no threshold
+    scored_with: str = ""  # what computed the scores ("pytorch ...", "openvino, bf16 export...")
 
     def decision_line(self) -> str:
         """What decided the images, for the console (users must not guess)."""
@@ -87,13 +88,14 @@ def write_predictions(
     calibration: dict[str, Any],
     batches: Iterable[PredictionBatch],
     category: str | None = None,
+    scored_with: str = "",
 ) -> PredictReport:
     """Render and write every scored image of `batches`, then the summary files.
 
     `calibration`: the resolved values for `category` (`refad.inference.thresholds`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = PredictReport([], [], calibration.get("source"))
+    report = PredictReport([], [], calibration.get("source"), scored_with)
     for batch in batches:
         report.failures.extend(batch.failures)
         report.predictions.extend(
@@ -149,6 +151,7 @@ def _write_summary(
         "threshold_source": calib.get("source") if calib.get("threshold") is not None else None,
         "pixel_threshold": pixel_threshold(calib),
         "calibration_images": calib.get("images_source"),
+        "scored_with": report.scored_with,
         "predictions": rows,
         "failures": report.failures,
     }
@@ -265,7 +268,9 @@ def predict(
         calibration, batches = predict_images(
             run, inputs, category, batch_size, amp, compile_mode
         )
-        return write_predictions(out, calibration, batches, category)
+        autocast = " with bf16 autocast" if amp and run.device.type == "cuda" else ""
+        return write_predictions(out, calibration, batches, category,
+                                 f"pytorch on {run.device}{autocast}")
 
 
 def predict_exported(
@@ -292,5 +297,6 @@ def predict_exported(
             return maps.astype(np.float32, copy=False), [float(v) for v in values]
 
         return write_predictions(
-            out, calibration, scored_batches(inputs, batch_size, score), category
+            out, calibration, scored_batches(inputs, batch_size, score), category,
+            inferencer.scored_with(category),
         )

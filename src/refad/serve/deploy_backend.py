@@ -58,6 +58,8 @@ class DeployBackend:
                            "categories": per_cat},
             "refad_version": meta["refad_version"],
             "device": self._inf.device,
+            "scored_with": self._inf.scored_with(None if unified or len(units) == 1
+                                                 else next(iter(units))),
         }
 
     def info(self) -> dict[str, Any]:

@@ -83,6 +83,9 @@ class ModelCard(BaseModel):
     thresholds: Thresholds
     refad_version: str
     device: str
+    scored_with: str = Field("", description=(
+        "What computes the scores: 'pytorch on cpu', or an export's runtime, precision and "
+        "the arithmetic this machine gives it ('openvino, bf16 export, f32 arithmetic on cpu')."))
     limits: Limits
     api_key_required: bool
 

@@ -552,3 +552,27 @@ def test_histogram_draws_a_category_without_a_threshold() -> None:
     (ax,) = fig.axes
     low, high = ax.get_xlim()
     assert low <= 1.0 and high >= 5.0 and not ax.get_lines()  # no threshold line drawn
+
+
+def test_a_caption_never_shows_a_score_equal_to_the_threshold_it_passed() -> None:
+    """At 4 significant digits a score just above the threshold read 'score 14.49 above
+    threshold 14.49'."""
+    from refad.reporting.report.gallery import _caption
+
+    row = {"image": "/d/fabric/test/hole/000.png", "defect": "hole", "score": 14.4912}
+    text = _caption(row, 14.4901)
+    assert "score 14.4912 above threshold 14.4901" in text
+    assert "score 14.49 at or below threshold 15.2" in _caption({**row, "score": 14.49}, 15.2)
+
+
+def test_summary_cards_say_when_a_mean_covers_fewer_categories(report) -> None:
+    """'mean I-AUROC 93.8 %' was a mean over 2 of 4 categories with nothing said on the card."""
+    from refad.reporting.report.sections import summary_section
+    from refad.runs import open_run
+
+    run, _, _, _, metrics, _ = report
+    total = len(metrics["categories"])
+    fewer = {**metrics, "mean_categories": {**metrics["mean_categories"], "i_auroc": total - 1}}
+    text = parse(summary_section(fewer, open_run(run, "cpu"))).all_text()
+    assert f"mean over {total - 1} of {total} categories" in text
+    assert text.count("mean over") == 1  # P-AUROC covers them all: nothing to say

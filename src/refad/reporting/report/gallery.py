@@ -114,10 +114,15 @@ def rescore(
 
 def _caption(row: dict[str, Any], threshold: float | None) -> str:
     name = "/".join(Path(row["image"]).parts[-2:])
-    score = f"score {number(row['score'])}"
+    digits = 4
+    while (threshold is not None and digits < 17
+           and number(row["score"], digits) == number(threshold, digits)
+           and row["score"] != threshold):
+        digits += 2  # 'score 14.49 above threshold 14.49' reads as a contradiction
+    score = f"score {number(row['score'], digits)}"
     if threshold is not None:
         side = "above" if row["score"] > threshold else "at or below"
-        score += f" {side} threshold {number(threshold)}"
+        score += f" {side} threshold {number(threshold, digits)}"
     return (f'<figcaption><b title="{escape(row["image"])}">{escape(name)}</b>'
             f"<span>defect: {escape(str(row['defect']))}</span>"
             f"<span>{escape(score)}</span></figcaption>")
@@ -152,8 +157,6 @@ def gallery_section(
                   "outlined (white); the ground-truth defect outlined (green); the predicted "
                   "defect mask. Heatmap colours use the run's calibrated range (floor to "
                   "ceiling of normal images' maps), where it has one.")
-    if size == 0:
-        return note("Gallery left out (gallery_size 0).")
     parts = [legend]
     for index, view in enumerate(views):
         kinds = gallery_kinds(view, size)

@@ -20,7 +20,7 @@ from refad.reporting.report.figures import (
     histogram_figure,
     loss_figure,
 )
-from refad.reporting.report.markup import escape, image, note, number, table
+from refad.reporting.report.markup import escape, image, is_finite, note, number, table
 from refad.reporting.report.views import CategoryView
 from refad.reporting.tables import DECISION_LABELS, METRIC_LABELS, decisions_caption, percent
 from refad.runs import TrainedRun
@@ -35,14 +35,30 @@ CALIBRATION_SOURCES = {
 def summary_section(metrics: dict[str, Any], run: TrainedRun) -> str:
     """What was run and the four numbers most people look for."""
     mean = metrics.get("mean") or {}
-    decided = (metrics.get("decisions") or {}).get("mean") or {}
+    decisions = metrics.get("decisions") or {}
+    decided = decisions.get("mean") or {}
+    total = len(metrics.get("categories") or {})
+    counted = metrics.get("mean_categories") or {}
+
+    def over(metric: str) -> str:  # a mean over fewer categories than the run has says so
+        n = counted.get(metric, total)
+        return f"; mean over {n} of {total} categories" if n != total else ""
+
+    def decided_over(rate: str) -> str:
+        n = sum(1 for d in (decisions.get("categories") or {}).values()
+                if is_finite(d.get(rate)))
+        return (f"; mean of {n} categories' rates" if n == total
+                else f"; mean of {n} of {total} categories' rates")
+
     cards = [
-        ("mean I-AUROC", percent(mean.get("i_auroc")), "image ranking, threshold-free"),
-        ("mean P-AUROC", percent(mean.get("p_auroc")), "pixel ranking, threshold-free"),
+        ("mean I-AUROC", percent(mean.get("i_auroc")),
+         "image ranking, threshold-free" + over("i_auroc")),
+        ("mean P-AUROC", percent(mean.get("p_auroc")),
+         "pixel ranking, threshold-free" + over("p_auroc")),
         ("false alarms", percent(decided.get("false_alarm_rate")),
-         "good images flagged, at the calibrated threshold"),
+         "good images flagged, at the calibrated threshold" + decided_over("false_alarm_rate")),
         ("misses", percent(decided.get("miss_rate")),
-         "defective images not flagged, at the calibrated threshold"),
+         "defective images not flagged, at the calibrated threshold" + decided_over("miss_rate")),
     ]
     card_html = "".join(
         f'<div class="card"><div class="value">{escape(v)}{"" if v == "n/a" else " %"}</div>'

@@ -218,3 +218,12 @@ def test_holding_out_never_takes_every_training_image(demo_root: Path) -> None:
         assert sum(s.category == category for s in held) >= 1
     with pytest.raises(DataError, match="train.val_fraction: category 'fabric' has 1 normal"):
         split_validation([s for s in samples if s.category == "fabric"][:1], 0.5, seed=0)
+
+
+def test_a_list_of_words_needs_no_quotes_in_set(demo_root: Path) -> None:
+    """`--set data.categories=[fabric]` (the quotes of ["fabric"] are what a shell removes) was
+    refused as 'Input should be a valid list (got '[fabric]')'."""
+    config = tiny_config(demo_root, "data.categories=[fabric, screw]", "backbone.levels=[2,3]")
+    assert config.data.categories == ["fabric", "screw"] and config.backbone.levels == [2, 3]
+    with pytest.raises(ConfigError, match="data.categories"):
+        tiny_config(demo_root, "data.categories=[fabric, [screw]]")  # nested: not guessed

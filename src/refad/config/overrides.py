@@ -53,15 +53,27 @@ def differing_fields(a: RunConfig, b: RunConfig, ignore: Iterable[str] = ()) -> 
                   if k not in skip and left.get(k) != right.get(k))
 
 
+def _value(raw: str) -> Any:
+    """JSON when it parses, else the text itself."""
+    try:
+        return json.loads(raw)
+    except ValueError:  # not JSON, or a number of more digits than Python converts
+        return raw
+
+
 def parse_override(item: str) -> tuple[str, Any]:
-    """`section.field=value` -> (path, value); the value is JSON when it parses, else a string."""
+    """`section.field=value` -> (path, value); the value is JSON when it parses, else a string,
+    and a flat list may leave its words unquoted (`data.categories=[fabric, screw]`, as a
+    shell passes it: the JSON form needs quotes the shell takes away)."""
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected section.field=value")
     key, raw = item.split("=", 1)
-    try:
-        return key, json.loads(raw)
-    except ValueError:  # not JSON, or a number of more digits than Python converts
-        return key, raw
+    value = _value(raw)
+    inner = raw.strip()[1:-1]
+    if (isinstance(value, str) and raw.strip().startswith("[") and raw.strip().endswith("]")
+            and not any(c in inner for c in "[]{}\"")):
+        value = [_value(part.strip()) for part in inner.split(",")] if inner.strip() else []
+    return key, value
 
 
 def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:

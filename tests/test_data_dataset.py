@@ -105,6 +105,15 @@ def test_fingerprint_tracks_files_labels_and_order(tmp_path):
     assert samples_fingerprint(relabeled) != first
     stat = samples[1].image.stat()
     os.utime(samples[1].image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert samples_fingerprint(samples) == first  # touched, same bytes: the same features
+    # edited in place: same size, its time put back (the old key, size and mtime, stayed the
+    # same, and a feature cache served the old pixels' features)
+    stat = samples[1].image.stat()
+    data = bytearray(samples[1].image.read_bytes())
+    data[-20] ^= 0xFF
+    samples[1].image.write_bytes(bytes(data))
+    os.utime(samples[1].image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert samples[1].image.stat().st_size == stat.st_size
     assert samples_fingerprint(samples) != first
     samples[0].image.unlink()
     with pytest.raises(DataError, match="000.png"):

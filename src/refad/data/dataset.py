@@ -21,7 +21,7 @@ from refad.data.images import (
 from refad.data.samples import Sample
 from refad.errors import ConfigError, DataError
 
-_FINGERPRINT_VERSION = "refad-samples-v1"
+_FINGERPRINT_VERSION = "refad-samples-v2"  # v2: file contents, not size and mtime
 
 
 def _channel_triplet(name: str, values: Sequence[float]) -> np.ndarray:
@@ -127,18 +127,23 @@ class ImageDataset(Dataset):
 
 
 def _file_key(path: Path) -> str:
+    """Where a file is and what it holds. Its bytes, not its size and modification time: an
+    image edited in place to the same size with its time restored (os.utime, a copy tool, a
+    coarse file system) kept its key, and training reused the features of the old pixels.
+    Hashing reads each file once, far less work than decoding and a backbone pass."""
     try:
-        st = Path(path).stat()
+        with open(path, "rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
     except OSError as exc:
-        raise DataError(f"{path}: cannot stat file ({type(exc).__name__})") from None
-    return f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        raise DataError(f"{path}: cannot read file ({type(exc).__name__})") from None
+    return f"{Path(path).resolve()}|{digest}"
 
 
 def samples_fingerprint(samples: Sequence[Sample]) -> str:
-    """SHA-256 hex of every sample's (path, size, mtime_ns, label, category, defect, mask file).
+    """SHA-256 hex of every sample's (path, file contents, label, category, defect, mask file).
 
     Order-sensitive on purpose: cached features are stored in sample order. Changes whenever a
-    file is replaced or touched, so a stale feature cache is never reused.
+    file's bytes change, so a stale feature cache is never reused.
     """
     digest = hashlib.sha256(_FINGERPRINT_VERSION.encode())
     for s in samples:

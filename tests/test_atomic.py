@@ -26,6 +26,15 @@ def test_written_files_and_folders_get_the_usual_permissions(tmp_path: Path) -> 
         (building / "graph.onnx").write_bytes(b"x")
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~_umask()
     assert (tmp_path / "export").stat().st_mode & 0o777 == 0o777 & ~_umask()
+    # a writer that makes its own file: safetensors' save_file left feature-cache files 0600
+    import safetensors.torch
+    import torch
+
+    from refad.atomic import write_atomic
+
+    write_atomic(tmp_path / "f.safetensors",
+                 lambda tmp: safetensors.torch.save_file({"x": torch.ones(2)}, str(tmp)))
+    assert (tmp_path / "f.safetensors").stat().st_mode & 0o777 == 0o666 & ~_umask()
 
 
 def test_an_interrupt_right_after_the_temporary_is_created_leaves_nothing(

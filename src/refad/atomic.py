@@ -16,6 +16,7 @@ import numbers
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = _sibling(path, ".tmp")
     try:
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        mode = stat.S_IMODE(os.stat(tmp).st_mode)
         yield tmp
+        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:  # a writer that makes its own file
+            os.chmod(tmp, mode)  # (safetensors' save_file: 0600) still gets the umask's mode
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -240,3 +240,29 @@ def test_cache_round_trip_with_real_features(tmp_path: Path, extractor: FeatureE
     second = FeatureCache(tmp_path).get_or_compute(key, _never)
     assert [f.shape[1] for f in second] == extractor.channels
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_training_keys_features_by_their_batch_and_device(demo_root: Path) -> None:
+    """Features computed at feature-batch 5 differ from those at 16 in their last bits: a run
+    reading a cache written at another batch (or on another device) was not the run it would
+    have been uncached."""
+    from conftest import tiny_config
+
+    from refad.backbones import build_extractor
+    from refad.data import load_split
+    from refad.training import extract_features
+
+    keys: list[dict] = []
+
+    class Recorder:
+        def get_or_compute(self, key, compute):
+            keys.append(key)
+            return []
+
+    for batch in (5, 16):
+        config = tiny_config(demo_root, f"train.feature_batch_size={batch}")
+        extractor = build_extractor(config.backbone, "cpu")
+        samples = load_split(config.data, "train")
+        extract_features(extractor, samples, config, torch.device("cpu"), Recorder(), False)
+    assert [k["feature_batch_size"] for k in keys] == [5, 16]
+    assert {k["device"] for k in keys} == {"cpu"}

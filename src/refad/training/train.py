@@ -71,7 +71,11 @@ def extract_features(
     """Backbone levels of `samples` (N, C, H, W), computed once and cached by content key."""
     size = config.data.image_size
     dataset = ImageDataset(samples, size, extractor.mean, extractor.std)
-    key = feature_cache_key(extractor, samples_fingerprint(samples), size)
+    # the batch and the device change the features in their last bits (other kernels): a
+    # run that reads a cache written by another must be the run it would have been uncached
+    key = feature_cache_key(extractor, samples_fingerprint(samples), size,
+                            feature_batch_size=config.train.feature_batch_size,
+                            device=device.type)
     return cache.get_or_compute(
         key,
         lambda: compute_features(

@@ -393,3 +393,14 @@ def test_mvtec_category_without_normal_training_images_is_named(tmp_path, damage
     (tmp_path / "license").mkdir()  # a folder that is no category is still ignored
     with pytest.raises(DataError, match=r"b/train/good: not found"):
         mvtec_samples(tmp_path, "train")
+
+
+def test_visa_anomalous_rows_in_the_train_split_are_refused(tmp_path):
+    """VisA's 2cls split files list anomalous images under train: one was trained on and set
+    the calibrated threshold as a normal image, without a word."""
+    _small_visa(tmp_path)
+    csv_path = tmp_path / "split_csv" / "1cls.csv"
+    text = csv_path.read_text().replace("\r\n", "\n")
+    csv_path.write_text(text.replace("pcb1,test,anomaly", "pcb1,train,anomaly"))
+    with pytest.raises(DataError, match=r"line 5: an anomalous image in the train split"):
+        visa_samples(tmp_path, "train")

@@ -213,3 +213,43 @@ def test_a_per_category_run_refuses_a_category_named_unified(demo_root: Path,
     with pytest.raises(DataError, match="category 'unified': a per-category run"):
         fit(tiny_config(root, "train.mode=per-category", epochs=1), run, progress=False)
     assert not (run / "config.json").exists()  # refused before any training: nothing left
+
+
+def test_resume_refuses_training_images_changed_since_the_run_began(
+    demo_root: Path, tmp_path: Path
+) -> None:
+    """The held-out split was drawn again from the folder on resume: with an image added in
+    between, images already trained on became held-out calibration images, without a word."""
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    config = tiny_config(root, "train.val_fraction=0.3", epochs=1)
+    run = tmp_path / "run"
+    fit(config, run, progress=False)
+    fit(config, run, resume=True, progress=False)  # the same images: it continues
+    extra = root / "fabric" / "train" / "good" / "extra.png"
+    shutil.copy(next((root / "fabric" / "train" / "good").iterdir()), extra)
+    with pytest.raises(DataError, match="training images changed since the run began"):
+        fit(config, run, resume=True, progress=False)
+    extra.unlink()
+    fit(config, run, resume=True, progress=False)
+
+
+def test_a_defective_training_image_is_refused(demo_root: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever the layout: a defective image among the training images was trained on and
+    calibrated with as a normal one."""
+    from refad.data import Sample
+    from refad.training import train as train_module
+
+    real = train_module.load_split
+
+    def with_a_defect(data, split):
+        samples = real(data, split)
+        first = samples[0]
+        mask = next((demo_root / first.category / "ground_truth").rglob("*.png"))
+        return [Sample(first.image, first.category, 1, mask, "hole"), *samples[1:]]
+
+    monkeypatch.setattr(train_module, "load_split", with_a_defect)
+    with pytest.raises(DataError, match="a defective image among the training images"):
+        fit(tiny_config(demo_root, epochs=1), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "config.json").exists()

@@ -92,6 +92,11 @@ def visa_samples(
         if row["label"] not in _LABELS:
             raise DataError(f"{where}: label must be normal or anomaly, got {row['label']!r}")
         label = _LABELS[row["label"]]
+        if split == "train" and label == 1:  # VisA's 2cls split files list some: trained on
+            # and calibrated with as a normal image, silently
+            raise DataError(f"{where}: an anomalous image in the train split; refad trains "
+                            "and calibrates on normal images only (use the 1cls split, or "
+                            "move the row to test)")
         if not row["image"]:
             raise DataError(f"{where}: empty image path")
         image = root / row["image"]

@@ -20,6 +20,7 @@ METRICS_MD = "metrics.md"
 TEST_SCORES_JSON = "test_scores.json"  # every test image's score, for reports
 REPORT_HTML = "report.html"
 IMPORTED_FILE = "imported.json"
+TRAINING_DATA_FILE = "training_data.json"  # what the run trained on, checked by --resume
 CATEGORIES_DIR = "categories"
 COMPARISON_JSON = "comparison.json"
 COMPARISON_MD = "comparison.md"

@@ -16,7 +16,7 @@ from refad.atomic import read_json, write_json, write_text_atomic
 from refad.backbones import FeatureExtractor, build_extractor
 from refad.config import RunConfig, load_config_file
 from refad.device import resolve_device
-from refad.errors import CheckpointError, ConfigError
+from refad.errors import CheckpointError, ConfigError, DataError
 from refad.models.base import ReconstructionModel
 from refad.runs import checkpoint as ckpt
 from refad.runs.file_schemas import EVALUATION_ID, METRICS, SCORE_ROW, check_file
@@ -29,6 +29,7 @@ from refad.runs.layout import (
     METRICS_MD,
     REPORT_HTML,
     TEST_SCORES_JSON,
+    TRAINING_DATA_FILE,
     UNIFIED,
     unit_for_category,
     unit_path,
@@ -136,6 +137,27 @@ class RunDir:
         the same command can simply be run again."""
         if not any(self.has_checkpoint(u) for u in self.units(config)):
             self.config_path.unlink(missing_ok=True)
+            (self.path / TRAINING_DATA_FILE).unlink(missing_ok=True)
+
+    def record_training_data(self, fingerprint: str, images: int, resuming: bool) -> None:
+        """A new run records the training images it starts from (their contents and order);
+        a resume must find the same ones. The held-out split is drawn again from the folder
+        listing on resume: with an image added or edited in between, images already trained
+        on became 'held-out' calibration images, and the honest threshold was not."""
+        path = self.path / TRAINING_DATA_FILE
+        if not resuming:
+            write_json(path, {"fingerprint": fingerprint, "images": images})
+            return
+        if not path.is_file():  # a run from before this record: nothing to compare with
+            return
+        saved = read_json(path, CheckpointError)
+        if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
+            then = saved.get("images") if isinstance(saved, dict) else None
+            raise DataError(
+                f"{self.path}: its training images changed since the run began ({then} "
+                f"images then, {images} now, or their contents); a resume would hold out and "
+                "calibrate on other images, some already trained on; restore them, or train "
+                "a new run")
 
     # checkpoints
     def has_checkpoint(self, unit: str) -> bool:

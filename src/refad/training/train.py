@@ -251,6 +251,12 @@ def _fit_units(
         config = folder.read_config()
     progress = progress and dctx.is_main
     samples = load_split(config.data, "train")  # before the backbone: no download for bad data
+    defective = next((s for s in samples if s.label != 0), None)
+    if defective is not None:  # trained on, and calibrated with, as a normal image
+        raise DataError(f"{defective.image}: a defective image among the training images; "
+                        "refad trains and calibrates on normal images only")
+    if dctx.is_main:
+        folder.record_training_data(samples_fingerprint(samples), len(samples), resume)
     extractor = build_extractor(config.backbone, device)
     train_samples, val_samples = split_validation(
         samples, config.train.val_fraction, config.train.seed

@@ -15,8 +15,9 @@ Per category (and globally, for images of unknown category):
   the normal-tail estimate does not shrink with n that way;
 * `pixel_threshold`: the same quantile of the normal images' map maxima; a pixel is a defect
   pixel when above it (so at most 1 - quantile of normal images show any defect pixel);
-* `map_floor` / `map_ceiling`: the median pixel and the largest pixel of the normal maps, the
-  colour range of heatmaps (comparable between images).
+* `map_floor` / `map_ceiling`: the median over normal images of each map's median pixel, and
+  the largest pixel of the normal maps: the colour range of heatmaps (comparable between
+  images). For the global values of a unified run these pool every category's images.
 """
 
 from __future__ import annotations

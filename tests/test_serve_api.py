@@ -681,4 +681,5 @@ def test_a_per_category_run_of_one_category_needs_no_category(demo_root, tmp_pat
     (alone,) = backend.predict_batch([image], [None], [None])
     (named,) = backend.predict_batch([image], ["fabric"], [None])
     assert alone.threshold_source == named.threshold_source == "category:fabric"
+    assert alone.category == named.category == "fabric"  # the answer said null
     assert alone.score == named.score and alone.threshold == named.threshold

@@ -67,7 +67,9 @@ def test_upload_two_images_and_move_the_threshold(page_server, browser, tmp_path
 
     slider = page.locator("[data-testid=threshold]")
     assert slider.count() == 1
-    slider.fill("0")  # below every score: everything is anomalous
+    # the server refuses a threshold of 0 (it flags every image): the slider stops above it
+    assert float(slider.get_attribute("min")) > 0
+    slider.fill("0")  # clamped to its lowest: below every score, everything is anomalous
     assert verdicts(page) == ["anomalous", "anomalous"]
     assert page.locator(".badge.anomalous").count() == 2
     slider.fill(slider.get_attribute("max"))  # above every score: everything is normal
@@ -93,3 +95,29 @@ def test_upload_two_images_and_move_the_threshold(page_server, browser, tmp_path
     page.close()
     if out != tmp_path:
         shutil.copy(out / "serve_page.png", tmp_path / "serve_page.png")
+
+
+def test_one_bad_file_fails_only_itself(page_server, browser, tmp_path):
+    """The server refuses a whole request for one bad file: every good image sent with it
+    showed that file's error, and an empty file vanished without a word."""
+    good, bad = demo_images(page_server.demo)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    page = browser.new_page()
+    page.goto(page_server.url + "/")
+    page.wait_for_function("() => document.querySelector('#category').options.length > 1")
+    page.set_input_files("[data-testid=file-input]", [str(good), str(notes), str(bad),
+                                                       str(empty)])
+    page.wait_for_function(
+        "() => document.querySelectorAll('[data-testid=result]').length === 4"
+        " && !document.querySelector('.card.pending')")
+    cards = page.locator("[data-testid=result]")
+    texts = [cards.nth(i).inner_text() for i in range(4)]
+    assert "error" not in (cards.nth(0).get_attribute("class") or "")
+    assert "error" not in (cards.nth(2).get_attribute("class") or "")
+    assert "notes.txt: not an image" in texts[1] and good.name not in texts[1]
+    assert "empty.png: empty file" in texts[3]
+    assert "Scored 2 image(s), 2 failed." in page.locator("#status").inner_text()
+    page.close()

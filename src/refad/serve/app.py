@@ -384,7 +384,7 @@ async def _score_form(state: ServeState, form: _Form, tic: float) -> dict[str, A
         results.append({
             "index": i, "filename": part.filename or f"image {i}",
             "width": int(image.shape[1]), "height": int(image.shape[0]),
-            "category": form.category, "score": _finite(r.score), "threshold": r.threshold,
+            "category": r.category, "score": _finite(r.score), "threshold": r.threshold,
             "threshold_source": r.threshold_source, "anomalous": r.anomalous,
             "normalised_score": _finite(r.normalised_score), "outputs": outs,
             "timing": {"batch_size": sc.batch_size, "queue_ms": round(sc.queue_ms, 3),

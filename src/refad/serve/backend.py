@@ -55,6 +55,9 @@ class ImageResult:
     _heatmap: Callable[[], np.ndarray] = field(repr=False)
     _overlay: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    # the category that decided: the one asked for, or a per-category run's only one (the
+    # answer said null while its threshold was that category's)
+    category: str | None = None
 
     @property
     def heatmap(self) -> np.ndarray:

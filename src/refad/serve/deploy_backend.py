@@ -101,4 +101,5 @@ def _convert(p: Any) -> ImageResult:
         anomalous=p.anomalous, normalised_score=p.normalised_score,
         anomaly_map=np.asarray(p.anomaly_map, dtype=np.float32), mask=p.mask,
         _heatmap=lambda: p.heatmap, _overlay=lambda _image: p.overlay,
+        category=p.category if p.category is not None or p.unit == UNIFIED else p.unit,
     )

@@ -162,6 +162,6 @@ class TorchBackend:
         result = ImageResult(
             score=score, threshold=threshold, threshold_source=source, anomalous=anomalous,
             normalised_score=normalised, anomaly_map=full, mask=mask,
-            _heatmap=heat, _overlay=blend,
+            _heatmap=heat, _overlay=blend, category=category,
         )
         return result

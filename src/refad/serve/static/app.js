@@ -11,6 +11,7 @@ const $ = (sel) => document.querySelector(sel);
 const state = {
   card: null,             // /v1/model
   results: [],            // {file, url, data | null, error | null, el}
+  generation: 0,          // bumped by "Clear": answers to earlier uploads are dropped
   thresholds: new Map(),  // key -> {value, calibrated, source}
 };
 
@@ -25,7 +26,8 @@ async function api(path, options = {}) {
   if (response.status === 401) $("#key-field").hidden = false;
   if (!response.ok) {
     const message = body && body.error ? body.error : `HTTP ${response.status}`;
-    throw Object.assign(new Error(message), { status: response.status });
+    const retryAfter = Number(response.headers.get("Retry-After")) || 0;
+    throw Object.assign(new Error(message), { status: response.status, retryAfter });
   }
   return body;
 }
@@ -86,10 +88,17 @@ async function loadModel(attempt = 0) {
 // ---- uploads ----------------------------------------------------------------------------
 
 function addFiles(fileList) {
-  const files = [...fileList].filter((f) => f.size > 0);
+  const files = [...fileList];
   if (!files.length) return;
-  if (!state.card) { setStatus("The model is not ready yet; try again in a moment.", true); return; }
+  if (!state.card) {
+    // the card is missing when the model is still loading, or when the server wants a key
+    const why = $("#key-field").hidden ? "The model is not ready yet; try again in a moment."
+      : "The server needs an API key: enter it above, then add the images again.";
+    setStatus(why, true);
+    return;
+  }
   const category = $("#category").value;
+  const generation = state.generation;
   const items = files.map((file) => {
     const item = { file, url: URL.createObjectURL(file), data: null, error: null, el: null };
     item.el = pendingCard(item);
@@ -97,44 +106,78 @@ function addFiles(fileList) {
     state.results.push(item);
     return item;
   });
+  for (const item of items.filter((i) => i.file.size === 0)) {
+    item.error = `${item.file.name}: empty file`;  // the server's words for it
+    showResult(item);
+  }
+  const scored = items.filter((i) => i.file.size > 0);
   const chunks = [];
-  for (let i = 0; i < items.length; i += CHUNK) chunks.push(items.slice(i, i + CHUNK));
+  for (let i = 0; i < scored.length; i += CHUNK) chunks.push(scored.slice(i, i + CHUNK));
   let next = 0, done = 0;
   setStatus(`Scoring ${items.length} image(s)…`);
   const worker = async () => {
     while (next < chunks.length) {
       const chunk = chunks[next++];
-      await scoreChunk(chunk, category);
+      await scoreChunk(chunk, category, generation);
       done += chunk.length;
-      setStatus(`Scored ${done} of ${items.length} image(s).`);
+      if (generation === state.generation) setStatus(`Scored ${done} of ${items.length} image(s).`);
     }
   };
   Promise.all(Array.from({ length: PARALLEL }, worker)).then(() => {
+    if (generation !== state.generation) return;
     const failed = items.filter((i) => i.error).length;
     setStatus(`Scored ${items.length - failed} image(s)` + (failed ? `, ${failed} failed.` : "."),
               failed > 0);
   });
 }
 
-async function scoreChunk(chunk, category) {
-  const form = new FormData();
-  for (const item of chunk) form.append("image", item.file, item.file.name);
-  if (category !== NO_CATEGORY) form.append("category", category);
-  form.append("outputs", "heatmap,mask");
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// One request; a 503 (pixel budget in use by the page's other request, the model loading)
+// is tried again after its Retry-After, a few times, instead of failing those images.
+async function predict(files, category) {
+  for (let attempt = 0; ; attempt++) {
+    const form = new FormData();
+    for (const file of files) form.append("image", file, file.name);
+    if (category !== NO_CATEGORY) form.append("category", category);
+    form.append("outputs", "heatmap,mask");
+    try {
+      return await api("/v1/predict", { method: "POST", body: form });
+    } catch (err) {
+      if (err.status !== 503 || attempt >= 20) throw err;
+      await sleep(1000 * Math.min(err.retryAfter || 1, 10));
+    }
+  }
+}
+
+async function scoreChunk(chunk, category, generation) {
   try {
-    const body = await api("/v1/predict", { method: "POST", body: form });
+    const body = await predict(chunk.map((i) => i.file), category);
     body.results.forEach((r, i) => { chunk[i].data = r; });
   } catch (err) {
-    for (const item of chunk) item.error = err.message;
+    // the server refuses a whole request for one bad file: the others are sent again one
+    // by one, so each image gets its own result or its own error
+    const single = chunk.length === 1 || ![400, 413, 415].includes(err.status);
+    for (const item of chunk) {
+      if (single) { item.error = err.message; continue; }
+      try {
+        item.data = (await predict([item.file], category)).results[0];
+      } catch (one) {
+        item.error = one.message;
+      }
+    }
   }
-  for (const item of chunk) {
-    if (item.data) registerThreshold(item.data);
-    const el = item.error ? errorCard(item) : resultCard(item);
-    item.el.replaceWith(el);
-    item.el = el;
-  }
+  if (generation !== state.generation) return;  // cleared while this request was out
+  for (const item of chunk) showResult(item);
   renderThresholds();
   redecide();
+}
+
+function showResult(item) {
+  if (item.data) registerThreshold(item.data);
+  const el = item.error ? errorCard(item) : resultCard(item);
+  item.el.replaceWith(el);
+  item.el = el;
 }
 
 // ---- thresholds -------------------------------------------------------------------------
@@ -167,7 +210,7 @@ function renderThresholds() {
       row.dataset.key = key;
       const id = `thr-${box.children.length}`;
       row.innerHTML = `<label for="${id}"></label><span class="value"></span>
-        <input id="${id}" type="range" min="0" step="any" data-testid="threshold">
+        <input id="${id}" type="range" step="any" data-testid="threshold">
         <button type="button" class="reset">Reset to calibrated</button>`;
       row.querySelector("label").textContent =
         key === ALL_KEY ? "Threshold (no category)" : `Threshold: ${key}`;
@@ -194,6 +237,7 @@ function renderThresholds() {
     const max = sliderRange(key);
     input.max = String(max);
     input.step = String(max / 1000);
+    input.min = String(max / 1000);  // a threshold of 0 flags every image; the server refuses it
     if (t.value !== null) input.value = String(t.value);
     row.querySelector(".reset").disabled = t.calibrated === null;
     showThreshold(row, t);
@@ -348,6 +392,7 @@ function init() {
   });
   $("#outline").addEventListener("change", () => applyOpacity());
   $("#clear").addEventListener("click", () => {
+    state.generation += 1;
     for (const item of state.results) URL.revokeObjectURL(item.url);
     state.results = [];
     state.thresholds.clear();

@@ -74,3 +74,34 @@ def test_a_folder_that_appears_while_writing_is_not_replaced(tmp_path: Path) -> 
     with atomic_folder(empty) as building:  # an empty folder is no one's work
         (building / "graph.onnx").write_bytes(b"new")
     assert [p.name for p in empty.iterdir()] == ["graph.onnx"]
+
+
+def test_a_ctrl_c_between_the_two_renames_of_a_replace_keeps_one_folder(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """`export --overwrite` stopped after moving the old export aside and before moving the
+    new one in left neither: the old under a hidden name, the new one deleted."""
+    import os
+    import signal
+
+    import pytest
+
+    from refad import atomic
+
+    target = tmp_path / "export"
+    target.mkdir()
+    (target / "old.onnx").write_text("old")
+    real = os.replace
+    calls = []
+
+    def replace_then_interrupt(src, dst):
+        real(src, dst)
+        calls.append(dst)
+        if len(calls) == 1:  # the old folder is aside: the user presses Ctrl-C now
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(atomic.os, "replace", replace_then_interrupt)
+    with pytest.raises(KeyboardInterrupt), atomic.atomic_folder(target, replace=True) as new:
+        (new / "new.onnx").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["new.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # nothing hidden left

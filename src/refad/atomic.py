@@ -16,7 +16,9 @@ import numbers
 import os
 import secrets
 import shutil
+import signal
 import stat
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -94,18 +96,57 @@ def atomic_folder(folder: Path | str, replace: bool = False) -> Iterator[Path]:
         raise
 
 
-def _replace_folder(new: Path, folder: Path) -> None:
-    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-    replacing = folder.exists()
-    if replacing:
-        os.replace(folder, old)
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM that arrive during the block take effect right after it. Python runs
+    signal handlers in the main thread, so a recording handler defers them whatever thread the
+    kernel picked (blocking the signal in this thread alone would not: torch's threads
+    receive it instead). Elsewhere than the main thread the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, _frame: caught.append(signum))
+                for sig in sigs}
     try:
-        os.replace(new, folder)
-    except OSError:
-        if replacing:
-            os.replace(old, folder)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            handler = previous[caught[0]]
+            if callable(handler):
+                handler(caught[0], None)  # Python's KeyboardInterrupt, or the CLI's own
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(caught[0])
+
+
+def _replace_folder(new: Path, folder: Path) -> None:
+    """Swap `new` into `folder`'s place. A Ctrl-C between the two renames had left neither
+    (the old export under a hidden name, the new one deleted): the swap is one step for
+    signals, and a Ctrl-C while the old copy is deleted still deletes all of it."""
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    swapped = False
+    try:
+        with _signals_held():  # a signal caught here is raised as the block ends
+            replacing = folder.exists()
+            if replacing:
+                os.replace(folder, old)
+            try:
+                os.replace(new, folder)
+            except OSError:
+                if replacing:
+                    os.replace(old, folder)
+                raise
+            swapped = replacing
+    finally:
+        if swapped:
+            try:
+                shutil.rmtree(old, ignore_errors=True)
+            except BaseException:  # a Ctrl-C while deleting: finish, then stop
+                shutil.rmtree(old, ignore_errors=True)
+                raise
 
 
 def ensure_dir(folder: Path | str) -> Path:

@@ -137,6 +137,39 @@ def test_a_folder_holding_an_earlier_prediction_is_not_read_as_images(
                                      "--out", str(tmp_path / "again"), "--device", "cpu"])
         assert "holds an earlier refad prediction" in one_error_line(result)
         assert not (tmp_path / "again").exists()
+    # one killed before its predictions.json (SIGKILL): its lock file beside its pictures
+    (folder / "preds" / "predictions.json").unlink()
+    result = runner.invoke(app, ["predict", "--run", str(trained_run), str(folder),
+                                 "--out", str(tmp_path / "again"), "--device", "cpu"])
+    assert "holds an earlier refad prediction" in one_error_line(result)
+
+
+def test_an_interrupted_predict_leaves_no_pictures_behind(
+    trained_run: Path, tmp_path: Path, demo_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C (or a full disk) after the first pictures left them without the
+    predictions.json that lists them, and the same command was then refused as not empty."""
+    from refad.reporting import predictions
+
+    real = predictions._write_result
+    written = []
+
+    def stop_at_the_second(*args, **kwargs):
+        if written:
+            raise KeyboardInterrupt
+        written.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predictions, "_write_result", stop_at_the_second)
+    images = str(demo_root / "fabric" / "test")
+    args = ["predict", "--run", str(trained_run), images, "--out", str(tmp_path / "p"),
+            "--device", "cpu"]
+    assert runner.invoke(app, args).exit_code == 130
+    assert not (tmp_path / "p").exists() or not any(
+        p.name != ".refad.lock" for p in (tmp_path / "p").iterdir())
+    monkeypatch.setattr(predictions, "_write_result", real)
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
 
 
 def test_a_file_name_that_is_not_utf8_is_scored_and_written(

@@ -185,10 +185,16 @@ def refuse_earlier_predictions_among_inputs(inputs: Sequence[Path | str]) -> Non
     for item in map(Path, inputs):
         if not item.is_dir():
             continue
-        for summary in item.rglob(PREDICTIONS_JSON):
-            if (summary.parent / LOCK_FILE).exists():
+        # an earlier prediction: its predictions.json beside the lock file, or its lock file
+        # beside pictures only (a prediction killed before its summary)
+        marks = {s.parent for s in item.rglob(PREDICTIONS_JSON)}
+        marks |= {lock.parent for lock in item.rglob(LOCK_FILE)
+                  if not (lock.parent / CONFIG_FILE).exists()
+                  and any(lock.parent.rglob("*_heatmap.png"))}
+        for folder in sorted(marks):
+            if (folder / LOCK_FILE).exists():
                 raise ConfigError(
-                    f"{summary.parent}: holds an earlier refad prediction ({PREDICTIONS_JSON}); "
+                    f"{folder}: holds an earlier refad prediction ({LOCK_FILE} and pictures); "
                     f"its pictures would be scored as images (move it out of {item}, or give "
                     "the images by name)"
                 )
@@ -244,7 +250,17 @@ def output_folder(
     with folder_lock(out_dir, "give another --out"):
         for name in refuse_unless_empty(out_dir, inputs, overwrite):  # again: no one writes now
             _remove(out_dir / name)
-        yield out_dir
+        try:
+            yield out_dir
+        except BaseException:
+            # a Ctrl-C, a full disk, an unreadable input: pictures without the predictions.json
+            # that lists them would be taken for an earlier prediction, or scored as products;
+            # the folder was empty when this began, so what it holds now is this run's
+            for entry in out_dir.iterdir():
+                if entry.name != LOCK_FILE:
+                    with contextlib.suppress(RefadError):
+                        _remove(entry)
+            raise
 
 
 def predict(

@@ -24,7 +24,7 @@ from torch import nn
 
 from refad.config import apply_overrides
 from refad.config.presets import preset
-from refad.errors import CheckpointError, ConfigError
+from refad.errors import CheckpointError, ConfigError, RefadError
 from refad.models.authors import import_authors_checkpoint
 from refad.models.base import FeatureSpec
 from refad.models.rlr import RLR
@@ -681,3 +681,40 @@ def test_an_imported_run_is_not_called_unfinished(tmp_path: Path, demo_root: Pat
     (run_dir / "checkpoint.json").write_text(json.dumps(meta))
     notes = " ".join(evaluate(run_dir, "cpu", progress=False)["notes"])
     assert "stopped" not in notes and "--resume" not in notes, notes
+
+
+def test_an_interrupted_import_leaves_no_run_and_can_be_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C after config.json left a folder holding only it: `refad test` said 'no
+    checkpoint here (train first)' and the same import was refused ('already holds a run')."""
+    from refad.runs import imported
+
+    config = lite_config("crad")
+    path = _save(tmp_path, {"state_dict": crad_state(48 + 120, 8, 8, blocks=1, exp=24)})
+    real = imported.write_json
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(imported, "write_json", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        import_run("crad", path, tmp_path / "run", config)
+    left = sorted(p.name for p in (tmp_path / "run").iterdir()) if (
+        tmp_path / "run").exists() else []
+    assert [name for name in left if name != ".refad.lock"] == []
+    monkeypatch.setattr(imported, "write_json", real)
+    run_dir = import_run("crad", path, tmp_path / "run", config)
+    assert (run_dir / "config.json").is_file() and (run_dir / "imported.json").is_file()
+
+
+def test_an_import_holds_the_folder_lock(tmp_path: Path) -> None:
+    """A second import into the same --out ran alongside the first (no lock), and the first
+    then failed on a temporary removed under it."""
+    from refad.runs import RunDir
+
+    config = lite_config("crad")
+    path = _save(tmp_path, {"state_dict": crad_state(48 + 120, 8, 8, blocks=1, exp=24)})
+    with RunDir(tmp_path / "run").lock("train"), pytest.raises(
+            RefadError, match="in use by another refad process"):
+        import_run("crad", path, tmp_path / "run", config)

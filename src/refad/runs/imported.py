@@ -100,7 +100,6 @@ def write_imported_run(
         )
     check_reload(model, str(run_dir))
     config = config.model_copy(update={"model": model.config})
-    folder.write_config(config)
     epoch = report.epoch if report is not None and report.epoch is not None else 0
     meta = CheckpointMeta(
         method=model.method,
@@ -111,9 +110,16 @@ def write_imported_run(
         backbone=backbone_identity(extractor, config.data.image_size),
         model_config=model.config.model_dump(),
     )
-    folder.save_checkpoint(UNIFIED, model, meta)
-    if report is not None:
-        write_json(run_dir / IMPORTED_FILE, asdict(report))
+    # config.json last: it makes the folder a run, so a Ctrl-C or a kill before it leaves no
+    # run (it left config.json alone, a run the same command then refused to write over)
+    try:
+        folder.save_checkpoint(UNIFIED, model, meta)
+        if report is not None:
+            write_json(run_dir / IMPORTED_FILE, asdict(report))
+        folder.write_config(config)
+    except BaseException:
+        folder.discard_unwritten_import()
+        raise
     return run_dir
 
 
@@ -127,7 +133,8 @@ def import_run(
     """CLI entry: build the configured backbone, import the authors' file, write the run.
     The file is read first: a wrong one is refused before any backbone weights are fetched."""
     dev = resolve_device(device)
-    RunDir(Path(run_dir)).check_new()
+    folder = RunDir(Path(run_dir))
+    folder.check_new()
     loaded = load_authors_file(checkpoint)
     check_method_of(loaded, method, str(checkpoint))
     extractor = build_extractor(config.backbone, dev)
@@ -139,4 +146,5 @@ def import_run(
     )
     overrides = config.model.model_dump() if config.model.method == method else None
     model, report = import_authors_checkpoint(method, checkpoint, spec, overrides, loaded)
-    return write_imported_run(model.to(dev), run_dir, config, extractor, report)
+    with folder.lock("import"):  # a second import into it waits its turn or is refused
+        return write_imported_run(model.to(dev), run_dir, config, extractor, report)

@@ -139,6 +139,15 @@ class RunDir:
             self.config_path.unlink(missing_ok=True)
             (self.path / TRAINING_DATA_FILE).unlink(missing_ok=True)
 
+    def discard_unwritten_import(self) -> None:
+        """Remove what an import wrote before it failed or was stopped (it checked that no run
+        was here first): the manifest, its tensor files and imported.json."""
+        if self.config_path.exists():
+            return
+        for path in [self.path / META_FILE, self.path / IMPORTED_FILE,
+                     *ckpt.tensor_files(self.unit_path(UNIFIED))]:
+            path.unlink(missing_ok=True)
+
     def record_training_data(self, fingerprint: str, images: int, resuming: bool) -> None:
         """A new run records the training images it starts from (their contents and order);
         a resume must find the same ones. The held-out split is drawn again from the folder

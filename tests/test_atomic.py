@@ -105,3 +105,19 @@ def test_a_ctrl_c_between_the_two_renames_of_a_replace_keeps_one_folder(
         (new / "new.onnx").write_text("new")
     assert sorted(p.name for p in target.iterdir()) == ["new.onnx"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # nothing hidden left
+
+
+def test_a_full_disk_inside_a_folder_names_the_file_as_the_user_knows_it(tmp_path: Path) -> None:
+    """`export` on a full disk named `.exp.d9ae80fd.partial/unified.onnx`, a hidden temporary
+    the user never sees, instead of `exp/unified.onnx`."""
+    import errno
+
+    import pytest
+
+    from refad.atomic import atomic_folder
+    from refad.errors import RefadError
+
+    with pytest.raises(RefadError) as info, atomic_folder(tmp_path / "exp") as building:
+        raise OSError(errno.ENOSPC, "No space left on device", str(building / "unified.onnx"))
+    assert str(info.value).startswith(f"{tmp_path / 'exp' / 'unified.onnx'}: No space left")
+    assert ".partial" not in str(info.value)

@@ -89,7 +89,8 @@ def atomic_folder(folder: Path | str, replace: bool = False) -> Iterator[Path]:
                                  "nothing replaced (remove it, or overwrite)") from None
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        where = exc.filename or folder
+        # the file as the user will know it (`OUT/unified.onnx`), not its hidden temporary
+        where = str(exc.filename).replace(str(tmp), str(folder)) if exc.filename else folder
         raise RefadError(f"{where}: {exc.strerror or exc} (while writing {folder})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

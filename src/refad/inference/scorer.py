@@ -34,6 +34,12 @@ def score_levels(
     return model.score_reconstruction(targets, [r.float() for r in recs])
 
 
+def describe_scoring(device: torch.device | str, amp: bool) -> str:
+    """'pytorch on cpu', 'pytorch on cuda:0 with bf16 autocast': `amp` as it takes effect."""
+    device = torch.device(device)
+    return f"pytorch on {device}" + (" with bf16 autocast" if amp_active(device, amp) else "")
+
+
 class Scorer:
     """Batched scoring on one device, from backbone levels or from normalised images.
 
@@ -70,6 +76,11 @@ class Scorer:
             self._images_fn = torch.compile(
                 self._score_images, mode=self.compile_mode, dynamic=False
             )
+
+    @property
+    def scored_with(self) -> str:
+        """What computes the scores, in words (predictions.json, the server's model card)."""
+        return describe_scoring(self.device, self.amp)
 
     def _score_levels(self, levels: list[torch.Tensor]) -> Scores:
         return score_levels(self.model, levels, self.amp)

@@ -277,6 +277,7 @@ def predict(
     """`refad predict`: open a run folder, score the images and write the results into an
     empty `out_dir` (`overwrite`: one holding an earlier prediction is emptied first)."""
     from refad.inference.predict import predict_images  # torch: only for run folders
+    from refad.inference.scorer import describe_scoring
     from refad.runs import open_run
 
     with output_folder(inputs, out_dir, batch_size, overwrite) as out:
@@ -284,9 +285,8 @@ def predict(
         calibration, batches = predict_images(
             run, inputs, category, batch_size, amp, compile_mode
         )
-        autocast = " with bf16 autocast" if amp and run.device.type == "cuda" else ""
         return write_predictions(out, calibration, batches, category,
-                                 f"pytorch on {run.device}{autocast}")
+                                 describe_scoring(run.device, amp))
 
 
 def predict_exported(

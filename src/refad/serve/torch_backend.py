@@ -86,9 +86,7 @@ class TorchBackend:
             },
             "refad_version": refad.__version__,
             "device": str(self._run.device),
-            "scored_with": f"pytorch on {self._run.device}"
-                           + (" with bf16 autocast" if self._amp and self._run.device.type == "cuda"
-                              else ""),
+            "scored_with": next(iter(self._scorers.values())).scored_with,
         }
 
     def info(self) -> dict[str, Any]:

@@ -40,6 +40,8 @@ from refad.errors import ConfigError
     (lambda r, o: api.compare(["rlr"], {"bogus": 1}, o / "c"),
      r"compare: base: 'bogus' is not an argument of build_config"),
     (lambda r, o: api.open_run(None), r"open_run: run_dir: "),
+    # its decorator had moved onto a helper written above it
+    (lambda r, o: api.run_demo(o / "d", epochs="many"), r"run_demo: epochs: "),
 ])
 def test_bad_api_arguments_are_one_line_config_errors(
     trained_run: Path, tmp_path: Path, call, expected: str

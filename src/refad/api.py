@@ -191,7 +191,6 @@ def demo_config(
     )
 
 
-@checked_arguments
 def _check_demo_rerun(run_dir: Path, config: RunConfig, changes: dict[str, int],
                       echo: Callable[[str], None]) -> None:
     """A rerun continues the saved demo run with its own settings: a flag that asks for
@@ -212,6 +211,7 @@ def _check_demo_rerun(run_dir: Path, config: RunConfig, changes: dict[str, int],
              f"{have['epochs']} epochs at {have['image_size']} px")
 
 
+@checked_arguments
 def run_demo(
     out: str | Path,
     epochs: int | None = None,

@@ -186,13 +186,19 @@ def refuse_earlier_predictions_among_inputs(inputs: Sequence[Path | str]) -> Non
         if not item.is_dir():
             continue
         # an earlier prediction: its predictions.json beside the lock file, or its lock file
-        # beside pictures only (a prediction killed before its summary)
-        marks = {s.parent for s in item.rglob(PREDICTIONS_JSON)}
-        marks |= {lock.parent for lock in item.rglob(LOCK_FILE)
-                  if not (lock.parent / CONFIG_FILE).exists()
-                  and any(lock.parent.rglob("*_heatmap.png"))}
-        for folder in sorted(marks):
-            if (folder / LOCK_FILE).exists():
+        # above pictures only (a prediction killed before its summary); one walk of the tree
+        summaries, locks, pictures = set(), set(), set()
+        for path in item.rglob("*"):
+            if path.name == PREDICTIONS_JSON:
+                summaries.add(path.parent)
+            elif path.name == LOCK_FILE:
+                locks.add(path.parent)
+            elif path.name.endswith("_heatmap.png"):
+                pictures.add(path.parent)
+        for folder in sorted(locks):
+            killed = not (folder / CONFIG_FILE).exists() and any(
+                p == folder or folder in p.parents for p in pictures)
+            if folder in summaries or killed:
                 raise ConfigError(
                     f"{folder}: holds an earlier refad prediction ({LOCK_FILE} and pictures); "
                     f"its pictures would be scored as images (move it out of {item}, or give "

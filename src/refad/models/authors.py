@@ -58,18 +58,35 @@ def _metadata_globals() -> list[Any]:
     return allowed
 
 
+# torch's own lines around the reason: how to load the file anyway (weights_only=False, an
+# allowlist), where its documentation is; a refusal says none of that
+_TORCH_ADVICE = ("Weights only load failed", "Check the documentation", "Please file an issue",
+                 "(1)", "(2)")
+
+
+def _first_sentence(text: str) -> str:
+    """torch's reason without the advice it appends ("This is an internal miniz error. If
+    you are seeing this error, ..."): its first line, cut at its first sentence's end."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    kept = [ln for ln in lines if not ln.startswith(_TORCH_ADVICE)]
+    line = (kept or lines or [""])[0]
+    return line.split(". ", 1)[0].removesuffix(".")[:200]
+
+
 def _unpickling_problem(exc: Exception) -> tuple[bool, str]:
     """(refused_object, one-line detail) from torch's multi-line weights-only error."""
     text = str(exc)
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    # "Unsupported global: GLOBAL x.y" (allowlist), "unsupported GLOBAL x.y whose module x is
+    # blocked" (os, subprocess, ...: torch then leads with its weights_only=False advice)
+    found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", text, re.IGNORECASE)
     if found:
         return True, f"global {found.group(1)}"
     found = re.search(r"(Can only [^\n]*)", text)
     if found:
         return True, found.group(1)[:200]
     found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
-    lines = text.strip().splitlines()
-    return False, (found.group(1) if found else lines[0] if lines else type(exc).__name__)[:200]
+    return False, (_first_sentence(found.group(1)) if found else _first_sentence(text)
+                   or type(exc).__name__)
 
 
 def load_authors_file(path: Path | str) -> Any:
@@ -90,8 +107,8 @@ def load_authors_file(path: Path | str) -> Any:
             ) from None
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({detail})") from None
     except Exception as exc:  # noqa: BLE001 - a foreign file fails in any way the unpickler can
-        lines = str(exc).strip().splitlines()
-        detail = f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+        reason = _first_sentence(str(exc))
+        detail = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({detail})") from None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -149,6 +150,28 @@ def test_a_tensor_file_named_outside_the_run_folder_is_refused(
         assert f"checkpoint.json: files.model.name: {name!r}" in line
 
 
+def _limit_memory() -> None:  # before the fix, the read below ran until memory ran out
+    resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+
+
+def test_a_tensor_file_linked_to_a_device_is_refused_not_read(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    """A name inside the folder, but a link to /dev/zero: read whole before its checksum was
+    compared, it never ended (MemoryError under a limit, the machine's memory without)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    name = json.loads((run / "checkpoint.json").read_text())["files"]["model"]["name"]
+    (run / name).unlink()
+    (run / name).symlink_to("/dev/zero")
+    done = subprocess.run([sys.executable, "-m", "refad", "test", "--run", str(run),
+                           "--no-report"], capture_output=True, text=True, timeout=300,
+                          preexec_fn=_limit_memory)
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert done.returncode == 2 and lines == [f"error: {run / name}: not a regular file"], (
+        done.stderr[-2000:])
+
+
 # ------------------------------------------------------------------------------ exports
 
 
@@ -203,6 +226,27 @@ def test_an_export_names_no_file_outside_its_folder(
     with pytest.raises(CheckpointError, match=r"units\.unified\.files: '\.\./x\.onnx' is not a "
                                               "file name in the export folder"):
         Inferencer(folder)
+
+
+@pytest.mark.parametrize("calib, words", [
+    ({"threshold": 0.0, "map_floor": 0.1, "map_ceiling": 2.0},
+     r"calibration\.unified\.threshold: must be above 0"),
+    ({"threshold": 1.0, "map_floor": 0.1, "map_ceiling": 2.0,
+      "categories": {"a": {"pixel_threshold": 1.5}}},
+     r"calibration\.unified\.categories\.a\.threshold: missing"),
+])
+def test_export_never_writes_a_calibration_its_reader_refuses(
+    tmp_path: Path, calib: dict[str, Any], words: str
+) -> None:
+    """`export_model` wrote such a folder (sealed), which every reader then refused."""
+    ext = FeatureExtractor("tf_efficientnet_lite0", levels=[2, 3], weights=None)
+    spec = FeatureSpec(tuple(ext.levels), tuple(ext.channels), tuple(ext.output_shapes(64)), 64)
+    model = build_model("rlr", spec, {"num_layers": 1, "hidden_dims": [16, 32], "num_heads": 4})
+    rgbs = [np.zeros((64, 64, 3), np.uint8)]
+    with pytest.raises(CheckpointError, match=words):
+        export_model(ext, {"unified": model.eval()}, {"unified": calib}, {}, tmp_path / "out",
+                     check_images=rgbs)
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------ torch's words in refusals

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from refad.atomic import file_sha256, read_json
 from refad.errors import CheckpointError
+from refad.runs.recorded import check_calibration, check_categories, check_file_name, finite_number
 
 METADATA_FILE = "refad-deploy.json"
 FORMAT = "refad-deploy"
@@ -62,14 +62,6 @@ def dumps(meta: dict[str, Any]) -> str:
     return json.dumps(meta, indent=2, sort_keys=False, allow_nan=False) + "\n"
 
 
-def _number(value: Any, where: str, optional: bool = False) -> float | None:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise CheckpointError(f"{where}: expected a finite number, got {value!r}")
-    return float(value)
-
-
 def _check_unit(name: str, unit: Any, where: str) -> None:
     if not isinstance(unit, dict):
         raise CheckpointError(f"{where}: units.{name} must be an object")
@@ -78,39 +70,15 @@ def _check_unit(name: str, unit: Any, where: str) -> None:
         raise CheckpointError(f"{where}: units.{name} lacks its graph file and hashes")
     if unit["graph"] not in files:
         raise CheckpointError(f"{where}: units.{name}.graph {unit['graph']!r} has no sha256")
-    for fname in files:
-        if Path(fname).name != fname:  # no paths out of the export folder
-            raise CheckpointError(f"{where}: units.{name} names a file outside the folder")
+    for fname in files:  # the rules of a run folder's manifest (refad.runs.recorded)
+        check_file_name(fname, f"{where}: units.{name}.files", "export")
     calib = unit.get("calibration")
     if not isinstance(calib, dict):
         raise CheckpointError(f"{where}: units.{name}.calibration must be an object")
     for key in ("map_floor", "map_ceiling"):
-        _number(calib.get(key), f"{where}: units.{name}.calibration.{key}")
-    _check_calibration(calib, f"{where}: units.{name}.calibration")
-    cats = unit.get("categories", {})
-    if not isinstance(cats, dict):
-        raise CheckpointError(f"{where}: units.{name}.categories must be an object")
-    for cat, values in cats.items():
-        if not isinstance(values, dict):
-            raise CheckpointError(f"{where}: units.{name}.categories.{cat} must be an object")
-        _check_calibration(values, f"{where}: units.{name}.categories.{cat}")
-
-
-def _check_calibration(values: dict[str, Any], where: str) -> None:
-    """Scores and maps are reconstruction errors (never negative), and colouring needs a
-    floor below a ceiling at a finite distance: a foreign writer's threshold of 0 called
-    every image anomalous, an inverted range painted every heatmap one colour."""
-    found = {key: _number(values.get(key), f"{where}.{key}", optional=True)
-             for key in ("threshold", "pixel_threshold", "map_floor", "map_ceiling")}
-    for key in ("threshold", "pixel_threshold"):
-        if found[key] is not None and found[key] <= 0:
-            raise CheckpointError(f"{where}.{key}: must be above 0, got {found[key]!r}")
-    floor, ceiling = found["map_floor"], found["map_ceiling"]
-    if floor is not None and ceiling is not None and not (
-        floor <= ceiling and math.isfinite(ceiling - floor)
-    ):
-        raise CheckpointError(f"{where}: map_floor {floor!r} and map_ceiling {ceiling!r} are "
-                              "no colour range (the floor must be below the ceiling)")
+        finite_number(calib.get(key), f"{where}: units.{name}.calibration.{key}")
+    check_calibration(calib, f"{where}: units.{name}.calibration")
+    check_categories(unit.get("categories", {}), f"{where}: units.{name}.categories", calib)
 
 
 def validate(meta: Any, where: str) -> dict[str, Any]:
@@ -145,7 +113,7 @@ def validate(meta: Any, where: str) -> dict[str, Any]:
         if not isinstance(vals, list) or len(vals) != 3:
             raise CheckpointError(f"{where}: input.{key} must hold 3 numbers")
         for v in vals:
-            _number(v, f"{where}: input.{key}")
+            finite_number(v, f"{where}: input.{key}")
     if any(v <= 0 for v in meta["input"]["std"]):
         raise CheckpointError(f"{where}: input.std must be > 0")
     if meta["graph"].get("format") not in FORMATS:

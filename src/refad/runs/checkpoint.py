@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import stat
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from refad.atomic import fsync_dir, read_json, write_atomic, write_text_atomic
 from refad.errors import CheckpointError
 from refad.models.base import FeatureSpec, ReconstructionModel, load_state_checked
 from refad.models.registry import build_model
-from refad.runs.file_schemas import CHECKPOINT, check_file
+from refad.runs.file_schemas import check_checkpoint
 from refad.runs.layout import META_FILE, MODEL_FILE, OPTIMIZER_FILE
 
 FORMAT = "refad-checkpoint/2"
@@ -160,7 +161,7 @@ def read_meta(unit_dir: Path) -> CheckpointMeta:
     if not isinstance(data, dict) or data.get("format") not in (FORMAT, FORMAT_V1):
         got = data.get("format") if isinstance(data, dict) else None
         raise CheckpointError(f"{path}: not a refad checkpoint (format {got!r})")
-    check_file(CHECKPOINT, data, path)
+    check_checkpoint(data, path)
     try:
         return CheckpointMeta(**data)
     except TypeError as exc:
@@ -187,13 +188,18 @@ def _load_tensors(
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and safetensors metadata of one file, checked against the manifest."""
     path = tensor_path(unit_dir, meta, kind)
+    entry = meta.files.get(kind)
     try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a link to /dev/zero or a fifo: read forever
+            raise CheckpointError(f"{path}: not a regular file")
+        if entry is not None and info.st_size != entry.get("bytes"):  # known before reading
+            raise CheckpointError(f"{path}: does not match its checksum in {META_FILE} (edited?)")
         data = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing") from None
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    entry = meta.files.get(kind)
     if entry is not None and (
         len(data) != entry.get("bytes") or hashlib.sha256(data).hexdigest() != entry.get("sha256")
     ):

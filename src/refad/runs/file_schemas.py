@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import NotRequired, TypedDict
 
 from refad.errors import CheckpointError
+from refad.runs.recorded import check_calibration, check_categories, check_file_name
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]  # JSON's 1e999 reads as infinity
 _OPEN = ConfigDict(extra="allow")
@@ -156,3 +157,19 @@ def check_file(adapter: TypeAdapter[Any], data: Any, path: Path | str, where: st
             f"{path}: {location}: {err['msg']} (edited or foreign file? run refad again to "
             "rewrite it)"
         ) from None
+
+
+def check_checkpoint(data: Any, path: Path | str) -> Any:
+    """checkpoint.json checked whole: its shape, then what no training writes (the rules an
+    export's metadata shares, `refad.runs.recorded`): a threshold at or below 0, an inverted
+    colour range, a category without its threshold, a tensor file named outside the folder."""
+    check_file(CHECKPOINT, data, path)
+    calibration = data.get("calibration")
+    if calibration is not None:
+        check_calibration(calibration, f"{path}: calibration")
+        if "categories" in calibration:
+            check_categories(calibration["categories"], f"{path}: calibration.categories",
+                             calibration)
+    for kind, entry in (data.get("files") or {}).items():
+        check_file_name(entry["name"], f"{path}: files.{kind}.name", "run")
+    return data

@@ -77,7 +77,8 @@ def test_export_destination_problems_are_one_line_before_any_work(
     locked.mkdir()
     real = refad.atomic.writable
     monkeypatch.setattr(refad.atomic, "writable", lambda f: real(f) and Path(f) != locked)
-    for out, expected in ((taken, f"{taken}: folder exists and is not empty (--overwrite"),
+    for out, expected in ((taken, f"{taken}: folder is not empty (holds 'keep.txt') and was not "
+                                  "written by refad export"),
                           (a_file, f"{a_file}: exists and is not a folder"),
                           (a_file / "x", f"{a_file}: exists and is not a folder"),
                           (locked / "x", f"{locked}: folder is not writable")):
@@ -87,6 +88,6 @@ def test_export_destination_problems_are_one_line_before_any_work(
         assert expected in lines[0]
     assert (taken / "keep.txt").read_text() == "user file"
     result = runner.invoke(app, ["export", "--run", str(trained_run), "--out", str(taken),
-                                 "--overwrite"])
-    assert result.exit_code == 0, result.output
-    assert (taken / "refad-deploy.json").is_file() and not (taken / "keep.txt").exists()
+                                 "--overwrite"])  # replaces an earlier export only (it emptied any)
+    assert result.exit_code == 2 and "--overwrite replaces only an earlier export" in result.output
+    assert (taken / "keep.txt").read_text() == "user file"

@@ -7,11 +7,13 @@ no half-written folder that an edge box could pick up.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import hashlib
+import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 import refad
-from refad.atomic import atomic_folder, ensure_dir, json_safe
+from refad.atomic import atomic_folder, ensure_dir, json_safe, read_json
 from refad.backbones import FeatureExtractor
 from refad.deploy.images import RESIZE_RULE, check_rgb_array, preprocess_batch
 from refad.deploy.metadata import (
@@ -40,8 +42,7 @@ from refad.export.graph import OPSET, ScoringGraph, export_onnx
 from refad.export.openvino import onnx_to_openvino
 from refad.export.parity import TOLERANCES, compare, finite_json, map_span, passes, worst
 from refad.models.base import ReconstructionModel
-from refad.runs.layout import UNIFIED
-from refad.runs.recorded import check_calibration, check_categories
+from refad.runs.layout import CONFIG_FILE, UNIFIED
 
 ImagesArg = Sequence[np.ndarray] | Mapping[str, Sequence[np.ndarray]]
 _CALIB_KEYS = ("threshold", "pixel_threshold", "map_floor", "map_ceiling")
@@ -72,10 +73,6 @@ def _unit_calibration(unit: str, calib: Mapping[str, Any] | None) -> tuple[dict,
     cats = {}
     for cat, values in (calib.get("categories") or {}).items():
         cats[str(cat)] = {k: _json_value(values.get(k)) for k in _CALIB_KEYS if k in values}
-    # what every reader refuses (refad.runs.recorded) is never written: a threshold of 0
-    # called every image anomalous, a category without one fell back to the global one
-    check_calibration(base, f"calibration.{unit}")
-    check_categories(cats, f"calibration.{unit}.categories", base)
     return base, cats
 
 
@@ -127,18 +124,92 @@ def _check_inputs(
     return methods.pop(), sizes.pop()
 
 
-def check_destination(out_dir: Path, overwrite: bool) -> None:
-    """Refuse, before any work, a destination the export could not replace: a file, a
-    non-empty folder without `overwrite`, or a parent this process cannot write into."""
+def _is_run_folder(folder: Path) -> bool:
+    """A refad run folder: its config.json is a run's (method, backbone, train), so that a
+    project folder with a config.json of its own is not taken for one."""
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and {"method", "backbone", "train"} <= config.keys()
+
+
+def _foreign_entries(out_dir: Path, held: list[str]) -> list[str] | None:
+    """What in a non-empty `out_dir` an earlier export did not write: None when it is not an
+    export at all (no readable refad-deploy.json), else the names its metadata does not list
+    (a user's notes added beside the graphs would be deleted with them)."""
+    try:
+        meta = read_json(out_dir / METADATA_FILE)
+        units = meta["units"] if isinstance(meta, dict) and meta.get("format") == FORMAT else None
+        ours = {METADATA_FILE, *(name for unit in units.values() for name in unit["files"])}
+    except (RefadError, KeyError, TypeError, AttributeError):
+        return None
+    return [name for name in held
+            if name not in ours or not (out_dir / name).is_file() or (out_dir / name).is_symlink()]
+
+
+def check_destination(out_dir: Path, overwrite: bool, run_dir: Path | str | None = None) -> None:
+    """Refuse, before any work and again before an old export is replaced, a destination the
+    export must not write or replace. `--overwrite` deleted whatever `--out` held: the run
+    folder itself, or a parent holding runs and data. So `--out` may not be, hold or lie inside
+    a run folder (`run_dir` or any other), and a non-empty folder is replaced only when it is
+    an earlier export (its refad-deploy.json lists every file there) and `overwrite` is given;
+    also refused: a file, and a parent this process cannot write into."""
     out_dir = Path(out_dir)
+    target = out_dir.resolve()
+    if run_dir is not None:
+        run = Path(run_dir).resolve()
+        if target == run:
+            raise ConfigError(f"{out_dir}: is the run folder being exported; an export never "
+                              "writes into its run folder (choose another --out)")
+        if target in run.parents:
+            raise ConfigError(f"{out_dir}: holds the run folder {run_dir}; an export never "
+                              "writes above its run folder (choose another --out)")
+        if run in target.parents:
+            raise ConfigError(f"{out_dir}: lies inside the run folder {run_dir}; an export "
+                              "never writes into a run folder (choose another --out)")
+    for folder in (target, *target.parents):
+        if _is_run_folder(folder):
+            where = ("is a run folder" if folder == target
+                     else f"lies inside the run folder {folder}")
+            raise ConfigError(f"{out_dir}: {where}; an export never writes into a run folder "
+                              "(choose another --out)")
     if out_dir.exists():
         if not out_dir.is_dir():
             raise ConfigError(f"{out_dir}: exists and is not a folder")
-        if any(out_dir.iterdir()) and not overwrite:
-            raise ConfigError(
-                f"{out_dir}: folder exists and is not empty (--overwrite replaces it)"
-            )
+        held = sorted(p.name for p in out_dir.iterdir())
+        if held:
+            foreign = _foreign_entries(out_dir, held)
+            if foreign is None:
+                raise ConfigError(
+                    f"{out_dir}: folder is not empty (holds {held[0]!r}"
+                    f"{f' and {len(held) - 1} more' if len(held) > 1 else ''}) and was not "
+                    "written by refad export; --overwrite replaces only an earlier export "
+                    "(choose another --out)"
+                )
+            if foreign:
+                raise ConfigError(
+                    f"{out_dir}: an earlier export, but {foreign[0]!r} is not one of its files; "
+                    "--overwrite would delete it (move it out, or choose another --out)"
+                )
+            if not overwrite:
+                raise ConfigError(f"{out_dir}: folder exists and is not empty (an earlier "
+                                  "export; --overwrite replaces it)")
     ensure_dir(out_dir.parent)
+
+
+@contextlib.contextmanager
+def _named_in(out_dir: Path, shown: str, also: Sequence[str] = ()) -> Iterator[None]:
+    """A failed write (a full disk) while a file is built in the hidden temporary folder names
+    the file as the user will find it, `OUT/<shown>`: the temporary's name means nothing to
+    them, and an OpenVINO export never holds the .onnx it is converted from. A file named
+    `also` (an IR's .bin) keeps its own name."""
+    try:
+        yield
+    except OSError as exc:
+        named = Path(str(exc.filename)).name if exc.filename else ""
+        where = out_dir / (named if named in also else shown)
+        raise RefadError(f"{where}: cannot write ({exc.strerror or exc})") from None
 
 
 def _backbone_info(extractor: FeatureExtractor) -> dict[str, Any]:
@@ -198,6 +269,7 @@ def export_model(
     exporter: str = "auto",
     overwrite: bool = False,
     tolerance: Mapping[str, Any] | None = None,
+    run_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Export every unit's extractor + model to one graph each and write the metadata.
 
@@ -206,12 +278,13 @@ def export_model(
     `check_images` / `calibration_images`: NORMAL (H, W, 3) uint8 images, one list for all
     units or a {unit: list} mapping; the check needs at least one per unit, int8 needs the
     calibration ones. `tolerance` overrides entries of the precision's parity limits
-    (`parity.TOLERANCES`). Returns the metadata written to `out_dir`/refad-deploy.json.
+    (`parity.TOLERANCES`). `run_dir`: the run the models come from, never written into or
+    above (`check_destination`). Returns the metadata written to `out_dir`/refad-deploy.json.
     """
     method, size = _check_inputs(extractor, models, format, precision)
     limits = {**TOLERANCES[precision], **(tolerance or {})}
     out_dir = Path(out_dir)
-    check_destination(out_dir, overwrite)
+    check_destination(out_dir, overwrite, run_dir)
     plan = {}
     for unit in models:
         check = _images_for(check_images, unit, "check_images")
@@ -231,14 +304,16 @@ def export_model(
             check, calib_imgs, base, cats = plan[unit]
             graph = ScoringGraph(backbone, copy.deepcopy(model).cpu().float().eval()).eval()
             onnx_path = tmp / f"{stems[unit]}.onnx"
-            exporters.add(export_onnx(graph, size, onnx_path, exporter))
-            files = [onnx_path]
-            if format == "openvino":
-                batches = [preprocess_batch([im], size, extractor.mean, extractor.std)
-                           for im in calib_imgs]
-                files = onnx_to_openvino(onnx_path, tmp / f"{stems[unit]}.xml", precision, method,
-                                         batches)
-                onnx_path.unlink()
+            graph_file = onnx_path.name if format == "onnx" else f"{stems[unit]}.xml"
+            with _named_in(out_dir, graph_file, [f"{stems[unit]}.bin"]):
+                exporters.add(export_onnx(graph, size, onnx_path, exporter))
+                files = [onnx_path]
+                if format == "openvino":
+                    batches = [preprocess_batch([im], size, extractor.mean, extractor.std)
+                               for im in calib_imgs]
+                    files = onnx_to_openvino(onnx_path, tmp / graph_file, precision, method,
+                                             batches)
+                    onnx_path.unlink()
             runner = open_runner(runtime, files[0], "cpu", None, precision)
             thresholds = [base["threshold"]] if base.get("threshold") is not None else []
             thresholds += [v["threshold"] for v in cats.values() if v.get("threshold") is not None]
@@ -288,5 +363,8 @@ def export_model(
                          "mask": "anomaly_map > pixel_threshold (else map_ceiling)"},
             "units": units,
         })
-        (tmp / METADATA_FILE).write_text(dumps(meta), encoding="utf-8")
+        with _named_in(out_dir, METADATA_FILE):
+            (tmp / METADATA_FILE).write_text(dumps(meta), encoding="utf-8")
+        if overwrite:  # again: what is about to be deleted may have changed meanwhile
+            check_destination(out_dir, overwrite, run_dir)
     return meta

@@ -42,8 +42,9 @@ def export_run(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Export every unit of a run (CPU, float32 reference) and return the metadata written.
-    `overwrite` replaces a non-empty `out_dir` (atomically, once the new export is checked)."""
-    check_destination(Path(out_dir), overwrite)
+    `overwrite` replaces an earlier export at `out_dir` (atomically, once the new export is
+    checked); `out_dir` is never the run folder, inside it or above it."""
+    check_destination(Path(out_dir), overwrite, run_dir)
     run = open_run(run_dir, "cpu")
     models = {unit: run.model(unit)[0] for unit in run.units}
     calibration = {unit: run.model(unit)[1].calibration or {} for unit in run.units}
@@ -59,5 +60,5 @@ def export_run(
     return export_model(
         run.extractor, models, calibration, info, out_dir, format, precision,
         calibration_images=calib if precision == "int8" else None, check_images=check,
-        overwrite=overwrite,
+        overwrite=overwrite, run_dir=run_dir,
     )

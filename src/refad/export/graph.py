@@ -107,6 +107,8 @@ def export_onnx(graph: ScoringGraph, size: int, path: Path, exporter: str = "aut
 
     "auto" tries the TorchScript exporter first (10x faster to run here and exact for all three
     methods), then the dynamo one, which is what remains when TorchScript export goes away.
+    A failure to write the file (a full disk) is an OSError naming `path`, not retried with the
+    other exporter; the caller names the file as its user will find it.
     """
     if exporter not in EXPORTERS:
         raise RefadError(f"exporter: {exporter!r} is not one of {', '.join(EXPORTERS)}")
@@ -123,8 +125,8 @@ def export_onnx(graph: ScoringGraph, size: int, path: Path, exporter: str = "aut
         except RefadError:
             raise
         except OSError as exc:  # the file, not the exporter: another exporter would fail alike
-            path.unlink(missing_ok=True)
-            raise RefadError(f"{path}: cannot write ({exc.strerror or exc})") from None
+            path.unlink(missing_ok=True)  # named here; the caller knows the name its user sees
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
         except Exception as exc:  # exporters raise many types; the last one is reported
             failures.append(f"{name}: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}")
             path.unlink(missing_ok=True)

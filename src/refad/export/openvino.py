@@ -12,6 +12,9 @@ quantising only the reconstruction keeps them within 0.1%.
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -73,5 +76,24 @@ def onnx_to_openvino(
         if not calibration:
             raise ConfigError("calibration_images: int8 needs normal images to calibrate on")
         model = _quantise(model, method, calibration)
-    ov.save_model(model, str(xml_path), compress_to_fp16=precision == "fp16")  # bf16: f32 IR
+    try:
+        ov.save_model(model, str(xml_path), compress_to_fp16=precision == "fp16")  # bf16: f32 IR
+    except RuntimeError as exc:  # OpenVINO's C++ streams report a failed write as no errno
+        raise _write_failure(exc, xml_path, onnx_path.stat().st_size) from None
     return [xml_path, xml_path.with_suffix(".bin")]
+
+
+def _free_bytes(folder: Path) -> int:
+    """Room left where the IR goes (a function of its own, so a test can fill the disk)."""
+    return shutil.disk_usage(folder).free
+
+
+def _write_failure(exc: RuntimeError, xml_path: Path, needed: int) -> OSError:
+    """The OSError a failed save stands for. A full disk reaches Python as
+    `RuntimeError: basic_ios::clear: iostream error` (seen on a full tmpfs), which ended the
+    export with a traceback: it is called a full disk when less room is left than the graph
+    needs (the IR is about the size of its ONNX file), else OpenVINO's words are kept."""
+    if _free_bytes(xml_path.parent) < needed:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(xml_path))
+    return OSError(errno.EIO, f"OpenVINO could not save it: {' '.join(str(exc).split())[:200]}",
+                   str(xml_path))

@@ -43,6 +43,7 @@ from refad.export.openvino import onnx_to_openvino
 from refad.export.parity import TOLERANCES, compare, finite_json, map_span, passes, worst
 from refad.models.base import ReconstructionModel
 from refad.runs.layout import CONFIG_FILE, UNIFIED
+from refad.runs.recorded import check_calibration, check_categories
 
 ImagesArg = Sequence[np.ndarray] | Mapping[str, Sequence[np.ndarray]]
 _CALIB_KEYS = ("threshold", "pixel_threshold", "map_floor", "map_ceiling")
@@ -73,6 +74,10 @@ def _unit_calibration(unit: str, calib: Mapping[str, Any] | None) -> tuple[dict,
     cats = {}
     for cat, values in (calib.get("categories") or {}).items():
         cats[str(cat)] = {k: _json_value(values.get(k)) for k in _CALIB_KEYS if k in values}
+    # what every reader refuses (refad.runs.recorded) is never written: a threshold of 0
+    # called every image anomalous, a category without one fell back to the global one
+    check_calibration(base, f"calibration.{unit}")
+    check_categories(cats, f"calibration.{unit}.categories", base)
     return base, cats
 
 

@@ -19,6 +19,7 @@ SMALL_MODELS: dict[str, dict] = {
     "uniad": {"hidden_dim": 32, "num_heads": 4, "num_encoder_layers": 1,
               "num_decoder_layers": 1, "ffn_dim": 64, "neighbour_window": 3},
     "crad": {"num_blocks": 1, "expansion": 24},
+    "patchcore": {"coreset_ratio": 0.1},
 }
 
 

@@ -79,7 +79,7 @@ def torch_outputs(extractor, method, rgbs):
     return maps.numpy(), scores.numpy()
 
 
-@pytest.mark.parametrize("method", ["rlr", "uniad", "crad"])
+@pytest.mark.parametrize("method", ["rlr", "uniad", "crad"])  # the reconstruction methods;
 def test_onnx_parity_every_method(extractor, method, tmp_path) -> None:
     out = tmp_path / method if method != "rlr" else tmp_path / "rlr"
     meta = export(extractor, method, out)

@@ -24,6 +24,7 @@ try:  # typer >= 0.29 carries its own copy of click; its usage errors are raised
 except ImportError:  # older typer runs on click itself
     from click import exceptions as cli_errors  # type: ignore[no-redef]
 
+from refad.config.presets import PRESETS
 from refad.errors import RefadError, require_at_least_one
 
 
@@ -217,7 +218,7 @@ def train(
         Path | None, typer.Option(help="Folder layout: test normals.")
     ] = None,
     method: Annotated[
-        str | None, typer.Option(help="rlr, uniad, crad, crad-s (presets).")
+        str | None, typer.Option(help=f"{', '.join(PRESETS)} (presets).")
     ] = None,
     backbone: Annotated[str | None, typer.Option(help="timm model name.")] = None,
     levels: Annotated[str | None, typer.Option(help="timm out_indices, e.g. 2,3.")] = None,
@@ -302,8 +303,9 @@ def train(
 
 def _report_training(results: list, out: Path) -> None:
     for r in results:
-        console.print(f"{r.name}: {r.epochs} epochs, final loss {r.final_loss:.4f}, "
-                      f"{r.seconds:.0f} s")
+        trained = (f"{r.epochs} epochs, final loss {r.final_loss:.4f}"
+                   if r.final_loss == r.final_loss else "fitted in one pass")  # NaN: no loss
+        console.print(f"{r.name}: {trained}, {r.seconds:.0f} s")
     console.print(f"run saved in {out}")
 
 

@@ -14,7 +14,7 @@ from refad.errors import ConfigError
 T = TypeVar("T", bound="StrictModel")
 # Sections that are discriminated unions, and their tags (pydantic puts the tag in the path).
 _UNION_TAGS = {
-    "model": ("rlr", "uniad", "crad"),
+    "model": ("rlr", "uniad", "crad", "patchcore"),
     "data": ("mvtec", "visa", "folder"),
 }
 

@@ -94,9 +94,28 @@ class CRADConfig(StrictModel):
     _odd_kernel = field_validator("smooth_kernel")(odd)
 
 
-ModelConfig = Annotated[RLRConfig | UniADConfig | CRADConfig, Field(discriminator="method")]
+class PatchCoreConfig(StrictModel):
+    """Hyper-parameters of PatchCore (defaults: the paper's 1% coreset, 128-d projection)."""
+
+    method: Literal["patchcore"] = "patchcore"
+    grid_level: int = Field(0, ge=-8, le=7)  # position in backbone.levels giving the grid
+    coreset_ratio: float = Field(0.01, gt=0, le=1)  # share of all training patches kept
+    projection_dim: int = Field(128, ge=0, le=4096)  # coreset distances (0: no projection)
+    oversample: float = Field(4.0, ge=1, le=100)  # first stage keeps this x its share
+    chunk_patches: int = Field(16384, ge=64, le=1 << 22)  # patches per first-stage chunk
+    embed_dim: int | None = Field(None, ge=1, le=8192)  # average channels down to this
+    gaussian_sigma: float = Field(4.0, ge=0, le=64)
+    image_score: Literal["max", "reweighted"] = "max"  # max of the smoothed map, or the paper's
+    reweight_neighbours: int = Field(9, ge=1, le=1000)
+    query_chunk: int = Field(4096, ge=1, le=1 << 20)  # test patches per distance matmul
+
+
+ModelConfig = Annotated[
+    RLRConfig | UniADConfig | CRADConfig | PatchCoreConfig, Field(discriminator="method")
+]
 METHOD_CONFIGS: dict[str, type[StrictModel]] = {
     "rlr": RLRConfig,
     "uniad": UniADConfig,
     "crad": CRADConfig,
+    "patchcore": PatchCoreConfig,
 }

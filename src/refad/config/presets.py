@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from refad.config.methods import CRADConfig
+from refad.config.methods import CRADConfig, PatchCoreConfig
 from refad.config.schema import BackboneConfig, MVTecData, RunConfig, TrainConfig
 from refad.errors import ConfigError
 
@@ -61,11 +61,26 @@ def crad_s_preset() -> RunConfig:
     return crad_preset(expansion=216, seed=0)
 
 
+def patchcore_preset() -> RunConfig:
+    """PatchCore (CVPR 2022): WideResNet-50 layers 2 and 3 (timm indices 2, 3), 3 x 3
+    neighbourhood aggregation, a 1% greedy coreset. Fitted in one pass (`train.epochs` 1);
+    10% of the training images are held out to calibrate the thresholds, since the bank's own
+    images score near zero."""
+    return RunConfig(
+        method="patchcore",
+        data=MVTecData(image_size=256),
+        backbone=BackboneConfig(name="wide_resnet50_2", levels=[2, 3], aggregate_kernel=3),
+        train=TrainConfig(epochs=1, batch_size=32, val_fraction=0.1, seed=0),
+        model=PatchCoreConfig(embed_dim=1024),
+    )
+
+
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     "rlr": rlr_preset,
     "uniad": uniad_preset,
     "crad": crad_preset,
     "crad-s": crad_s_preset,
+    "patchcore": patchcore_preset,
 }
 
 

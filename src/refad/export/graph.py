@@ -24,7 +24,7 @@ from torch import nn
 from refad.backbones import FeatureExtractor
 from refad.deploy.metadata import INPUT_NAME, OUTPUT_NAMES
 from refad.errors import RefadError
-from refad.models.base import ReconstructionModel
+from refad.models.base import AnomalyModel
 
 OPSET = 18
 EXPORTERS = ("auto", "torchscript", "dynamo")
@@ -33,7 +33,7 @@ EXPORTERS = ("auto", "torchscript", "dynamo")
 class ScoringGraph(nn.Module):
     """extractor + model.score as one module: (B, 3, S, S) -> ((B, S, S) maps, (B,) scores)."""
 
-    def __init__(self, extractor: FeatureExtractor, model: ReconstructionModel) -> None:
+    def __init__(self, extractor: FeatureExtractor, model: AnomalyModel) -> None:
         super().__init__()
         self.extractor = extractor
         self.model = model

@@ -16,17 +16,20 @@ import torch
 
 from refad.device import amp_active, autocast
 from refad.errors import ConfigError
-from refad.models.base import ReconstructionModel, Scores
+from refad.models.base import AnomalyModel, ReconstructionModel, Scores
 
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 
 
 def score_levels(
-    model: ReconstructionModel, levels: list[torch.Tensor], amp: bool = False
+    model: AnomalyModel, levels: list[torch.Tensor], amp: bool = False
 ) -> Scores:
-    """The scoring step itself: backbone levels on the model's device -> maps and scores."""
+    """The scoring step itself: backbone levels on the model's device -> maps and scores.
+
+    Only a reconstruction runs under autocast; a memory bank's distances stay float32 (their
+    nearest neighbour would change with bf16 rounding)."""
     device = levels[0].device
-    if not amp_active(device, amp):
+    if not amp_active(device, amp) or not isinstance(model, ReconstructionModel):
         return model.score(levels)
     targets = model.targets(levels)
     with autocast(device, True):
@@ -50,7 +53,7 @@ class Scorer:
 
     def __init__(
         self,
-        model: ReconstructionModel,
+        model: AnomalyModel,
         device: torch.device | str,
         extractor: torch.nn.Module | None = None,
         amp: bool = False,

@@ -1,16 +1,20 @@
-"""The contract every reconstruction method fulfils, so the engine treats them all alike.
+"""The contract every method fulfils, so the engine treats them all alike.
 
-A method turns the frozen backbone's feature levels into its own *targets* (RLR keeps levels
-apart, UniAD resizes and concatenates them, ...), reconstructs the targets, defines its training
-loss, and owns its scoring rules (pixel map and image score). Adding a method means one new
-module implementing this class plus a preset; the engine does not change.
+Every method (`AnomalyModel`) turns the frozen backbone's feature levels into `Scores` (a pixel
+map and an image score) and says how it is fitted (`fit_kind`):
+- "gradient": a `ReconstructionModel` turns the levels into its own *targets* (RLR keeps levels
+  apart, UniAD resizes and concatenates them, ...), reconstructs them and defines the training
+  loss that the engine's optimiser loop minimises;
+- "one_pass": a `OnePassModel` (a memory bank) sees the normal training features once, with no
+  optimiser, and keeps what it needs in buffers whose size depends on the data.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -39,15 +43,45 @@ class Scores:
     image: torch.Tensor  # (B,)
 
 
-class ReconstructionModel(nn.Module, ABC):
-    """Base class of the methods. Subclasses set `method` and implement the abstract members."""
+FitKind = Literal["gradient", "one_pass"]
+
+
+class AnomalyModel(nn.Module, ABC):
+    """Base class of every method: backbone levels in, `Scores` out (no jitter, eval mode)."""
 
     method: ClassVar[str]
+    fit_kind: ClassVar[FitKind]
 
     def __init__(self, spec: FeatureSpec, config: Any) -> None:
         super().__init__()
         self.spec = spec
         self.config = config
+
+    @abstractmethod
+    def score(self, levels: list[torch.Tensor]) -> Scores:
+        """Pixel anomaly maps at the input size and image scores."""
+
+    def adopt_state_shapes(self, state: dict[str, torch.Tensor], where: str) -> None:
+        """Resize data-sized buffers (a memory bank) to a stored state before a strict load.
+
+        Most methods have a fixed shape per spec and config: nothing to do.
+        """
+
+
+class OnePassModel(AnomalyModel):
+    """A method fitted in one pass over the normal training features, without an optimiser."""
+
+    fit_kind: ClassVar[FitKind] = "one_pass"
+
+    @abstractmethod
+    def fit(self, batches: Iterable[list[torch.Tensor]], seed: int) -> None:
+        """Take in batches of normal training levels (each (B, C_l, H_l, W_l)), seen once."""
+
+
+class ReconstructionModel(AnomalyModel):
+    """A method that reconstructs features and is trained by gradient on its `loss`."""
+
+    fit_kind: ClassVar[FitKind] = "gradient"
 
     @abstractmethod
     def targets(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -93,6 +127,8 @@ def load_state_checked(
     torch's own strict-load error lists every key in several lines; users get one line with
     the file (`where`) and the first problem instead.
     """
+    if isinstance(model, AnomalyModel):
+        model.adopt_state_shapes(state, where)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -10,15 +10,17 @@ import torch
 from refad.config.base import StrictModel
 from refad.config.methods import METHOD_CONFIGS
 from refad.errors import ConfigError
-from refad.models.base import FeatureSpec, ReconstructionModel
+from refad.models.base import AnomalyModel, FeatureSpec
 from refad.models.crad import CRAD
+from refad.models.patchcore import PatchCore
 from refad.models.rlr import RLR
 from refad.models.uniad import UniAD
 
-METHODS: dict[str, type[ReconstructionModel]] = {
+METHODS: dict[str, type[AnomalyModel]] = {
     "rlr": RLR,
     "uniad": UniAD,
     "crad": CRAD,
+    "patchcore": PatchCore,
 }
 
 
@@ -39,7 +41,7 @@ def build_model(
     spec: FeatureSpec,
     config: dict[str, Any] | StrictModel,
     device: torch.device | str | None = None,
-) -> ReconstructionModel:
+) -> AnomalyModel:
     """A method's model for `spec`, its parameters drawn on the CPU (the same initial weights
     on every device) and then moved to `device` when given; device-dependent choices (RLR's
     "fast" attention path) are fixed here for that device."""

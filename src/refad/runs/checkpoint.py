@@ -29,7 +29,7 @@ from safetensors.torch import save as save_bytes
 
 from refad.atomic import fsync_dir, read_json, write_atomic, write_text_atomic
 from refad.errors import CheckpointError
-from refad.models.base import FeatureSpec, ReconstructionModel, load_state_checked
+from refad.models.base import FeatureSpec, AnomalyModel, load_state_checked
 from refad.models.registry import build_model
 from refad.runs.file_schemas import check_checkpoint
 from refad.runs.layout import META_FILE, MODEL_FILE, OPTIMIZER_FILE
@@ -116,7 +116,7 @@ def _write_blob(unit_dir: Path, kind: str, epoch: int, data: bytes) -> dict[str,
 
 def save_checkpoint(
     unit_dir: Path,
-    model: ReconstructionModel,
+    model: AnomalyModel,
     meta: CheckpointMeta,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> None:
@@ -223,7 +223,7 @@ def _load_tensors(
 
 def load_model(
     unit_dir: Path, device: torch.device | str
-) -> tuple[ReconstructionModel, CheckpointMeta]:
+) -> tuple[AnomalyModel, CheckpointMeta]:
     """Rebuild the model from metadata for `device`, load its weights strictly; eval mode."""
     unit_dir = Path(unit_dir)
     meta = read_meta(unit_dir)

@@ -17,7 +17,7 @@ from refad.backbones import FeatureExtractor, build_extractor
 from refad.config import RunConfig, load_config_file
 from refad.device import resolve_device
 from refad.errors import CheckpointError, ConfigError, DataError
-from refad.models.base import ReconstructionModel
+from refad.models.base import AnomalyModel
 from refad.runs import checkpoint as ckpt
 from refad.runs.file_schemas import EVALUATION_ID, METRICS, SCORE_ROW, check_file
 from refad.runs.layout import (
@@ -108,10 +108,7 @@ class RunDir:
                         "train into another --out)"
                     )
                 continue
-            meta = self.read_meta(unit)
-            cross_check(config, meta, where)
-            if resuming:
-                _check_model_config(config, meta, where)
+            cross_check(config, self.read_meta(unit), where)
 
     def units(self, config: RunConfig) -> list[str]:
         """Trained units: `unified`, or the categories with a checkpoint folder."""
@@ -175,7 +172,7 @@ class RunDir:
     def save_checkpoint(
         self,
         unit: str,
-        model: ReconstructionModel,
+        model: AnomalyModel,
         meta: ckpt.CheckpointMeta,
         optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
@@ -190,7 +187,7 @@ class RunDir:
 
     def load_model(
         self, unit: str, device: torch.device | str
-    ) -> tuple[ReconstructionModel, ckpt.CheckpointMeta]:
+    ) -> tuple[AnomalyModel, ckpt.CheckpointMeta]:
         return ckpt.load_model(self.unit_path(unit), device)
 
     def load_optimizer(
@@ -269,7 +266,7 @@ class TrainedRun:
     config: RunConfig
     device: torch.device
     extractor: FeatureExtractor
-    _models: dict[str, tuple[ReconstructionModel, ckpt.CheckpointMeta]] = field(
+    _models: dict[str, tuple[AnomalyModel, ckpt.CheckpointMeta]] = field(
         default_factory=dict
     )
 
@@ -284,7 +281,7 @@ class TrainedRun:
     def unit_for(self, category: str) -> str:
         return unit_for_category(self.config.train.mode, category)
 
-    def model(self, unit: str) -> tuple[ReconstructionModel, ckpt.CheckpointMeta]:
+    def model(self, unit: str) -> tuple[AnomalyModel, ckpt.CheckpointMeta]:
         if unit not in self._models:
             units = self.units
             if units and unit not in units:  # said with the run's own models, not as a
@@ -319,17 +316,23 @@ def cross_check(config: RunConfig, meta: ckpt.CheckpointMeta, where: Path) -> No
                 f"{where}: {CONFIG_FILE} says {field_name} = {in_config!r}, the checkpoint was "
                 f"trained with {in_checkpoint!r} (edited or foreign run folder)"
             )
+    _check_model_config(config, meta, where)
 
 
 def _check_model_config(config: RunConfig, meta: ckpt.CheckpointMeta, where: Path) -> None:
+    """The model section of config.json must be the one the checkpoint was built with (the
+    model is built from the checkpoint's copy; an edit of config.json would be shown in the
+    report but not used). Fields a checkpoint of an older version lacks count as defaults."""
     saved = json.loads(json.dumps(config.model.model_dump()))
-    differ = sorted(k for k in saved.keys() | meta.model_config.keys()
-                    if saved.get(k) != meta.model_config.get(k))
+    stored = dict(meta.model_config)
+    defaults = json.loads(json.dumps(type(config.model)().model_dump()))
+    stored = {**{k: v for k, v in defaults.items() if k not in stored}, **stored}
+    differ = sorted(k for k in saved.keys() | stored.keys() if saved.get(k) != stored.get(k))
     if differ:
         key = differ[0]
         raise CheckpointError(
             f"{where}: {CONFIG_FILE} says model.{key} = {saved.get(key)!r}, the checkpoint "
-            f"was trained with {meta.model_config.get(key)!r} (edited or foreign run folder)"
+            f"was trained with {stored.get(key)!r} (edited or foreign run folder)"
         )
 
 

@@ -37,7 +37,13 @@ from refad.data import (
 from refad.device import resolve_device
 from refad.errors import DataError, TrainingError
 from refad.inference import Scorer, calibrate
-from refad.models.base import FeatureSpec
+from refad.models.base import (
+    AnomalyModel,
+    FeatureSpec,
+    OnePassModel,
+    ReconstructionModel,
+    load_state_checked,
+)
 from refad.models.registry import build_model
 from refad.runs import UNIFIED, CheckpointMeta, RunDir, backbone_identity, spec_to_dict
 from refad.training.distributed import DistContext, init_distributed
@@ -110,13 +116,12 @@ def train_unit(
     progress: bool,
     dctx: DistContext | None = None,
 ) -> UnitResult:
-    """Train one model on cached levels, checkpointing every epoch; calibrate at the end.
+    """Fit one model on cached levels (the method's way), checkpointing; calibrate at the end.
 
     Under torchrun every rank runs this with the same data; each takes its shard of every
     global batch (see `refad.training.distributed`) and only rank 0 writes files.
     """
     dctx = dctx or DistContext()
-    t = config.train
     spec = FeatureSpec(
         levels=tuple(extractor.levels),
         channels=tuple(lvl.shape[1] for lvl in levels),
@@ -124,27 +129,58 @@ def train_unit(
         image_size=config.data.image_size,
     )
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(t.seed)
+        torch.manual_seed(config.train.seed)
         model = build_model(config.method, spec, config.model, device)
-    optimizer = make_optimizer(model, config, device)
+    meta = CheckpointMeta(
+        method=config.method, epoch=0, epochs=config.train.epochs, spec=spec_to_dict(spec),
+        backbone=backbone_identity(extractor, config.data.image_size),
+        model_config=config.model.model_dump(),
+    )
+    t_start = time.perf_counter()
+    optimizer = None
+    if isinstance(model, OnePassModel):
+        loss_value = fit_one_pass(name, model, levels, meta, config, folder, resume, progress,
+                                  dctx)
+    else:
+        optimizer = make_optimizer(model, config, device)
+        loss_value = fit_gradient(name, model, optimizer, levels, meta, config, folder, device,
+                                  resume, progress, dctx)
+    if dctx.is_main:
+        calibrate_unit(name, model, optimizer, calibration, config, folder, device)
+    dctx.barrier()
+    return UnitResult(name, config.train.epochs, loss_value, time.perf_counter() - t_start)
+
+
+def fit_gradient(
+    name: str,
+    model: ReconstructionModel,
+    optimizer: torch.optim.Optimizer,
+    levels: list[torch.Tensor],
+    meta: CheckpointMeta,
+    config: RunConfig,
+    folder: RunDir,
+    device: torch.device,
+    resume: bool,
+    progress: bool,
+    dctx: DistContext,
+) -> float:
+    """The optimiser loop: one checkpoint (weights and moments) per epoch; the last loss."""
+    t = config.train
     loss_fn = compiled_loss(model, t.compile)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     history: list[dict[str, float]] = []
     start = 0
     if resume and folder.has_checkpoint(name):
-        loaded, meta = folder.load_model(name, device)
+        loaded, saved = folder.load_model(name, device)
         model.load_state_dict(loaded.state_dict())
-        folder.load_optimizer(name, optimizer, meta)
-        history, start = list(meta.history), meta.epoch
-    backbone_info = backbone_identity(extractor, config.data.image_size)
-    model_cfg = config.model.model_dump()
+        folder.load_optimizer(name, optimizer, saved)
+        history, start = list(saved.history), saved.epoch
     features = DeviceFeatures(levels, device, STORAGE_DTYPES[t.feature_storage])
     steps = -(-len(features) // t.batch_size)
     bar = tqdm(
         total=t.epochs * steps, initial=start * steps, desc=f"train {name}", unit="batch",
         disable=not progress,
     )
-    t_start = time.perf_counter()
     loss_value = history[-1]["loss"] if history else float("nan")
     for epoch in range(start, t.epochs):
         settings = StepSettings.from_config(
@@ -160,29 +196,71 @@ def train_unit(
             )
         loss_value = stats.loss
         history.append({"epoch": epoch + 1, "loss": loss_value, "seconds": stats.seconds})
-        meta = CheckpointMeta(
-            method=config.method, epoch=epoch + 1, epochs=t.epochs, spec=spec_to_dict(spec),
-            backbone=backbone_info, model_config=model_cfg, history=history,
-        )
+        meta.epoch, meta.history = epoch + 1, list(history)
         if dctx.is_main:
             folder.save_checkpoint(name, model, meta, optimizer)
     bar.close()
+    return loss_value
+
+
+def fit_one_pass(
+    name: str,
+    model: OnePassModel,
+    levels: list[torch.Tensor],
+    meta: CheckpointMeta,
+    config: RunConfig,
+    folder: RunDir,
+    resume: bool,
+    progress: bool,
+    dctx: DistContext,
+) -> float:
+    """A one-pass method sees the normal levels once, in chunks, and is saved as its only
+    epoch (no optimiser file). A resume of a fitted unit reloads it; an unfitted one is fitted
+    again from the start (the fit is cheap and deterministic). Returns NaN: there is no loss."""
+    device = next(iter(model.buffers())).device
+    if resume and folder.has_checkpoint(name):
+        loaded, _ = folder.load_model(name, device)
+        load_state_checked(model, loaded.state_dict(), str(folder.unit_path(name)))
+        return float("nan")
+    chunk = config.train.batch_size
+    n = levels[0].shape[0]
+    starts = range(0, n, chunk)
+    batches = (
+        [lvl[i : i + chunk].to(device, torch.float32) for lvl in levels]
+        for i in tqdm(starts, desc=f"fit {name}", unit="batch", disable=not progress)
+    )
+    model.fit(batches, seed=config.train.seed)
+    meta.epoch, meta.epochs, meta.history = 1, 1, []  # no loss to record
     if dctx.is_main:
-        meta = folder.read_meta(name)
-        if meta.calibration is None:
-            meta.calibration = calibrate(
-                Scorer(model, device), calibration.levels, calibration.categories,
-                t.feature_batch_size, t.threshold_quantile, calibration.source,
-                t.threshold_rule,
-            )
-            if not math.isfinite(meta.calibration["threshold"]):
-                raise TrainingError(
-                    f"{folder.unit_path(name)}: the trained model gives non-finite scores on "
-                    "normal images; no calibration saved (training diverged: lower train.lr)"
-                )
-            folder.save_checkpoint(name, model, meta, optimizer)
-    dctx.barrier()
-    return UnitResult(name, t.epochs, loss_value, time.perf_counter() - t_start)
+        folder.save_checkpoint(name, model, meta)
+    return float("nan")
+
+
+def calibrate_unit(
+    name: str,
+    model: AnomalyModel,
+    optimizer: torch.optim.Optimizer | None,
+    calibration: CalibrationSet,
+    config: RunConfig,
+    folder: RunDir,
+    device: torch.device,
+) -> None:
+    """Thresholds, pixel threshold and map range from normal images, saved with the model
+    (once: a resumed run that is calibrated already keeps its numbers)."""
+    t = config.train
+    meta = folder.read_meta(name)
+    if meta.calibration is not None:
+        return
+    meta.calibration = calibrate(
+        Scorer(model, device), calibration.levels, calibration.categories,
+        t.feature_batch_size, t.threshold_quantile, calibration.source, t.threshold_rule,
+    )
+    if not math.isfinite(meta.calibration["threshold"]):
+        raise TrainingError(
+            f"{folder.unit_path(name)}: the trained model gives non-finite scores on "
+            "normal images; no calibration saved (training diverged: lower train.lr)"
+        )
+    folder.save_checkpoint(name, model, meta, optimizer)
 
 
 def progress_hook(bar: tqdm, epoch: int, device: torch.device) -> StepHook:

@@ -3,7 +3,6 @@ pass, no optimiser file, resume, a bank that is truncated, edited or from anothe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path

@@ -29,7 +29,7 @@ from safetensors.torch import save as save_bytes
 
 from refad.atomic import fsync_dir, read_json, write_atomic, write_text_atomic
 from refad.errors import CheckpointError
-from refad.models.base import FeatureSpec, AnomalyModel, load_state_checked
+from refad.models.base import AnomalyModel, FeatureSpec, load_state_checked
 from refad.models.registry import build_model
 from refad.runs.file_schemas import check_checkpoint
 from refad.runs.layout import META_FILE, MODEL_FILE, OPTIMIZER_FILE

@@ -30,20 +30,21 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def tiny_config(root: Path, *extra: str, epochs: int = 2) -> RunConfig:
-    """RLR on a random-init Lite2 at 64 px with a one-layer, narrow model: seconds to train."""
+    """RLR on a random-init Lite2 at 64 px with a one-layer, narrow model: seconds to train.
+    `extra` settings replace the defaults of the same field (a field is set once)."""
+    defaults = [
+        f"data.root={root}",
+        "data.image_size=64",
+        "backbone.name=tf_efficientnet_lite2",
+        "backbone.weights=none",
+        f"train.epochs={epochs}",
+        "train.batch_size=4",
+        "device=cpu",
+        *TINY_MODEL,
+    ]
+    replaced = {item.split("=", 1)[0] for item in extra}
     return apply_overrides(
-        preset("rlr"),
-        [
-            f"data.root={root}",
-            "data.image_size=64",
-            "backbone.name=tf_efficientnet_lite2",
-            "backbone.weights=none",
-            f"train.epochs={epochs}",
-            "train.batch_size=4",
-            "device=cpu",
-            *TINY_MODEL,
-            *extra,
-        ],
+        preset("rlr"), [*(d for d in defaults if d.split("=", 1)[0] not in replaced), *extra]
     )
 
 

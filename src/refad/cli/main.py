@@ -253,6 +253,7 @@ def train(
     """Train one model (unified: all categories) and save it to OUT."""
     _torch_threads()
     from refad.api import build_config, fit, load_config_file
+    from refad.config.overrides import refuse_flags_set_again
 
     if resume:
         given = {
@@ -282,10 +283,12 @@ def train(
     base = load_config_file(config_file) if config_file is not None else None
     if base is not None and method is not None and method != base.method:
         raise RefadError(f"--method {method}: the config file's method is {base.method!r}")
+    flags = {"train.amp": "--amp" if amp else None,
+             "train.compile": "--compile" if compile_ is not None else None}
+    refuse_flags_set_again({k: v for k, v in flags.items() if v}, set_ or ())
     config = build_config(
         method=method or (base.method if base else "rlr"),
-        data=data or (base.data.kind if base else "mvtec"), base=base,
-        device=device or (base.device if base else "auto"), root=root,
+        data=data, base=base, device=device, root=root,
         categories=_csv(categories, "--categories"), normal_dir=normal_dir,
         anomalous_dir=anomalous_dir, mask_dir=mask_dir, test_normal_dir=test_normal_dir,
         backbone=backbone, levels=_csv_ints(levels, "--levels"), weights=weights,
@@ -409,6 +412,8 @@ def predict(
     for p in report.predictions:
         verdict = "" if p.anomalous is None else (" ANOMALOUS" if p.anomalous else " normal")
         console.print(f"{p.score:.4f}{verdict}  {p.path}", highlight=False)
+    for note in report.notes:
+        console.print(f"note: {note}", highlight=False)
     console.print(f"{len(report.predictions)} images scored ({report.scored_with}); results "
                   f"in {out}", highlight=False)
     console.print(report.decision_line(), highlight=False)
@@ -425,13 +430,15 @@ def compare(
     methods: Annotated[str, typer.Option(help="Comma-separated, e.g. rlr,uniad,crad.")] = (
         "rlr,uniad,crad"
     ),
-    data: Annotated[str, typer.Option(help="Dataset layout: mvtec, visa or folder.")] = "mvtec",
+    data: Annotated[
+        str | None, typer.Option(help="Dataset layout: mvtec, visa or folder (default mvtec).")
+    ] = None,
     root: Annotated[Path | None, typer.Option(help="Dataset root.")] = None,
     categories: Annotated[str | None, typer.Option(help="Comma-separated; default all.")] = None,
     backbone: Annotated[str | None, typer.Option(help="Same backbone for all methods.")] = None,
     weights: Annotated[str | None, typer.Option(help="auto, none, or a file.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Same for all; default each paper's.")] = None,
-    device: Annotated[str, typer.Option()] = "auto",
+    device: Annotated[str | None, typer.Option(help="auto (default), cpu, cuda.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="section.field=value")] = None,
     resume: Annotated[bool, typer.Option()] = False,
     progress: Annotated[bool, typer.Option()] = True,

@@ -76,11 +76,14 @@ def describe_validation_error(exc: ValidationError, where: str) -> str:
     # drop a discriminated union's tag: the user wrote `model.alpha`, not `model.rlr.alpha`
     loc = [
         p for i, p in enumerate(loc)
-        if not (i + 1 < len(loc) and p in _UNION_TAGS.get(loc[i - 1] if i else where, ()))
+        if p not in _UNION_TAGS.get(loc[i - 1] if i else where, ())
     ]
-    path = ".".join(str(p) for p in loc) or "(root)"
+    path = ".".join(str(p) for p in loc)
     got = err.get("input")
-    shown = "" if isinstance(got, dict) else f" (got {short_repr(got)})"
+    shown = "" if isinstance(got, dict | BaseModel) else f" (got {short_repr(got)})"
     more = f"; {len(exc.errors()) - 1} more problem(s)" if len(exc.errors()) > 1 else ""
     message = err["msg"].removeprefix("Value error, ")
+    if not path or message.startswith(f"{path}."):
+        # a check across fields names the field to change itself ("model.hidden_dims: ...")
+        return f"{where}: {message}{shown}{more}"
     return f"{where}: {path}: {message}{shown}{more}"

@@ -6,14 +6,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from refad.config.overrides import parse_override, with_fields
+from refad.config.overrides import parse_overrides, refuse_flags_set_again, with_fields
 from refad.config.presets import preset
 from refad.config.schema import RunConfig
 
 
 def build_config(
     method: str = "rlr",
-    data: str = "mvtec",
+    data: str | None = None,
     root: str | Path | None = None,
     categories: Sequence[str] | None = None,
     normal_dir: str | Path | None = None,
@@ -31,15 +31,19 @@ def build_config(
     per_category: bool | None = None,
     feature_cache: str | Path | None = None,
     val_fraction: float | None = None,
-    device: str = "auto",
+    device: str | None = None,
     overrides: Sequence[str] | None = None,
     base: RunConfig | None = None,
 ) -> RunConfig:
     """`base` (default: the method's preset) with the given fields set (None keeps the
-    base's value), then `overrides` (`section.field=value` strings), validated once."""
+    base's value: `data` its layout, `device` its device, "auto" in a preset), then
+    `overrides` (`section.field=value` strings), validated once. A field given both ways, or
+    twice in `overrides`, is refused: one of the two would be dropped without a word."""
     cfg = base if base is not None else preset(method)
-    fields: dict[str, Any] = {"device": device}
-    if base is None or data != cfg.data.kind:
+    fields: dict[str, Any] = {}
+    if device is not None:
+        fields["device"] = device
+    if data is not None and data != cfg.data.kind:
         fields["data.kind"] = data
     named = {
         "data.root": root, "data.categories": list(categories) if categories else None,
@@ -55,6 +59,20 @@ def build_config(
         "train.mode": None if per_category is None else (
             "per-category" if per_category else "unified"),
     }
-    fields.update({k: v for k, v in named.items() if v is not None})
-    fields.update(parse_override(item) for item in overrides or ())
+    given = {k: v for k, v in named.items() if v is not None}
+    fields.update(given)
+    asked = [*given, *(["device"] if device is not None else []),
+             *(["data.kind"] if data is not None else [])]
+    refuse_flags_set_again({path: _flag(path) for path in asked}, overrides or ())
+    fields.update(parse_overrides(overrides or ()))
     return with_fields(cfg, fields, where="config")
+
+
+# The parameter (and flag) of a field whose name is not the field's last part.
+_PARAMETERS = {"backbone.name": "backbone", "backbone.weights": "weights",
+               "train.mode": "per_category", "data.kind": "data"}
+
+
+def _flag(path: str) -> str:
+    """The flag of `refad train` (and parameter of this function) that sets `path`."""
+    return "--" + _PARAMETERS.get(path, path.rsplit(".", 1)[-1]).replace("_", "-")

@@ -8,12 +8,17 @@ reachable from every entry point without further code.
 from __future__ import annotations
 
 import json
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from refad.config.schema import RunConfig
 from refad.errors import ConfigError
+
+# A config is a few kilobytes; a 50 MB YAML file took 4 minutes and 5 GB to parse before it
+# was refused. The size is checked before a byte is parsed.
+MAX_CONFIG_BYTES = 1_000_000
 
 
 def _put(data: dict[str, Any], key: str, value: Any, where: str) -> None:
@@ -76,9 +81,40 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """`--set` strings as `{path: value}`. A field set twice (`train.epochs=3` and
+    `train.epochs=5`, or `train={...}` and `train.epochs=5`) is refused, as a key twice in a
+    config file is: the last one won without a word."""
+    fields: dict[str, Any] = {}
+    given: dict[str, str] = {}
+    for item in overrides:
+        key, value = parse_override(item)
+        for earlier, text in given.items():
+            if _overlap(key, earlier):
+                field = max(key, earlier, key=len)
+                raise ConfigError(f"{field}: given twice ({text}, then {item}); set it once")
+        fields[key], given[key] = value, item
+    return fields
+
+
+def _overlap(a: str, b: str) -> bool:
+    """True when the paths name one field, or one holds the other (`train`, `train.epochs`)."""
+    return a == b or a.startswith(f"{b}.") or b.startswith(f"{a}.")
+
+
+def refuse_flags_set_again(flags: Mapping[str, str], overrides: Iterable[str]) -> None:
+    """`{path: "--flag"}` of the flags given: none may be set again by `--set` (`--epochs 3
+    --set train.epochs=5` trained 5 epochs without a word)."""
+    for item in overrides:
+        key, _ = parse_override(item)
+        for path, flag in flags.items():
+            if _overlap(key, path):
+                raise ConfigError(f"{path}: given by {flag} and by --set {item}; set it once")
+
+
 def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
-    """Apply `--set section.field=value` strings."""
-    fields = dict(parse_override(item) for item in overrides)
+    """Apply `--set section.field=value` strings (each field once)."""
+    fields = parse_overrides(overrides)
     return with_fields(config, fields, where="override") if fields else config
 
 
@@ -86,7 +122,7 @@ def load_config_file(path: Path | str) -> RunConfig:
     """A RunConfig from a JSON or YAML file (the schema of a saved `config.json`)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = _read_small_file(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except IsADirectoryError:
@@ -107,6 +143,25 @@ def load_config_file(path: Path | str) -> RunConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config sections at the top")
     return RunConfig.parse(data, where=str(path))
+
+
+def _read_small_file(path: Path) -> str:
+    """The text of a regular file of at most MAX_CONFIG_BYTES. A FIFO or a device is refused
+    before it is opened (opening a FIFO waits for a writer); a file that grows while it is
+    read is still cut at the limit."""
+    mode = path.stat().st_mode
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(path)
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{path}: not a regular file")
+    with path.open("rb") as fh:
+        data = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        size = max(path.stat().st_size, len(data))
+        raise ConfigError(f"{path}: {size / 1e6:.1f} MB is more than the "
+                          f"{MAX_CONFIG_BYTES / 1e6:g} MB a config file may hold (a config is "
+                          "a few KB; is this the right file?)")
+    return data.decode()
 
 
 def _unique(pairs: list[tuple[str, Any]], path: Path) -> dict[str, Any]:

@@ -24,6 +24,11 @@ DEFAULT_LEVELS: tuple[int, ...] = (2, 3)
 # Input sizes beyond this need more memory than any supported device holds for one image's
 # attention maps; a typo such as 100000 is refused up front instead of running out of memory.
 MAX_IMAGE_SIZE = 2048
+# Other sizes of a run, each far above any sensible setting (a typo is refused, not run).
+MAX_EPOCHS = 100_000
+MAX_BATCH = 4096  # images per step or per feature batch
+MAX_WORKERS = 256
+MAX_KERNEL = 31  # local aggregation of backbone features (the papers: 1 or 3)
 
 
 def check_levels(levels: Sequence[int]) -> tuple[int, ...]:
@@ -46,7 +51,7 @@ def check_kernel(kernel: int) -> int:
 class _DataCommon(StrictModel):
     categories: list[str] | None = None  # None: all categories found
     image_size: int = Field(256, ge=32, le=MAX_IMAGE_SIZE)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, le=MAX_WORKERS)
 
 
 class MVTecData(_DataCommon):
@@ -73,7 +78,7 @@ class FolderData(StrictModel):
     mask_dir: str | None = None
     test_normal_dir: str | None = None
     image_size: int = Field(256, ge=32, le=MAX_IMAGE_SIZE)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, le=MAX_WORKERS)
 
 
 DataConfig = Annotated[MVTecData | VisaData | FolderData, Field(discriminator="kind")]
@@ -90,7 +95,7 @@ class BackboneConfig(StrictModel):
     name: str = DEFAULT_BACKBONE
     levels: list[int] = Field(default_factory=lambda: list(DEFAULT_LEVELS))
     weights: str = "auto"  # "auto" | "none" | path to .pth/.safetensors
-    aggregate_kernel: int = 3
+    aggregate_kernel: int = Field(3, le=MAX_KERNEL)
 
     @field_validator("levels")
     @classmethod
@@ -116,12 +121,12 @@ def _shared(default: Any, **kw: Any) -> Any:
 class TrainConfig(StrictModel):
     """Optimisation schedule. Checkpoint = last epoch (never chosen on test data)."""
 
-    epochs: int = Field(200, ge=1)
-    batch_size: int = Field(4, ge=1)
+    epochs: int = Field(200, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(4, ge=1, le=MAX_BATCH)
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    lr_step_epoch: int | None = Field(None, ge=1)  # multiply lr by lr_gamma from this epoch
+    lr_step_epoch: int | None = Field(None, ge=1, le=MAX_EPOCHS)  # lr *= lr_gamma from here
     lr_gamma: float = Field(0.1, gt=0)
     grad_clip: float | None = Field(None, gt=0)
     # the loop derives per-epoch seeds (seed * 1_000_003 + epoch) that torch takes as int64
@@ -138,7 +143,7 @@ class TrainConfig(StrictModel):
     # the maximum of few images, so false alarms near 1/(n+1)) or "normal_tail" (never below
     # mean + z*std); see refad.inference.calibration
     threshold_rule: Literal["empirical", "normal_tail"] = _shared("normal_tail")
-    feature_batch_size: int = _shared(16, ge=1)
+    feature_batch_size: int = _shared(16, ge=1, le=MAX_BATCH)
     # bf16 autocast of training steps on CUDA (ignored on the CPU, which stays float32); off by
     # default so that CPU and GPU runs agree to float tolerance.
     amp: bool = _shared(False)
@@ -228,4 +233,24 @@ class RunConfig(StrictModel):
             raise ValueError(
                 f"model.method is {self.model.method!r} but the run's method is {self.method!r}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _model_fits_levels(self) -> RunConfig:
+        """Model sizes that depend on the backbone levels, checked here rather than when the
+        model is built after feature extraction (minutes into a run)."""
+        levels = self.backbone.levels
+        grid_level = getattr(self.model, "grid_level", None)
+        if grid_level is not None and not -len(levels) <= grid_level < len(levels):
+            raise ValueError(f"model.grid_level: {grid_level} is out of range for "
+                             f"{len(levels)} feature level(s) (backbone.levels {levels})")
+        if isinstance(self.model, RLRConfig):
+            dims = self.model.hidden_dims
+            if dims is not None and len(dims) != len(levels):
+                raise ValueError(f"model.hidden_dims: {len(dims)} width(s) for {len(levels)} "
+                                 f"backbone levels {levels} (one per level)")
+            for width in dims or [64 << lvl for lvl in levels]:  # the model's default widths
+                if width % self.model.num_heads:
+                    raise ValueError(f"model.num_heads: {self.model.num_heads} does not divide "
+                                     f"the hidden width {width} (set model.hidden_dims too)")
         return self

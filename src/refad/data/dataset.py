@@ -13,6 +13,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from refad.data.images import (
+    check_regular_file,
     empty_mask_reason,
     read_image_and_orientation,
     read_image_rgb,
@@ -131,6 +132,7 @@ def _file_key(path: Path) -> str:
     image edited in place to the same size with its time restored (os.utime, a copy tool, a
     coarse file system) kept its key, and training reused the features of the old pixels.
     Hashing reads each file once, far less work than decoding and a backbone pass."""
+    check_regular_file(Path(path))  # a FIFO swapped in since the listing would wait forever
     try:
         with open(path, "rb") as fh:
             digest = hashlib.file_digest(fh, "sha256").hexdigest()

@@ -51,11 +51,27 @@ _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 
 def is_image_file(path: Path) -> bool:
     """True for a visible regular file whose suffix is a known image suffix (case-insensitive)."""
+    return is_image_entry(path) and path.is_file()
+
+
+def is_image_entry(path: Path) -> bool:
+    """A visible entry named like an image that is not a folder: an image file, or something
+    put where an image belongs (a FIFO, a device, a dangling link). Listings keep the latter
+    so that it is named ("not a regular file"), never skipped without a word."""
     return (
         not path.name.startswith(".")
         and path.suffix.lower() in IMAGE_EXTENSIONS
-        and path.is_file()
+        and not path.is_dir()
     )
+
+
+def check_regular_file(path: Path) -> None:
+    """Refuse, from its status alone, a path that is missing or not a regular file: opening
+    a FIFO would wait for a writer forever, a device would be read without end."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file")
 
 
 def one_line(exc: BaseException) -> str:
@@ -103,10 +119,7 @@ def _open(path: Path, *, decode: bool) -> Image.Image:
     The pixel count is checked from the header before anything is decoded (see module doc).
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if not path.is_file():
-        raise DataError(f"{path}: not a regular file")
+    check_regular_file(path)
     try:
         with warnings.catch_warnings():  # our limit decides, not PIL's lower warning level
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from refad.data.images import IMAGE_EXTENSIONS, is_image_file
+from refad.data.images import IMAGE_EXTENSIONS, check_regular_file, is_image_entry
 from refad.errors import ConfigError, DataError
 
 SPLITS = ("train", "test")
@@ -61,7 +61,9 @@ def list_images(folder: Path) -> list[Path]:
     for p in entries:  # an image the user put there but that cannot be read is not skipped
         if p.is_symlink() and not p.exists() and p.suffix.lower() in IMAGE_EXTENSIONS:
             raise DataError(f"{p}: dangling symbolic link (its target {os.readlink(p)} is gone)")
-    images = [p for p in entries if is_image_file(p)]
+    images = [p for p in entries if is_image_entry(p)]
+    for p in images:  # a FIFO named like an image was skipped without a word
+        check_regular_file(p)
     if not images:
         raise DataError(f"{folder}: folder holds no images")
     return images
@@ -84,7 +86,8 @@ class MaskIndex:
         self._by_stem: dict[str, list[Path]] = {}
         if self.mask_dir is not None and self.mask_dir.is_dir():
             for p in sorted(self.mask_dir.iterdir()):
-                if is_image_file(p):
+                if is_image_entry(p):
+                    check_regular_file(p)  # a FIFO mask: named, never hashed (that waits)
                     self._by_stem.setdefault(p.stem, []).append(p)
 
     def lookup(self, image: Path) -> Path | None:

@@ -15,7 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 from refad.config.base import describe_validation_error
 from refad.config.schema import DataConfig, FolderData, MVTecData, VisaData
 from refad.data.folder import folder_samples
-from refad.data.images import is_image_file
+from refad.data.images import is_image_entry
 from refad.data.mvtec import mvtec_samples
 from refad.data.samples import Sample
 from refad.data.visa import visa_samples
@@ -96,26 +96,37 @@ def split_validation(
 
 
 def collect_images(inputs: Sequence[Path | str]) -> list[Path]:
-    """Files given directly, plus the image files found recursively in folders (by suffix,
-    the same list the dataset layouts use). A file reached twice (given twice, or given and
-    inside a given folder) is listed once, where it first appears: one file, one result."""
+    """The images of `inputs`, each file once (see `find_images`)."""
+    return find_images(inputs)[0]
+
+
+def find_images(inputs: Sequence[Path | str]) -> tuple[list[Path], list[str]]:
+    """Files given directly, plus the image entries found recursively in folders (by suffix,
+    as the dataset layouts list them), and a note for each file reached again under another
+    name. A FIFO or a dangling link named like an image is kept, so that reading it names it
+    (`not a regular file`) instead of a silent skip. A file reached twice (given twice, given
+    and inside a given folder, or through links) is listed once, where it first appears: one
+    file, one result."""
     found: list[Path] = []
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            files = sorted(p for p in item.rglob("*") if is_image_file(p))
+            files = sorted(p for p in item.rglob("*") if is_image_entry(p))
             if not files:
                 raise DataError(f"{item}: folder holds no images")
             found.extend(files)
-        elif item.is_file():
+        elif item.exists():  # a regular file, or a FIFO or device its reading refuses
             found.append(item)
         else:
             raise DataError(f"{item}: no such file or folder")
-    seen: set[str] = set()
-    unique = []
+    first: dict[str, Path] = {}
+    unique: list[Path] = []
+    notes: list[str] = []
     for path in found:
-        key = os.path.abspath(path)
-        if key not in seen:
-            seen.add(key)
+        key = os.path.realpath(path)  # links resolved: two names of one file are one file
+        if key not in first:
+            first[key] = path
             unique.append(path)
-    return unique
+        elif os.path.abspath(path) != os.path.abspath(first[key]):
+            notes.append(f"{path}: the same file as {first[key]}; scored once")
+    return unique, notes

@@ -101,12 +101,14 @@ def visa_samples(
             raise DataError(f"{where}: empty image path")
         image = root / row["image"]
         if not image.is_file():
-            raise DataError(f"{image}: image listed in {where} not found")
+            raise DataError(f"{image}: not a regular file (listed in {where})" if image.exists()
+                            else f"{image}: image listed in {where} not found")
         mask: Path | None = None
         if row["mask"]:
             mask = root / row["mask"]
             if not mask.is_file():
-                raise DataError(f"{mask}: mask listed in {where} not found")
+                raise DataError(f"{mask}: not a regular file (listed in {where})" if mask.exists()
+                                else f"{mask}: mask listed in {where} not found")
         elif label == 1:
             raise DataError(f"{image}: anomalous image has no mask in {where}")
         defect = "anomaly" if label == 1 else "good"

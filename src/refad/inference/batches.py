@@ -21,13 +21,13 @@ import math
 import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from refad.data.images import read_image_rgb
-from refad.data.splits import collect_images
+from refad.data.splits import find_images
 from refad.errors import RefadError
 
 
@@ -54,6 +54,7 @@ class ImageResult:
 class PredictionBatch:
     results: list[ImageResult]
     failures: list[str]  # one line each: "<file>: <problem>"
+    notes: list[str] = field(default_factory=list)  # e.g. a file given again through a link
 
 
 def _absolute(path: Path | str) -> Path:
@@ -95,7 +96,7 @@ def scored_batches(
 ) -> Iterator[PredictionBatch]:
     """Read, score and name the images of `inputs` batch by batch; an unreadable image is a
     failure line, never the end of the others (any scoring path: PyTorch or an export)."""
-    paths = collect_images(inputs)
+    paths, notes = find_images(inputs)
     relatives = relative_paths(inputs, paths)
     names = dict(zip(paths, zip(relatives, output_names(relatives), strict=True), strict=True))
     for start in range(0, len(paths), batch_size):
@@ -107,11 +108,13 @@ def scored_batches(
             except RefadError as exc:
                 failures.append(str(exc))
         if not images:
-            yield PredictionBatch([], failures)
+            yield PredictionBatch([], failures, notes)
+            notes = []
             continue
         maps, values = score(images)
         results = [
             ImageResult(path, image, amap, float(value), *names[path])
             for path, image, amap, value in zip(kept, images, maps, values, strict=True)
         ]
-        yield PredictionBatch(results, failures)
+        yield PredictionBatch(results, failures, notes)
+        notes = []  # said once, with the first batch

@@ -18,7 +18,7 @@ import io
 import json
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +65,7 @@ class PredictReport:
     failures: list[str]  # one line each: "<file>: <problem>"
     threshold_source: str | None = None  # "global", "category:C"; None: no threshold
     scored_with: str = ""  # what computed the scores ("pytorch ...", "openvino, bf16 export...")
+    notes: list[str] = field(default_factory=list)  # e.g. a file given twice, scored once
 
     def decision_line(self) -> str:
         """What decided the images, for the console (users must not guess)."""
@@ -98,6 +99,7 @@ def write_predictions(
     report = PredictReport([], [], calibration.get("source"), scored_with)
     for batch in batches:
         report.failures.extend(batch.failures)
+        report.notes.extend(batch.notes)
         report.predictions.extend(
             _write_result(out_dir, r, calibration, category) for r in batch.results
         )

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
 from refad.errors import RefadError
-from refad.serve.server import run_server
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,14 +30,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    # before the server runs (imports, checks) a signal stops it as `refad serve`: one line,
+    # status 130, not a traceback (SIGINT) or a death by the signal (SIGTERM)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
+        from refad.serve.server import run_server  # a second of imports (uvicorn, FastAPI)
+
         return run_server(a.run, a.model, a.host, a.port, a.device, a.api_key_file, a.max_batch,
                           a.max_wait_ms, max_pixels_in_flight=a.max_pixels_in_flight,
                           log_level=a.log_level)
     except RefadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        status = main()
+    finally:  # the exit status is decided: a late signal must not turn it into a failure
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+    sys.exit(status)

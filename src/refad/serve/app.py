@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import refad
 from refad.serve.backend import (
@@ -73,6 +74,13 @@ class ServeState:
     info: dict[str, Any] = field(default_factory=dict)
     ready: bool = False
     load_error: str | None = None
+    loader: threading.Thread | None = None  # the thread building the backend, once started
+    stopped: threading.Event = field(default_factory=threading.Event)  # the app has shut down
+
+    @property
+    def loading(self) -> bool:
+        """The backend is still being built (a stop now leaves its thread inside torch)."""
+        return self.loader is not None and self.loader.is_alive()
 
 
 def _warm_pictures(result: ImageResult) -> None:
@@ -82,12 +90,21 @@ def _warm_pictures(result: ImageResult) -> None:
     render_outputs(result, blank, OUTPUTS)
 
 
+def _call_on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    """``callback`` on the server's loop; nothing once the server has stopped (its loop is
+    closed), where it raised from the loader thread and printed a traceback."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback)
+
+
 def _load(state: ServeState, factory: Callable[[], Backend], loop: asyncio.AbstractEventLoop,
           on_error: Callable[[BaseException], None] | None) -> None:
     """Build and warm the backend (in a daemon thread), then flip the app to ready."""
     try:
         tic = time.perf_counter()
         backend = factory()
+        if state.stopped.is_set():
+            return  # stopped while loading: no warm-up for a server that is gone
         info = dict(backend.info())
         if state.settings.warmup:
             _warm_pictures(backend.warmup(state.settings.max_batch)[0])
@@ -102,7 +119,7 @@ def _load(state: ServeState, factory: Callable[[], Backend], loop: asyncio.Abstr
             if on_error is not None:
                 on_error(error)
 
-        loop.call_soon_threadsafe(failed)
+        _call_on_loop(loop, failed)
         return
 
     def ready() -> None:
@@ -111,7 +128,7 @@ def _load(state: ServeState, factory: Callable[[], Backend], loop: asyncio.Abstr
         log.info("model ready in %.1f s (%s %s)", time.perf_counter() - tic,
                  info.get("method"), info.get("backbone"))
 
-    loop.call_soon_threadsafe(ready)
+    _call_on_loop(loop, ready)
 
 
 def _static(name: str) -> bytes:
@@ -152,9 +169,14 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.batcher.start()
         loop = asyncio.get_running_loop()
-        threading.Thread(target=_load, args=(state, backend_factory, loop, on_load_error),
-                         name="refad-load", daemon=True).start()
+        # a daemon: a stop must not wait for a load that can take minutes (run_server ends a
+        # process stopped by a signal while it runs; see there)
+        state.loader = threading.Thread(
+            target=_load, args=(state, backend_factory, loop, on_load_error),
+            name="refad-load", daemon=True)
+        state.loader.start()
         yield
+        state.stopped.set()
         await state.batcher.stop()
 
     app = FastAPI(title="refad serve", version=refad.__version__, lifespan=lifespan,
@@ -162,6 +184,7 @@ def create_app(
                   description="Anomaly scores, decisions and heatmaps from a trained refad model.")
     app.state.serve = state
     _add_error_handlers(app)
+    app.add_middleware(AnswerWhenCancelled)  # inside the metrics: its 503s are counted
     app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=ROUTES)
 
@@ -212,6 +235,41 @@ def create_app(
 
         app.add_api_route(path, page, methods=["GET"], include_in_schema=False)
     return app
+
+
+SHUTTING_DOWN = "the server is shutting down"
+
+
+class AnswerWhenCancelled:
+    """A request whose task is cancelled still gets a 503 in JSON. uvicorn cancels requests
+    on a forced stop (a second Ctrl-C) and when the drain time runs out; the cancellation
+    reached uvicorn, which answered a plain-text 500 and logged a CancelledError traceback."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and hasattr(task, "uncancel"):  # Python >= 3.11
+                task.uncancel()
+            if started:  # part of the answer is out: the connection just ends
+                return
+            log.warning("%s %s cancelled: the server is stopping", scope["method"],
+                        scope["path"][:100])
+            await error_response(503, SHUTTING_DOWN)(scope, receive, send)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -363,8 +421,8 @@ async def _score_form(state: ServeState, form: _Form, tic: float) -> dict[str, A
         scored = await state.batcher.submit(images, [form.category] * n, [form.threshold] * n)
     except QueueFull as exc:
         raise ApiError(503, f"server busy: {exc}; retry shortly", {"Retry-After": "1"}) from None
-    except BatcherClosed as exc:
-        raise ApiError(503, str(exc)) from None
+    except BatcherClosed:
+        raise ApiError(503, SHUTTING_DOWN) from None
     done = time.perf_counter()
 
     def render() -> list[dict[str, str]]:

@@ -155,7 +155,8 @@ class MicroBatcher:
                     job.future.set_result(Scored(result, len(batch), wait * 1000, seconds * 1000))
 
     async def stop(self) -> None:
-        """Refuse new work, fail what is still queued, and let the worker thread finish."""
+        """Refuse new work, fail what is still queued or being scored (its requests answer 503
+        at once), and wait for the worker thread to finish its batch."""
         self._closed = True
         if self._task is not None:
             self._task.cancel()
@@ -167,4 +168,6 @@ class MicroBatcher:
                 if not job.future.done():
                     job.future.set_exception(BatcherClosed("the server is shutting down"))
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            # waited for off the loop: a batch still being scored (a forced stop) must not hold
+            # up the 503s of its requests, which the loop sends meanwhile
+            await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)

@@ -1,19 +1,26 @@
 """`refad serve`'s entry point: pick a backend, build the app, run uvicorn until SIGTERM/SIGINT.
 
 On SIGTERM uvicorn stops accepting connections, lets in-flight requests finish (up to
-``drain_seconds``), then the app stops its batcher and the process exits 0.
+``drain_seconds``), then the app stops its batcher and the process exits 0. A second Ctrl-C
+forces the stop: requests still waiting or being scored answer 503 at once. A signal while the
+model is still loading ends the process at once (the loading thread cannot be stopped).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import NoReturn
 
 import uvicorn
 
@@ -96,16 +103,61 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, with its forced stop (a second Ctrl-C) made clean.
+
+    uvicorn skips the app's shutdown on a forced stop, so the batcher's task and the lifespan
+    were cancelled under the requests (a 500 for each, CancelledError tracebacks in the log).
+    Here the app is still shut down, which fails the images still queued or being scored with
+    a 503, and the requests get a moment to send those answers.
+    """
+
+    stopped_by_signal = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.stopped_by_signal = True
+        super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets=sockets)
+        done = getattr(self.lifespan, "shutdown_event", None)  # None: lifespan="off"
+        if not self.force_exit or done is None or done.is_set():
+            return
+        await self.lifespan.shutdown()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        while self.server_state.tasks and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process without finalising the interpreter. A thread inside torch or
+    onnxruntime cannot be stopped, and an interpreter that exits around it aborts the process
+    (`terminate called without an active exception`, SIGABRT) after the clean shutdown."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 @contextlib.contextmanager
-def _signals_end_quietly():
+def _signals_end_quietly(server: uvicorn.Server):
     """Let a drained shutdown exit 0: uvicorn re-raises the SIGTERM/SIGINT it handled once it
     has shut down, which with the default handlers kills the process (or raises
-    KeyboardInterrupt). With no-op handlers underneath, that re-raise is harmless."""
+    KeyboardInterrupt). With these handlers underneath, that re-raise is harmless, and a
+    signal in the moment before uvicorn installs its own still stops the server."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        server.should_exit = True
+        if isinstance(server, _Server):
+            server.stopped_by_signal = True
+
     sigs = (signal.SIGTERM, signal.SIGINT)
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in sigs}
+    previous = {sig: signal.signal(sig, stop) for sig in sigs}
     try:
         yield
     finally:
@@ -134,6 +186,11 @@ def run_server(
 ) -> int:
     """Serve until stopped; returns the process exit code: 0, or if the model failed to load
     2 (a refused run or exported folder) or 1 (anything else, out of memory say).
+
+    A signal (SIGTERM, Ctrl-C) that stops the server while the model is still loading ends the
+    process at once with that code (``os._exit``): waiting could take minutes, and exiting
+    normally around the loading thread aborts. Only the main thread receives signals, so a
+    server run in another thread is never ended this way.
 
     The API key comes from ``api_key_file`` or $REFAD_API_KEY, never from an argument.
     ``backend_factory`` replaces ``run_dir``/``model_dir`` (embedding, tests); ``sock`` is an
@@ -167,17 +224,22 @@ def run_server(
         timeout_graceful_shutdown=drain_seconds, lifespan="on", proxy_headers=False,
         limit_concurrency=1024,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     if owned:  # uvicorn announces only addresses it bound itself
         bound = sock.getsockname()
         shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
         logging.getLogger("uvicorn.error").info("listening on http://%s:%d", shown, bound[1])
     try:
-        with _signals_end_quietly():
+        with _signals_end_quietly(server):
             server.run(sockets=[sock])
     finally:
         if owned:
             sock.close()
     if not server.started and exit_code[0] == 0:
         exit_code[0] = 1  # start-up failed (uvicorn has logged why)
+    if app.state.serve.loading:
+        logging.getLogger("uvicorn.error").info(
+            "stopped while the model was loading; the load is abandoned")
+        if server.stopped_by_signal:
+            _exit_now(exit_code[0])
     return exit_code[0]

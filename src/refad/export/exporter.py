@@ -41,7 +41,7 @@ from refad.errors import ConfigError, RefadError
 from refad.export.graph import OPSET, ScoringGraph, export_onnx
 from refad.export.openvino import onnx_to_openvino
 from refad.export.parity import TOLERANCES, compare, finite_json, map_span, passes, worst
-from refad.models.base import ReconstructionModel
+from refad.models.base import AnomalyModel
 from refad.runs.layout import CONFIG_FILE, UNIFIED
 from refad.runs.recorded import check_calibration, check_categories
 
@@ -103,7 +103,7 @@ def graph_stems(units: list[str]) -> dict[str, str]:
 
 
 def _check_inputs(
-    extractor: FeatureExtractor, models: Mapping[str, ReconstructionModel], fmt: str,
+    extractor: FeatureExtractor, models: Mapping[str, AnomalyModel], fmt: str,
     precision: str,
 ) -> tuple[str, int]:
     if fmt not in FORMATS:
@@ -262,7 +262,7 @@ def _refusal(unit: str, fig: dict[str, Any], precision: str, tol: dict) -> Refad
 
 def export_model(
     extractor: FeatureExtractor,
-    models: Mapping[str, ReconstructionModel],
+    models: Mapping[str, AnomalyModel],
     calibration: Mapping[str, Mapping[str, Any]],
     run_info: Mapping[str, Any],
     out_dir: str | Path,

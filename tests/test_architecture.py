@@ -38,23 +38,97 @@ def package_of(path: Path) -> str:
     return rel.parts[0].removesuffix(".py")
 
 
+def module_name(path: Path) -> str:
+    """refad.a.b for src/refad/a/b.py and src/refad/a/b/__init__.py."""
+    parts = ["refad", *path.relative_to(SRC).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _absolute(node: ast.ImportFrom, path: Path) -> str:
+    """The absolute module of a `from` import, relative ones (`from .x import y`) resolved."""
+    if node.level == 0:
+        return node.module or ""
+    package = module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    """(line, dotted name) of every module a file imports anywhere (lazy imports too):
+    plain and relative imports, the names of `from refad.x import name` (a name may be a
+    submodule), and `importlib.import_module("...")` / `lazy_attributes("refad.x", {...})`
+    with literal names."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            module = _absolute(node, path)
+            found.append((node.lineno, module))
+            found.extend((node.lineno, f"{module}.{a.name}") for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.extend((node.lineno, a.name) for a in node.names)
+        elif isinstance(node, ast.Call) and node.args:
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            first = node.args[0]
+            if name == "import_module" and isinstance(first, ast.Constant):
+                found.append((node.lineno, str(first.value)))
+    # `from refad.pkg import Name` where pkg's __init__ loads Name lazily from a submodule
+    for line, name in list(found):
+        package, _, attribute = name.rpartition(".")
+        submodule = lazy_exports(package).get(attribute)
+        if submodule:
+            found.append((line, f"{package}.{submodule}"))
+    return found
+
+
+def lazy_exports(package: str) -> dict[str, str]:
+    """name -> submodule of a package whose __init__ calls `lazy_attributes(__name__, {...})`
+    (names that load on first use; the layer rules must follow them)."""
+    init = SRC / Path(*package.split(".")[1:]) / "__init__.py" if package.startswith(
+        "refad.") else None
+    if init is None or not init.is_file():
+        return {}
+    exports: dict[str, str] = {}
+    tree = ast.parse(init.read_text())
+    mappings = {t.id: n.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                for t in n.targets if isinstance(t, ast.Name)}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "lazy_attributes"
+                and len(node.args) > 1):
+            table = node.args[1]
+            table = mappings.get(table.id, table) if isinstance(table, ast.Name) else table
+            if isinstance(table, ast.Dict):
+                exports.update({k.value: v.value for k, v in zip(table.keys, table.values)
+                                if isinstance(k, ast.Constant) and isinstance(v, ast.Constant)})
+    return exports
+
+
 def refad_imports(path: Path) -> list[tuple[int, str]]:
     """(line, imported refad package) of every import in a module, lazy ones included."""
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
-        elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        else:
-            continue
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "refad" and len(parts) > 1:
-                found.append((node.lineno, parts[1]))
-            elif parts[0] == "refad" and isinstance(node, ast.ImportFrom):
-                found.extend((node.lineno, a.name) for a in node.names)
-    return found
+    for line, name in imported_modules(path):
+        parts = name.split(".")
+        if parts[0] == "refad" and len(parts) > 1:
+            found.append((line, parts[1]))
+    return sorted(set(found))
+
+
+def module_file(name: str) -> Path | None:
+    """The file that defines refad module `name`, or None (an attribute, not a module)."""
+    rel = Path(*name.split(".")[1:])
+    for candidate in (SRC / rel.with_suffix(".py"), SRC / rel / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def files_run_by_importing(name: str) -> list[Path]:
+    """Importing refad.a.b runs refad/__init__, refad/a/__init__ and refad/a/b."""
+    parts = name.split(".")
+    files = [module_file(".".join(parts[:i])) for i in range(2, len(parts) + 1)]
+    return [f for f in files if f is not None]
 
 
 def test_every_package_has_a_layer() -> None:
@@ -83,12 +157,34 @@ def test_lower_layers_never_reach_up() -> None:
 
 
 def test_torch_free_packages_import_no_torch() -> None:
+    """Transitively: no module that a torch-free package's import reaches (through any refad
+    module, lazy imports included) imports torch, timm or torchvision."""
+    heavy = {"torch", "timm", "torchvision"}
     for pkg in TORCH_FREE:
-        for path in (SRC / pkg).rglob("*.py"):
-            tree = ast.parse(path.read_text())
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Import | ast.ImportFrom):
-                    names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [
-                        a.name for a in node.names
-                    ]
-                    assert not any(n.split(".")[0] == "torch" for n in names), path
+        seen: dict[Path, str] = {}
+        todo = [(path, str(path.relative_to(SRC))) for path in (SRC / pkg).rglob("*.py")]
+        while todo:
+            path, via = todo.pop()
+            if path in seen:
+                continue
+            seen[path] = via
+            for line, name in imported_modules(path):
+                top = name.split(".")[0]
+                assert top not in heavy, f"{via} -> {path.relative_to(SRC)}:{line} imports {name}"
+                if top == "refad":
+                    todo.extend((f, f"{via} -> {name}") for f in files_run_by_importing(name))
+
+
+def test_the_import_reader_sees_relative_and_importlib_imports(tmp_path: Path) -> None:
+    """The holes the rules had: relative imports and importlib were not read."""
+    module = SRC / "metrics" / "accumulator.py"
+    names = {n for _, n in imported_modules(module)}
+    assert "refad.metrics.regions" in names  # `from .regions import region_sizes`
+    assert {t for _, t in refad_imports(module)} >= {"metrics"}
+    # a name a package loads lazily is followed to the submodule that defines it
+    api = {n for _, n in imported_modules(SRC / "api.py")}
+    assert "refad.inference.scorer" in api and "refad.inference.Scorer" in api
+    assert lazy_exports("refad.inference")["Scorer"] == "scorer"
+    # and the torch-free walk starts from what a deploy module runs on import
+    assert SRC / "device.py" in files_run_by_importing("refad.device")
+    assert "torch" in {n for _, n in imported_modules(SRC / "device.py")}

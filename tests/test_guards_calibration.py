@@ -51,6 +51,8 @@ def one_line(result: Any) -> str:
 def edited_run(trained_run: Path, tmp_path: Path, edit: Edit) -> Path:
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
+    for written in ("metrics.json", "metrics.md", "test_scores.json", "report.html"):
+        (run / written).unlink(missing_ok=True)  # other tests evaluate the shared run
     meta = json.loads((run / "checkpoint.json").read_text())
     edit(meta)
     (run / "checkpoint.json").write_text(json.dumps(meta))

@@ -184,3 +184,21 @@ def test_another_runs_whole_checkpoint_is_refused_naming_the_field(
     shutil.copy(other / META_FILE, copy / META_FILE)
     result = CliRunner().invoke(app, ["test", "--run", str(copy), "--no-report"])
     assert result.exit_code == 2 and "model.coreset_ratio" in result.output, result.output
+
+
+def test_compare_takes_settings_for_one_method(demo_root: Path, tmp_path: Path) -> None:
+    """`--set` reaches every method; a field only PatchCore has was refused for RLR, so
+    `--set patchcore:model.embed_dim=null` reaches that method alone."""
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(app, [
+        "compare", "--methods", "rlr,patchcore", "--root", str(demo_root), "--backbone",
+        "tf_efficientnet_lite2", "--weights", "none", "--epochs", "1", "--out", str(out),
+        "--device", "cpu", "--set", "data.image_size=64", "--set",
+        "patchcore:model.embed_dim=null", "--set", "rlr:model.num_layers=1",
+        "--set", "rlr:model.hidden_dims=[32, 64]", "--set", "rlr:model.num_heads=4",
+        "--no-progress"])
+    assert result.exit_code == 0, result.output
+    table = json.loads((out / "comparison.json").read_text())
+    assert set(table["methods"]) == {"rlr", "patchcore"}
+    assert json.loads((out / "patchcore" / "config.json").read_text())["model"]["embed_dim"] is None
+    assert json.loads((out / "rlr" / "config.json").read_text())["model"]["num_layers"] == 1

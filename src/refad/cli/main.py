@@ -439,7 +439,9 @@ def compare(
     weights: Annotated[str | None, typer.Option(help="auto, none, or a file.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Same for all; default each paper's.")] = None,
     device: Annotated[str | None, typer.Option(help="auto (default), cpu, cuda.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="section.field=value")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="section.field=value for every method; METHOD:section.field=value for one"
+    )] = None,
     resume: Annotated[bool, typer.Option()] = False,
     progress: Annotated[bool, typer.Option()] = True,
 ) -> None:
@@ -449,10 +451,26 @@ def compare(
 
     base = {"data": data, "root": root, "categories": _csv(categories, "--categories"),
             "backbone": backbone, "weights": weights, "epochs": epochs, "device": device}
-    run_compare(_csv(methods, "--methods") or [], base, out, overrides=set_ or (), resume=resume,
-                progress=progress)
+    shared, per_method = _split_method_settings(set_ or ())
+    run_compare(_csv(methods, "--methods") or [], base, out, overrides=shared,
+                method_overrides=per_method, resume=resume, progress=progress)
     console.print((out / "comparison.md").read_text(), highlight=False)
     console.print(f"written: {out / 'comparison.md'}, {out / 'comparison.json'}")
+
+
+def _split_method_settings(items: list[str] | tuple[str, ...]
+                           ) -> tuple[list[str], dict[str, list[str]]]:
+    """`--set section.field=value` for every method, `--set METHOD:section.field=value` for
+    one (a field only that method has, e.g. patchcore:model.coreset_ratio=0.02)."""
+    shared: list[str] = []
+    per_method: dict[str, list[str]] = {}
+    for item in items:
+        head, sep, rest = item.partition(":")
+        if sep and "=" not in head and "." not in head:
+            per_method.setdefault(head, []).append(rest)
+        else:
+            shared.append(item)
+    return shared, per_method
 
 
 @app.command("import-authors")

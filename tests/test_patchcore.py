@@ -17,7 +17,7 @@ from refad.config import apply_overrides
 from refad.config.methods import PatchCoreConfig
 from refad.config.presets import preset
 from refad.errors import CheckpointError
-from refad.models.base import FeatureSpec
+from refad.models.base import FeatureSpec, load_state_checked
 from refad.models.patchcore import PatchCore
 from refad.models.patchcore.coreset import StreamingCoreset, greedy_k_center
 from refad.runs import checkpoint as ckpt
@@ -68,8 +68,7 @@ def test_scores_are_exact_nearest_neighbour_distances_whatever_the_chunk() -> No
     dist, _ = model.nearest(queries)
     torch.testing.assert_close(dist, expected, rtol=1e-5, atol=1e-5)
     small = PatchCore(SPEC, model.config.model_copy(update={"query_chunk": 7}))
-    small.load_state_dict(model.state_dict()) if small.adopt_state_shapes(
-        model.state_dict(), "x") is None else None
+    load_state_checked(small, model.state_dict(), "bank")
     assert torch.equal(small.score(levels).maps, model.score(levels).maps)
     # a patch of the bank itself scores zero
     assert model.nearest(model.bank[:3])[0].abs().max() < 1e-3

@@ -33,13 +33,19 @@ def grid_index(spec: FeatureSpec, position: int, field: str) -> int:
 
 
 def concat_on_grid(
-    levels: list[torch.Tensor], size: tuple[int, int], align_corners: bool = True
+    levels: list[torch.Tensor], size: tuple[int, int], align_corners: bool = True,
+    pool_finer: bool = False,
 ) -> torch.Tensor:
-    """(B, C_l, H_l, W_l) levels -> (B, sum C_l, *size): bilinear resize, then concatenation."""
-    resized = [
-        lvl
-        if tuple(lvl.shape[-2:]) == tuple(size)
-        else F.interpolate(lvl, size=size, mode="bilinear", align_corners=align_corners)
-        for lvl in levels
-    ]
-    return torch.cat(resized, dim=1)
+    """(B, C_l, H_l, W_l) levels -> (B, sum C_l, *size): bilinear resize, then concatenation.
+
+    `pool_finer`: a level finer than the grid is average-pooled onto it instead (each cell
+    the mean of the positions it covers, as PatchCore brings levels together)."""
+
+    def resize(lvl: torch.Tensor) -> torch.Tensor:
+        if tuple(lvl.shape[-2:]) == tuple(size):
+            return lvl
+        if pool_finer and lvl.shape[-2] > size[0]:
+            return F.adaptive_avg_pool2d(lvl, size)
+        return F.interpolate(lvl, size=size, mode="bilinear", align_corners=align_corners)
+
+    return torch.cat([resize(lvl) for lvl in levels], dim=1)

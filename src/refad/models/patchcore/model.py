@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 
 from refad.config.methods import PatchCoreConfig
 from refad.errors import CheckpointError
 from refad.models.base import FeatureSpec, OnePassModel, Scores
+from refad.models.layers import concat_on_grid, grid_index
 from refad.models.patchcore.coreset import StreamingCoreset
 from refad.models.scoring import gaussian_blur, max_score, upsample_maps
 
@@ -45,10 +45,7 @@ class PatchCore(OnePassModel):
     def __init__(self, spec: FeatureSpec, config: PatchCoreConfig,
                  device: torch.device | str | None = None) -> None:
         super().__init__(spec, config)
-        n = len(spec.levels)
-        if not -n <= config.grid_level < n:
-            raise ValueError(f"model.grid_level {config.grid_level} outside the {n} levels")
-        self.grid = tuple(spec.shapes[config.grid_level])
+        self.grid = tuple(spec.shapes[grid_index(spec, config.grid_level, "model.grid_level")])
         channels = sum(spec.channels)
         self.embed_dim = min(config.embed_dim or channels, channels)
         pool = None if self.embed_dim == channels else channel_pool_matrix(channels,
@@ -58,17 +55,8 @@ class PatchCore(OnePassModel):
 
     def embed(self, levels: list[torch.Tensor]) -> torch.Tensor:
         """Levels -> (B, H, W, D) patch features on the grid of `grid_level`."""
-        h, w = self.grid
-        parts = []
-        for level in levels:
-            if level.shape[-2:] == (h, w):
-                parts.append(level)
-            elif level.shape[-2] > h:
-                parts.append(F.adaptive_avg_pool2d(level, (h, w)))
-            else:
-                parts.append(F.interpolate(level, size=(h, w), mode="bilinear",
-                                           align_corners=False))
-        feats = torch.cat(parts, dim=1).permute(0, 2, 3, 1)
+        feats = concat_on_grid(levels, self.grid, align_corners=False,
+                               pool_finer=True).permute(0, 2, 3, 1)
         return feats if self.channel_pool is None else feats @ self.channel_pool
 
     def fit(self, batches: Iterable[list[torch.Tensor]], seed: int) -> None:

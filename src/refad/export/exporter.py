@@ -11,7 +11,6 @@ import contextlib
 import copy
 import datetime as dt
 import hashlib
-import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -42,7 +41,7 @@ from refad.export.graph import OPSET, ScoringGraph, export_onnx
 from refad.export.openvino import onnx_to_openvino
 from refad.export.parity import TOLERANCES, compare, finite_json, map_span, passes, worst
 from refad.models.base import AnomalyModel
-from refad.runs.layout import CONFIG_FILE, UNIFIED
+from refad.runs.layout import UNIFIED, is_run_folder
 from refad.runs.recorded import check_calibration, check_categories
 
 ImagesArg = Sequence[np.ndarray] | Mapping[str, Sequence[np.ndarray]]
@@ -129,16 +128,6 @@ def _check_inputs(
     return methods.pop(), sizes.pop()
 
 
-def _is_run_folder(folder: Path) -> bool:
-    """A refad run folder: its config.json is a run's (method, backbone, train), so that a
-    project folder with a config.json of its own is not taken for one."""
-    try:
-        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and {"method", "backbone", "train"} <= config.keys()
-
-
 def _foreign_entries(out_dir: Path, held: list[str]) -> list[str] | None:
     """What in a non-empty `out_dir` an earlier export did not write: None when it is not an
     export at all (no readable refad-deploy.json), else the names its metadata does not list
@@ -174,7 +163,7 @@ def check_destination(out_dir: Path, overwrite: bool, run_dir: Path | str | None
             raise ConfigError(f"{out_dir}: lies inside the run folder {run_dir}; an export "
                               "never writes into a run folder (choose another --out)")
     for folder in (target, *target.parents):
-        if _is_run_folder(folder):
+        if is_run_folder(folder):
             where = ("is a run folder" if folder == target
                      else f"lies inside the run folder {folder}")
             raise ConfigError(f"{out_dir}: {where}; an export never writes into a run folder "

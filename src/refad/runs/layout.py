@@ -7,6 +7,7 @@ folder itself; a per-category run keeps one unit per category under `categories/
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from refad.errors import CheckpointError
@@ -26,6 +27,17 @@ COMPARISON_JSON = "comparison.json"
 COMPARISON_MD = "comparison.md"
 
 UNIFIED = "unified"
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A refad run folder: its config.json is a run's (method, backbone, train), so that a
+    project folder with a config.json of its own is not taken for one (writers that must never
+    write into or over a run, such as `refad export`, ask this)."""
+    try:
+        config = json.loads((Path(folder) / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and {"method", "backbone", "train"} <= config.keys()
 
 
 def unit_path(run_dir: Path, unit: str) -> Path:

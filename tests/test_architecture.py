@@ -15,7 +15,7 @@ LAYERS: dict[str, int] = {
     "errors": 0, "lazy": 0,
     "atomic": 1, "device": 1,
     "config": 2,
-    "data": 3, "backbones": 3, "metrics": 3,
+    "data": 3, "backbones": 3, "metrics": 3, "pipeline": 3,
     "models": 4,
     "runs": 5,
     "inference": 6,
@@ -28,9 +28,9 @@ LAYERS: dict[str, int] = {
     "__main__": 13, "__init__": 13,
 }
 # Same-layer packages that may use each other (one direction each).
-PEERS = {("backbones", "data")}
+PEERS = {("backbones", "data"), ("data", "pipeline"), ("pipeline", "metrics")}
 # Packages that must stay importable without torch (edge boxes run them on onnxruntime).
-TORCH_FREE = {"deploy"}
+TORCH_FREE = {"deploy", "pipeline"}
 
 
 def package_of(path: Path) -> str:

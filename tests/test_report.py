@@ -24,7 +24,7 @@ from refad.reporting.evaluation import evaluate
 from refad.reporting.report import build_report
 from refad.reporting.report.page import SECTIONS
 from refad.reporting.report.tiles import display_size
-from refad.reporting.tables import DECISION_LABELS, percent
+from refad.reporting.tables import DECISION_LABELS, percent, ratio
 
 SECTION_IDS = ["summary", "config", "data", "metrics", "decisions", "curves", "histograms",
                "gallery", "loss"]
@@ -576,3 +576,15 @@ def test_summary_cards_say_when_a_mean_covers_fewer_categories(report) -> None:
     text = parse(summary_section(fewer, open_run(run, "cpu"))).all_text()
     assert f"mean over {total - 1} of {total} categories" in text
     assert text.count("mean over") == 1  # P-AUROC covers them all: nothing to say
+
+
+def test_segf1_and_area_ratio_equal_metrics_json(report) -> None:
+    _, _, _, root, metrics, _ = report
+    body = section(root, "decisions")
+    head = table_head(body, "decisions")
+    assert head[-2:] == ["SegF1", "area ratio"]
+    rows = {r[0]: dict(zip(head, r, strict=True)) for r in table_rows(body, "decisions")}
+    decided = {**metrics["decisions"]["categories"], "mean": metrics["decisions"]["mean"]}
+    for cat, d in decided.items():
+        assert rows[cat]["SegF1"] == percent(d["seg_f1"]), cat
+        assert rows[cat]["area ratio"] == ratio(d["area_ratio"]), cat

@@ -31,7 +31,14 @@ from refad.device import amp_active
 from refad.errors import RefadError, require_at_least_one
 from refad.inference.scorer import Scorer
 from refad.inference.thresholds import calibration_for, known_categories
-from refad.metrics import METRIC_NAMES, MetricAccumulator, decision_metrics, mean_decisions
+from refad.metrics import (
+    METRIC_NAMES,
+    SEGMENTATION_NAMES,
+    MetricAccumulator,
+    SegmentationCounter,
+    decision_metrics,
+    mean_decisions,
+)
 from refad.models.base import Scores
 from refad.runs import TrainedRun, checkpoint_identity
 
@@ -132,6 +139,8 @@ def evaluate_run(
         dataset = ImageDataset(group, size, run.extractor.mean, run.extractor.std)
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=data.num_workers)
         acc = MetricAccumulator(mode=metrics_mode)
+        decided = calibration_for(calibrations[unit], unit, category)
+        seg = _segmentation_counter(decided)
         soft_masks = turned_masks = 0
         for batch in tqdm(loader, desc=f"test {category}", disable=not progress, leave=False):
             soft_masks += int((batch["soft_mask_pixels"] > 0).sum())
@@ -139,16 +148,13 @@ def evaluate_run(
             scores = scorer.images(batch["image"])
             _check_finite(run, scores)
             image_scores.append(scores.image.float().cpu().numpy())
-            acc.update(
-                scores.image.float(),
-                batch["label"],
-                scores.maps.float(),
-                batch["mask"][:, 0].to(run.device) > 0.5,
-            )
+            masks = batch["mask"][:, 0].to(run.device) > 0.5
+            acc.update(scores.image.float(), batch["label"], scores.maps.float(), masks)
+            if seg is not None:  # SegF1 at the calibrated pixel threshold, counted per batch
+                seg.update(scores.maps.float(), masks, batch["label"])
         per_category[category] = acc.compute()
         values = np.concatenate(image_scores)
         images.extend(_image_rows(group, values))
-        decided = calibration_for(calibrations[unit], unit, category)
         if decided["source"] == "global" and known_categories(calibrations[unit]):
             extra_notes.append(
                 f"{category}: not among the run's training categories (no calibration of its "
@@ -159,6 +165,7 @@ def evaluate_run(
                 **decision_metrics(values, np.array([s.label for s in group]),
                                    decided["threshold"]),
                 "threshold_source": decided["source"],
+                **(seg.compute() if seg is not None else {}),
             }
         n_defective = sum(s.label for s in group)
         counts[category] = (len(group) - n_defective, n_defective)
@@ -197,10 +204,18 @@ def evaluate_run(
             "rule": "anomalous = score > the category's calibrated threshold",
             "calibration_images": sorted(sources),
             "categories": decisions,
-            "mean": mean_decisions(decisions) if decisions else {},
+            "mean": mean_decisions(decisions, SEGMENTATION_NAMES) if decisions else {},
         },
         "images": images,
     }
+
+
+def _segmentation_counter(decided: Mapping[str, Any]) -> SegmentationCounter | None:
+    """SegF1's counter at the category's calibrated pixel threshold (None: not calibrated)."""
+    value = decided.get("pixel_threshold")
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return SegmentationCounter(float(value))
 
 
 def _image_rows(group: list[Sample], scores: np.ndarray) -> list[dict[str, Any]]:

@@ -37,10 +37,14 @@ def decision_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -
     }
 
 
-def mean_decisions(per_category: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """Each rate's mean over the categories where it is defined (NaN where none is)."""
-    def mean(values: Iterable[float]) -> float:
-        kept = [v for v in values if not math.isnan(v)]
+def mean_decisions(
+    per_category: Mapping[str, Mapping[str, float]], extra: Iterable[str] = ()
+) -> dict[str, float]:
+    """Each rate's mean over the categories where it is defined (NaN where none is); `extra`
+    names further values to average where categories have them (SegF1, area ratio)."""
+    def mean(values: Iterable[float | None]) -> float:
+        kept = [v for v in values if v is not None and not math.isnan(v)]
         return float(np.mean(kept)) if kept else math.nan
 
-    return {name: mean(m[name] for m in per_category.values()) for name in DECISION_NAMES}
+    names = (*DECISION_NAMES, *extra)
+    return {name: mean(m.get(name) for m in per_category.values()) for name in names}

@@ -86,18 +86,32 @@ def decisions_table(result: dict[str, Any]) -> str:
     per = decisions.get("categories") or {}
     if not per:
         return ""
+    pixels = any("seg_f1" in d for d in per.values())  # runs with a pixel threshold
+    extra = " | SegF1 | area ratio" if pixels else ""
     head = ("| category | threshold | " + " | ".join(DECISION_LABELS.values())
-            + " | flagged good / good | missed / defective |")
-    rows = [head, "|---|---:|" + "---:|" * (len(DECISION_LABELS) + 2)]
+            + f" | flagged good / good | missed / defective{extra} |")
+    rows = [head, "|---|---:|" + "---:|" * (len(DECISION_LABELS) + 2 + 2 * pixels)]
     for cat, d in per.items():
         rates = " | ".join(percent(d.get(k)) for k in DECISION_LABELS)
         threshold = "n/a" if d.get("threshold") is None else f"{d['threshold']:.4g}"
+        seg = f" | {segmentation_cells(d)}" if pixels else ""
         rows.append(f"| {cat} | {threshold} | {rates} | {d['fp']} / {d['fp'] + d['tn']}"
-                    f" | {d['fn']} / {d['fn'] + d['tp']} |")
+                    f" | {d['fn']} / {d['fn'] + d['tp']}{seg} |")
     mean = decisions.get("mean") or {}
     rates = " | ".join(percent(mean.get(k)) for k in DECISION_LABELS)
-    rows.append(f"| **mean** | | {rates} | | |")
+    seg = f" | {segmentation_cells(mean)}" if pixels else ""
+    rows.append(f"| **mean** | | {rates} | | {seg} |")
     return "\n".join(rows)
+
+
+def ratio(x: float | None) -> str:
+    """A plain ratio with two decimals (the area ratio: 1.00 is the true size); n/a if none."""
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"
+
+
+def segmentation_cells(row: dict[str, Any]) -> str:
+    """SegF1 (percent) and the predicted-to-true area ratio of a decision row."""
+    return f"{percent(row.get('seg_f1'))} | {ratio(row.get('area_ratio'))}"
 
 
 def decisions_caption(result: dict[str, Any]) -> str:
@@ -108,8 +122,13 @@ def decisions_caption(result: dict[str, Any]) -> str:
            if any(d.get("threshold_source") == "global"
                   for d in (decisions.get("categories") or {}).values())
            else "each category's own")
-    return (f"At the calibrated threshold ({own}; anomalous = score > threshold), "
+    text = (f"At the calibrated threshold ({own}; anomalous = score > threshold), "
             f"set on normal images only (calibration images: {images}); never on test images.")
+    if any("seg_f1" in d for d in (decisions.get("categories") or {}).values()):
+        text += (" SegF1: pixel F1 at the calibrated pixel threshold over all test pixels of "
+                 "the category; area ratio: predicted / true defect pixels, mean over "
+                 "defective images (1 = the right size).")
+    return text
 
 
 def metrics_markdown(result: dict[str, Any]) -> str:

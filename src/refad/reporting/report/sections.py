@@ -22,7 +22,13 @@ from refad.reporting.report.figures import (
 )
 from refad.reporting.report.markup import escape, image, is_finite, note, number, table
 from refad.reporting.report.views import CategoryView
-from refad.reporting.tables import DECISION_LABELS, METRIC_LABELS, decisions_caption, percent
+from refad.reporting.tables import (
+    DECISION_LABELS,
+    METRIC_LABELS,
+    decisions_caption,
+    percent,
+    ratio,
+)
 from refad.runs import TrainedRun
 
 CALIBRATION_SOURCES = {
@@ -154,14 +160,21 @@ def decisions_section(metrics: dict[str, Any]) -> str:
         return note("No calibrated threshold in this run: no decisions to show.")
     head = ["category", "threshold", "threshold of", "TP", "FP", "TN", "FN"]
     head += list(DECISION_LABELS.values())
+    pixels = any("seg_f1" in d for d in per.values())  # a pixel threshold was calibrated
+    head += ["SegF1", "area ratio"] if pixels else []
+
+    def seg(d: dict[str, Any]) -> list[str]:
+        return [percent(d.get("seg_f1")), ratio(d.get("area_ratio"))] if pixels else []
+
     rows = [
         [escape(c), number(d.get("threshold")), escape(str(d.get("threshold_source") or "n/a"))]
         + [str(d.get(k)) for k in ("tp", "fp", "tn", "fn")]
-        + [percent(d.get(k)) for k in DECISION_LABELS]
+        + [percent(d.get(k)) for k in DECISION_LABELS] + seg(d)
         for c, d in per.items()
     ]
     mean = decisions.get("mean") or {}
-    total = ["mean", "", "", "", "", "", ""] + [percent(mean.get(k)) for k in DECISION_LABELS]
+    total = (["mean", "", "", "", "", "", ""] + [percent(mean.get(k)) for k in DECISION_LABELS]
+             + seg(mean))
     caption = (escape(decisions_caption(metrics)) + " Rates in percent; TP = defective flagged, "
                "FP = good flagged (false alarm), TN = good passed, FN = defective missed.")
     numeric = [1, *range(3, len(head))]

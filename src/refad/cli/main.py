@@ -207,9 +207,11 @@ def train(
         ),
     ] = None,
     data: Annotated[
-        str | None, typer.Option(help="Dataset layout: mvtec, visa or folder.")
+        str | None, typer.Option(help="Dataset layout: mvtec, visa, folder, mvtec_ad2 or "
+                                 "real_iad.")
     ] = None,
-    root: Annotated[Path | None, typer.Option(help="Dataset root (mvtec, visa).")] = None,
+    root: Annotated[Path | None, typer.Option(
+        help="Dataset root (mvtec, visa, mvtec_ad2, real_iad).")] = None,
     categories: Annotated[str | None, typer.Option(help="Comma-separated; default all.")] = None,
     normal_dir: Annotated[Path | None, typer.Option(help="Folder layout: normal images.")] = None,
     anomalous_dir: Annotated[Path | None, typer.Option(help="Folder layout: test defects.")] = None,
@@ -331,6 +333,7 @@ def test(
     decisions at the calibrated thresholds; then the HTML report."""
     _torch_threads()
     from refad.api import RunDir, build_report, decisions_table, evaluate, markdown_table
+    from refad.reporting.tables import samples_table
 
     require_at_least_one("--batch-size", batch_size)
     data = None
@@ -342,6 +345,9 @@ def test(
     if table:
         console.print("\nat the calibrated threshold (set on normal images only):", highlight=False)
         console.print(table, highlight=False)
+    if result.get("samples"):  # multi-view parts (Real-IAD)
+        console.print("\nper sample (all views of a part):", highlight=False)
+        console.print(samples_table(result), highlight=False)
     console.print(f"written: {run / 'metrics.json'}, {run / 'metrics.md'}")
     if report_:
         console.print(f"report: {build_report(run, device, amp=amp, compile_mode=compile_)}")
@@ -431,7 +437,8 @@ def compare(
         "rlr,uniad,crad"
     ),
     data: Annotated[
-        str | None, typer.Option(help="Dataset layout: mvtec, visa or folder (default mvtec).")
+        str | None, typer.Option(help="Dataset layout: mvtec, visa, folder, mvtec_ad2 or "
+                                 "real_iad (default mvtec).")
     ] = None,
     root: Annotated[Path | None, typer.Option(help="Dataset root.")] = None,
     categories: Annotated[str | None, typer.Option(help="Comma-separated; default all.")] = None,

@@ -20,6 +20,9 @@ _EXPORTS = {
     "DEFAULT_CATEGORIES": "synthetic", "SYNTHETIC_CATEGORIES": "synthetic",
     "defect_types": "synthetic", "make_demo_dataset": "synthetic", "render_sample": "synthetic",
     "visa_samples": "visa",
+    "list_mvtec_ad2_objects": "mvtec_ad2", "mvtec_ad2_samples": "mvtec_ad2",
+    "list_real_iad_objects": "real_iad", "real_iad_samples": "real_iad",
+    "validation_split": "splits",
 }
 
 __all__ = sorted(_EXPORTS)

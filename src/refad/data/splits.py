@@ -13,10 +13,19 @@ from typing import Any, Literal
 from pydantic import TypeAdapter, ValidationError
 
 from refad.config.base import describe_validation_error
-from refad.config.schema import DataConfig, FolderData, MVTecData, VisaData
+from refad.config.schema import (
+    DataConfig,
+    FolderData,
+    MVTecAD2Data,
+    MVTecData,
+    RealIADData,
+    VisaData,
+)
 from refad.data.folder import folder_samples
 from refad.data.images import is_image_entry
 from refad.data.mvtec import mvtec_samples
+from refad.data.mvtec_ad2 import mvtec_ad2_samples
+from refad.data.real_iad import real_iad_samples
 from refad.data.samples import Sample
 from refad.data.visa import visa_samples
 from refad.errors import ConfigError, DataError
@@ -24,9 +33,12 @@ from refad.errors import ConfigError, DataError
 _DATA_ADAPTER: TypeAdapter[Any] = TypeAdapter(DataConfig)
 
 
-def data_config(data: MVTecData | VisaData | FolderData | Mapping[str, Any]) -> Any:
+_LAYOUTS = (MVTecData, VisaData, FolderData, MVTecAD2Data, RealIADData)
+
+
+def data_config(data: Any) -> Any:
     """A typed `data` section (a mapping is validated, its layout chosen by `kind`)."""
-    if isinstance(data, MVTecData | VisaData | FolderData):
+    if isinstance(data, _LAYOUTS):
         return data
     try:
         return _DATA_ADAPTER.validate_python(dict(data))
@@ -41,11 +53,16 @@ def _path(value: str | None, field: str) -> Path:
 
 
 def load_split(
-    data: MVTecData | VisaData | FolderData | Mapping[str, Any],
+    data: DataConfig | Mapping[str, Any],
     split: Literal["train", "test"],
 ) -> list[Sample]:
     """Samples of one split for the configured layout (errors name the missing folder/file)."""
     data = data_config(data)
+    if isinstance(data, MVTecAD2Data):
+        return mvtec_ad2_samples(_path(data.root, "root"), split, data.categories)
+    if isinstance(data, RealIADData):
+        return real_iad_samples(_path(data.root, "root"), split, data.categories,
+                                data.resolution, data.json_dir, data.complete_views)
     if isinstance(data, MVTecData):
         return mvtec_samples(_path(data.root, "root"), split, data.categories)
     if isinstance(data, VisaData):
@@ -61,6 +78,15 @@ def load_split(
         normal_dir=_path(data.normal_dir, "normal_dir"),
         **{k: Path(v).expanduser() for k, v in optional.items() if v},
     )
+
+
+def validation_split(data: DataConfig | Mapping[str, Any]) -> list[Sample] | None:
+    """The dataset's own normal validation images (MVTec AD 2's validation/good), which
+    calibrate a run of that layout; None for layouts without them."""
+    data = data_config(data)
+    if isinstance(data, MVTecAD2Data):
+        return mvtec_ad2_samples(_path(data.root, "root"), "validation", data.categories)
+    return None
 
 
 def by_category(samples: Sequence[Sample]) -> dict[str, list[Sample]]:

@@ -29,6 +29,7 @@ from refad.data import ImageDataset, by_category, load_split
 from refad.data.samples import Sample
 from refad.device import amp_active
 from refad.errors import RefadError, require_at_least_one
+from refad.inference.multiview import sample_results
 from refad.inference.scorer import Scorer
 from refad.inference.thresholds import calibration_for, known_categories
 from refad.metrics import (
@@ -186,6 +187,10 @@ def evaluate_run(
     if undecided:
         notes.append(f"no calibrated threshold for {', '.join(undecided)}: no decision metrics")
     sources = {c["source"] for c in calibrations.values() if c}
+    per_sample = {}  # multi-view parts (Real-IAD): from the per-view scores, never the maps
+    if getattr(data, "kind", None) == "real_iad":
+        per_sample["samples"] = sample_results(
+            images, {c: d["threshold"] for c, d in decisions.items()})
     return {
         "method": run.config.method,
         "backbone": run.config.backbone.name,
@@ -207,6 +212,7 @@ def evaluate_run(
             "mean": mean_decisions(decisions, SEGMENTATION_NAMES) if decisions else {},
         },
         "images": images,
+        **per_sample,
     }
 
 

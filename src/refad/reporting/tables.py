@@ -143,4 +143,28 @@ def metrics_markdown(result: dict[str, Any]) -> str:
     if table:
         text += "\n## Decisions at the calibrated threshold\n\n" + decisions_caption(result)
         text += "\n\n" + table + "\n"
+    if result.get("samples"):
+        text += "\n## Per sample (all views of a part)\n\n" + samples_table(result) + "\n"
     return text
+
+
+SAMPLE_LABELS = {"i_auroc": "I-AUROC", "i_ap": "I-AP", "i_f1max": "I-F1max",
+                 "false_alarm_rate": "false alarms", "miss_rate": "misses", "f1": "F1"}
+
+
+def samples_table(result: dict[str, Any]) -> str:
+    """Per-sample results of a multi-view dataset (Real-IAD), in percent, with its rule;
+    empty when the result has none."""
+    samples = result.get("samples") or {}
+    per = samples.get("categories") or {}
+    if not per:
+        return ""
+    rows = ["| category | samples | defective | " + " | ".join(SAMPLE_LABELS.values()) + " |",
+            "|---|---:|---:|" + "---:|" * len(SAMPLE_LABELS)]
+    for cat, m in per.items():
+        cells = " | ".join(percent(m.get(k)) for k in SAMPLE_LABELS)
+        rows.append(f"| {cat} | {m['samples']} | {m['defective']} | {cells} |")
+    mean = samples.get("mean") or {}
+    rows.append("| **mean** | | | " + " | ".join(percent(mean.get(k)) for k in SAMPLE_LABELS)
+                + " |")
+    return "\n".join(rows) + f"\n\nRule: {samples.get('rule', '')}."

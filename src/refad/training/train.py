@@ -33,6 +33,7 @@ from refad.data import (
     load_split,
     samples_fingerprint,
     split_validation,
+    validation_split,
 )
 from refad.device import resolve_device
 from refad.errors import DataError, TrainingError
@@ -101,7 +102,7 @@ class CalibrationSet:
 
     levels: list[torch.Tensor]
     categories: list[str]
-    source: str  # "validation-normal" (held out) or "train-normal"
+    source: str  # "validation-normal" (held out), "dataset-validation" or "train-normal"
 
 
 def train_unit(
@@ -333,12 +334,17 @@ def _fit_units(
     if defective is not None:  # trained on, and calibrated with, as a normal image
         raise DataError(f"{defective.image}: a defective image among the training images; "
                         "refad trains and calibrates on normal images only")
+    calibration_set = config.calibration_set
+    # the dataset's own normal validation images (MVTec AD 2), read before the backbone too
+    own_validation = validation_split(config.data) if calibration_set == "validation" else None
     if dctx.is_main:
         folder.record_training_data(samples_fingerprint(samples), len(samples), resume)
     extractor = build_extractor(config.backbone, device)
     train_samples, val_samples = split_validation(
         samples, config.train.val_fraction, config.train.seed
     )
+    if own_validation is not None:
+        val_samples = own_validation
     cache_dir = Path(config.train.feature_cache) if config.train.feature_cache else None
     cache = FeatureCache(cache_dir)
     results = []
@@ -346,10 +352,10 @@ def _fit_units(
     for name, unit_samples in group_units(config, train_samples).items():
         levels = extract_features(extractor, unit_samples, config, device, cache, progress)
         dctx.barrier()
-        if config.train.calibration_set == "held_out":
+        if calibration_set in ("held_out", "validation"):
             calib_samples = val_units[name]
             calib = extract_features(extractor, calib_samples, config, device, cache, progress)
-            source = "validation-normal"
+            source = "validation-normal" if calibration_set == "held_out" else "dataset-validation"
         else:
             calib, calib_samples, source = levels, unit_samples, "train-normal"
         calibration = CalibrationSet(calib, [s.category for s in calib_samples], source)

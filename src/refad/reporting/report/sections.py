@@ -33,6 +33,8 @@ from refad.runs import TrainedRun
 
 CALIBRATION_SOURCES = {
     "validation-normal": "held-out normal training images (never trained on)",
+    "dataset-validation": "the dataset's own normal validation images (MVTec AD 2's "
+                          "validation/good; never trained on)",
     "train-normal": "the normal training images themselves (optimistic scores: expect more "
                     "false alarms on new images than this suggests)",
 }

@@ -13,8 +13,8 @@ from refad.errors import ConfigError
 
 T = TypeVar("T", bound="StrictModel")
 # Sections that are discriminated unions, and their tags (pydantic puts the tag in the path).
+# `model` is not one: its section is validated by the registered method's class directly.
 _UNION_TAGS = {
-    "model": ("rlr", "uniad", "crad", "patchcore"),
     "data": ("mvtec", "visa", "folder"),
 }
 

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from refad.config.base import StrictModel
-from refad.config.methods import METHOD_CONFIGS, ModelConfig, RLRConfig
+from refad.config.methods import METHOD_CONFIGS, MethodConfig, model_section
 from refad.errors import ConfigError
 
 # The paper's backbone: the documented default for users who can download timm weights.
@@ -69,25 +69,6 @@ class VisaData(_DataCommon):
     split_csv: str | None = None
 
 
-class MVTecAD2Data(_DataCommon):
-    """MVTec AD 2 layout: ROOT/OBJECT/{train/good, validation/good, test_public/{good, bad,
-    ground_truth/bad}}; validation/good calibrates (`refad.data.mvtec_ad2`)."""
-
-    kind: Literal["mvtec_ad2"] = "mvtec_ad2"
-    root: str | None = None
-
-
-class RealIADData(_DataCommon):
-    """Real-IAD layout: ROOT/realiad_<resolution>/OBJECT/{OK,NG}/... with the JSON split files
-    (default ROOT/realiad_jsons/realiad_jsons/OBJECT.json; `refad.data.real_iad`)."""
-
-    kind: Literal["real_iad"] = "real_iad"
-    root: str | None = None
-    resolution: Literal["256", "512", "1024", "raw"] = "1024"
-    json_dir: str | None = None
-    complete_views: bool = True  # every sample lists views C1..C5 (False: single-view files)
-
-
 class FolderData(StrictModel):
     """Plain folders of one product: normal images, test defects, their masks, test normals."""
 
@@ -100,18 +81,12 @@ class FolderData(StrictModel):
     num_workers: int = Field(0, ge=0, le=MAX_WORKERS)
 
 
-DataConfig = Annotated[
-    MVTecData | VisaData | FolderData | MVTecAD2Data | RealIADData, Field(discriminator="kind")
-]
+DataConfig = Annotated[MVTecData | VisaData | FolderData, Field(discriminator="kind")]
 DATA_LAYOUTS: dict[str, type[StrictModel]] = {
     "mvtec": MVTecData,
     "visa": VisaData,
     "folder": FolderData,
-    "mvtec_ad2": MVTecAD2Data,
-    "real_iad": RealIADData,
 }
-# Layouts that ship their own normal validation images, which calibrate a run by default.
-LAYOUTS_WITH_VALIDATION = ("mvtec_ad2",)
 
 
 class BackboneConfig(StrictModel):
@@ -161,10 +136,8 @@ class TrainConfig(StrictModel):
     val_fraction: float = _shared(0.0, ge=0, lt=1)  # normal train images held out (calibration)
     # which normal images set the thresholds: "held_out" (the val_fraction part, never trained
     # on: honest) or "training" (optimistic scores, so more false alarms); "auto": held_out
-    # when val_fraction > 0, else training (`calibration_set`; the checkpoint records it);
-    # "validation": the dataset's own normal validation images (MVTec AD 2's validation/good),
-    # which "auto" picks for such a layout when val_fraction is 0
-    calibration_images: Literal["auto", "held_out", "training", "validation"] = _shared("auto")
+    # when val_fraction > 0, else training (`calibration_set`; the checkpoint records it)
+    calibration_images: Literal["auto", "held_out", "training"] = _shared("auto")
     threshold_quantile: float = _shared(0.99, gt=0, lt=1)
     # how that quantile of normal scores is estimated: "empirical" (the sample quantile: about
     # the maximum of few images, so false alarms near 1/(n+1)) or "normal_tail" (never below
@@ -190,19 +163,17 @@ class TrainConfig(StrictModel):
                 "calibration_images 'held_out' needs train.val_fraction > 0 (the part of the "
                 "normal training images to hold out)"
             )
-        if self.calibration_images in ("training", "validation") and self.val_fraction > 0:
+        if self.calibration_images == "training" and self.val_fraction > 0:
             raise ValueError(
-                f"calibration_images '{self.calibration_images}' with val_fraction "
-                f"{self.val_fraction} would hold "
+                f"calibration_images 'training' with val_fraction {self.val_fraction} would hold "
                 "out training images for nothing; set calibration_images=held_out or "
                 "val_fraction=0"
             )
         return self
 
     @property
-    def calibration_set(self) -> Literal["held_out", "training", "validation"]:
-        """The normal images that calibrate this run ("auto" resolved without the data
-        layout: `RunConfig.calibration_set` knows whether the dataset has its own)."""
+    def calibration_set(self) -> Literal["held_out", "training"]:
+        """The normal images that calibrate this run ("auto" resolved)."""
         if self.calibration_images != "auto":
             return self.calibration_images
         return "held_out" if self.val_fraction > 0 else "training"
@@ -224,7 +195,9 @@ class RunConfig(StrictModel):
     data: DataConfig = Field(default_factory=MVTecData)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    model: ModelConfig = Field(default_factory=RLRConfig)
+    # the method's registered config (`refad.config.methods`); serialised as that class
+    model: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: model_section(
+        {"method": "rlr"}))
     device: str = "auto"
 
     @model_validator(mode="before")
@@ -256,25 +229,6 @@ class RunConfig(StrictModel):
                 }
         return data
 
-    @property
-    def calibration_set(self) -> Literal["held_out", "training", "validation"]:
-        """The normal images that calibrate this run: the dataset's own validation images
-        under "auto" when its layout has them and nothing is held out."""
-        if (self.train.calibration_images == "auto" and self.train.val_fraction == 0
-                and self.data.kind in LAYOUTS_WITH_VALIDATION):
-            return "validation"
-        return self.train.calibration_set
-
-    @model_validator(mode="after")
-    def _validation_images_exist(self) -> RunConfig:
-        if (self.train.calibration_images == "validation"
-                and self.data.kind not in LAYOUTS_WITH_VALIDATION):
-            raise ValueError(
-                f"train.calibration_images 'validation' needs a layout with its own validation "
-                f"images ({', '.join(LAYOUTS_WITH_VALIDATION)}); data.kind is "
-                f"{self.data.kind!r} (use held_out with train.val_fraction > 0)")
-        return self
-
     @model_validator(mode="after")
     def _method_matches_model(self) -> RunConfig:
         if self.model.method != self.method:
@@ -283,22 +237,12 @@ class RunConfig(StrictModel):
             )
         return self
 
+    @field_validator("model", mode="before")
+    @classmethod
+    def _typed_model(cls, value: Any) -> Any:
+        return model_section(value)
+
     @model_validator(mode="after")
     def _model_fits_levels(self) -> RunConfig:
-        """Model sizes that depend on the backbone levels, checked here rather than when the
-        model is built after feature extraction (minutes into a run)."""
-        levels = self.backbone.levels
-        grid_level = getattr(self.model, "grid_level", None)
-        if grid_level is not None and not -len(levels) <= grid_level < len(levels):
-            raise ValueError(f"model.grid_level: {grid_level} is out of range for "
-                             f"{len(levels)} feature level(s) (backbone.levels {levels})")
-        if isinstance(self.model, RLRConfig):
-            dims = self.model.hidden_dims
-            if dims is not None and len(dims) != len(levels):
-                raise ValueError(f"model.hidden_dims: {len(dims)} width(s) for {len(levels)} "
-                                 f"backbone levels {levels} (one per level)")
-            for width in dims or [64 << lvl for lvl in levels]:  # the model's default widths
-                if width % self.model.num_heads:
-                    raise ValueError(f"model.num_heads: {self.model.num_heads} does not divide "
-                                     f"the hidden width {width} (set model.hidden_dims too)")
+        self.model.check_levels(self.backbone.levels)
         return self

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
-from refad.config.base import StrictModel
+from refad.config.base import StrictModel, name_union_tags
 from refad.config.methods import METHOD_CONFIGS, MethodConfig, model_section
 from refad.errors import ConfigError
 
@@ -69,6 +69,25 @@ class VisaData(_DataCommon):
     split_csv: str | None = None
 
 
+class MVTecAD2Data(_DataCommon):
+    """MVTec AD 2 layout: ROOT/OBJECT/{train/good, validation/good, test_public/{good, bad,
+    ground_truth/bad}}; validation/good calibrates (`refad.data.mvtec_ad2`)."""
+
+    kind: Literal["mvtec_ad2"] = "mvtec_ad2"
+    root: str | None = None
+
+
+class RealIADData(_DataCommon):
+    """Real-IAD layout: ROOT/realiad_<resolution>/OBJECT/{OK,NG}/... with the JSON split files
+    (default ROOT/realiad_jsons/realiad_jsons/OBJECT.json; `refad.data.real_iad`)."""
+
+    kind: Literal["real_iad"] = "real_iad"
+    root: str | None = None
+    resolution: Literal["256", "512", "1024", "raw"] = "1024"
+    json_dir: str | None = None
+    complete_views: bool = True  # every sample lists views C1..C5 (False: single-view files)
+
+
 class FolderData(StrictModel):
     """Plain folders of one product: normal images, test defects, their masks, test normals."""
 
@@ -81,12 +100,19 @@ class FolderData(StrictModel):
     num_workers: int = Field(0, ge=0, le=MAX_WORKERS)
 
 
-DataConfig = Annotated[MVTecData | VisaData | FolderData, Field(discriminator="kind")]
+DataConfig = Annotated[
+    MVTecData | VisaData | FolderData | MVTecAD2Data | RealIADData, Field(discriminator="kind")
+]
 DATA_LAYOUTS: dict[str, type[StrictModel]] = {
     "mvtec": MVTecData,
     "visa": VisaData,
     "folder": FolderData,
+    "mvtec_ad2": MVTecAD2Data,
+    "real_iad": RealIADData,
 }
+name_union_tags("data", DATA_LAYOUTS)
+# Layouts that ship their own normal validation images, which calibrate a run by default.
+LAYOUTS_WITH_VALIDATION = ("mvtec_ad2",)
 
 
 class BackboneConfig(StrictModel):
@@ -136,8 +162,10 @@ class TrainConfig(StrictModel):
     val_fraction: float = _shared(0.0, ge=0, lt=1)  # normal train images held out (calibration)
     # which normal images set the thresholds: "held_out" (the val_fraction part, never trained
     # on: honest) or "training" (optimistic scores, so more false alarms); "auto": held_out
-    # when val_fraction > 0, else training (`calibration_set`; the checkpoint records it)
-    calibration_images: Literal["auto", "held_out", "training"] = _shared("auto")
+    # when val_fraction > 0, else training (`calibration_set`; the checkpoint records it);
+    # "validation": the dataset's own normal validation images (MVTec AD 2's validation/good),
+    # which "auto" picks for such a layout when val_fraction is 0
+    calibration_images: Literal["auto", "held_out", "training", "validation"] = _shared("auto")
     threshold_quantile: float = _shared(0.99, gt=0, lt=1)
     # how that quantile of normal scores is estimated: "empirical" (the sample quantile: about
     # the maximum of few images, so false alarms near 1/(n+1)) or "normal_tail" (never below
@@ -163,17 +191,19 @@ class TrainConfig(StrictModel):
                 "calibration_images 'held_out' needs train.val_fraction > 0 (the part of the "
                 "normal training images to hold out)"
             )
-        if self.calibration_images == "training" and self.val_fraction > 0:
+        if self.calibration_images in ("training", "validation") and self.val_fraction > 0:
             raise ValueError(
-                f"calibration_images 'training' with val_fraction {self.val_fraction} would hold "
+                f"calibration_images '{self.calibration_images}' with val_fraction "
+                f"{self.val_fraction} would hold "
                 "out training images for nothing; set calibration_images=held_out or "
                 "val_fraction=0"
             )
         return self
 
     @property
-    def calibration_set(self) -> Literal["held_out", "training"]:
-        """The normal images that calibrate this run ("auto" resolved)."""
+    def calibration_set(self) -> Literal["held_out", "training", "validation"]:
+        """The normal images that calibrate this run ("auto" resolved without the data
+        layout: `RunConfig.calibration_set` knows whether the dataset has its own)."""
         if self.calibration_images != "auto":
             return self.calibration_images
         return "held_out" if self.val_fraction > 0 else "training"
@@ -228,6 +258,25 @@ class RunConfig(StrictModel):
                     if k in layout.model_fields or v is not None
                 }
         return data
+
+    @property
+    def calibration_set(self) -> Literal["held_out", "training", "validation"]:
+        """The normal images that calibrate this run: the dataset's own validation images
+        under "auto" when its layout has them and nothing is held out."""
+        if (self.train.calibration_images == "auto" and self.train.val_fraction == 0
+                and self.data.kind in LAYOUTS_WITH_VALIDATION):
+            return "validation"
+        return self.train.calibration_set
+
+    @model_validator(mode="after")
+    def _validation_images_exist(self) -> RunConfig:
+        if (self.train.calibration_images == "validation"
+                and self.data.kind not in LAYOUTS_WITH_VALIDATION):
+            raise ValueError(
+                f"train.calibration_images 'validation' needs a layout with its own validation "
+                f"images ({', '.join(LAYOUTS_WITH_VALIDATION)}); data.kind is "
+                f"{self.data.kind!r} (use held_out with train.val_fraction > 0)")
+        return self
 
     @model_validator(mode="after")
     def _method_matches_model(self) -> RunConfig:

@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
 }
 # Same-layer packages that may use each other (one direction each).
 PEERS = {("backbones", "data"), ("data", "pipeline"), ("pipeline", "metrics")}
+PEERS.add(("backbones", "pipeline"))  # the feature cache keys sizes as the preprocess does
 # Packages that must stay importable without torch (edge boxes run them on onnxruntime).
 TORCH_FREE = {"deploy", "pipeline"}
 

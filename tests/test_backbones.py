@@ -383,16 +383,16 @@ def test_unobtainable_pretrained_weights_are_one_quiet_line(monkeypatch, caplog)
     told CLI users to pass `weights=<file>`, a form only the Python API has."""
     import logging
 
-    from refad.backbones import extractor
+    from refad.backbones import cnn, create
 
     def offline(*_args, **_kwargs):
         logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
         raise OSError("Name or service not known")
 
-    monkeypatch.setattr(extractor.timm, "create_model", offline)
+    monkeypatch.setattr(create.timm, "create_model", offline)
     before = logging.getLogger("huggingface_hub").level
     with caplog.at_level(logging.INFO), pytest.raises(CheckpointError) as info:
-        extractor._create_features_model("tf_efficientnet_b6", (2, 3), True, 0)
+        cnn._create_features_model("tf_efficientnet_b6", (2, 3), True, 0)
     assert "could not be obtained" in str(info.value) and "--weights FILE" in str(info.value)
     assert not [r for r in caplog.records if "Retrying" in r.getMessage()]
     assert logging.getLogger("huggingface_hub").level == before  # given back

@@ -2,11 +2,12 @@
 augmentation, so every epoch would otherwise recompute identical features.
 
 A cache entry is named by the sha256 of the JSON of its key parts (dataset fingerprint, backbone,
-weights, levels, aggregation, image size, normalisation), so changing any of them misses the old
-entry. On disk an entry is one safetensors file whose metadata repeats the key JSON and the shapes;
-both are checked on load. Files are written to a temporary name in the same directory and moved
-into place with ``os.replace``, so a crash or an exception never leaves a half-written entry under
-the real name. An unreadable entry is recomputed with a warning rather than failing the run.
+weights, levels, aggregation, image size and resize rule, normalisation), so changing any of them
+misses the old entry. On disk an entry is one safetensors file whose metadata repeats the key JSON
+and the shapes; both are checked on load. Files are written to a temporary name in the same
+directory and moved into place with ``os.replace``, so a crash or an exception never leaves a
+half-written entry under the real name. An unreadable entry is recomputed with a warning rather
+than failing the run.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from refad.atomic import write_atomic
-from refad.backbones.extractor import FeatureExtractor
+from refad.backbones.base import Backbone
 from refad.errors import DataError
+from refad.pipeline.preprocess import as_hw, check_rule, size_value
 
 CACHE_FORMAT = "refad-features-1"  # bump when the stored layout or feature semantics change
 
@@ -39,14 +41,14 @@ def _collate_images(items: Sequence[Mapping[str, Any]]) -> torch.Tensor:
 
 
 def compute_features(
-    extractor: FeatureExtractor,
+    extractor: Backbone,
     dataset: Dataset,
     batch_size: int,
     device: torch.device,
     num_workers: int = 0,
     progress: bool = True,
 ) -> Features:
-    """Run ``extractor`` over ``dataset`` (items: dicts with a normalised "image" (3, S, S)).
+    """Run ``extractor`` over ``dataset`` (items: dicts with a normalised "image" (3, H, W)).
 
     Returns one float32 CPU tensor (N, C_l, H_l, W_l) per level, in dataset order. The
     extractor must already be on ``device``; only the batches are moved there.
@@ -83,12 +85,17 @@ def compute_features(
 
 
 def feature_cache_key(
-    extractor: FeatureExtractor,
+    extractor: Backbone,
     dataset_fingerprint: str,
-    image_size: int,
+    image_size: int | Sequence[int],
+    resize: str = "stretch",
     **extra: str | int | float | bool,
 ) -> dict[str, Any]:
-    """Key parts identifying features of ``extractor`` on one dataset at one input size."""
+    """Key parts identifying features of ``extractor`` on one dataset at one input size
+    ((height, width); an integer: square) reached by one resize rule. A square size with the
+    default "stretch" keys as before both existed, so those caches stay valid."""
+    hw = as_hw(image_size)
+    rule = {} if check_rule(resize) == "stretch" else {"resize": resize}
     return {
         "format": CACHE_FORMAT,
         "dataset": dataset_fingerprint,
@@ -96,7 +103,8 @@ def feature_cache_key(
         "weights_id": extractor.weights_id,
         "levels": list(extractor.levels),
         "aggregate_kernel": extractor.aggregate_kernel,
-        "image_size": int(image_size),
+        "image_size": size_value(hw),
+        **rule,
         "mean": [float(v) for v in extractor.mean],
         "std": [float(v) for v in extractor.std],
         **extra,

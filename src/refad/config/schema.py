@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SerializeAsAny, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from refad.config.base import StrictModel, name_union_tags
-from refad.config.methods import METHOD_CONFIGS, MethodConfig, model_section
+from refad.config.base import StrictModel
+from refad.config.methods import METHOD_CONFIGS, ModelConfig, RLRConfig
 from refad.errors import ConfigError
 
 # The paper's backbone: the documented default for users who can download timm weights.
@@ -31,14 +31,54 @@ MAX_WORKERS = 256
 MAX_KERNEL = 31  # local aggregation of backbone features (the papers: 1 or 3)
 
 
-def check_levels(levels: Sequence[int]) -> tuple[int, ...]:
-    """Feature levels: distinct, ascending, non-negative timm out_indices (timm's order)."""
+# Backbone kinds and the largest level index each can name before the model is built (its real
+# depth is checked when it is: a CNN has timm feature levels 0..4, a ViT-g has 40 blocks).
+BACKBONE_KINDS = ("cnn", "vit")
+MAX_LEVEL = {"cnn": 4, "vit": 47}
+
+
+def check_levels(levels: Sequence[int], kind: str = "cnn") -> tuple[int, ...]:
+    """Feature levels: distinct, ascending, non-negative indices (timm's order): timm
+    out_indices of a CNN, block indices of a ViT. The one rule, for config and extractor."""
     levels = tuple(int(v) for v in levels)
     if not levels:
         raise ConfigError("backbone.levels: at least one feature level is needed")
     if any(v < 0 for v in levels) or any(b <= a for a, b in pairwise(levels)):
         raise ConfigError(f"backbone.levels: {list(levels)} must be non-negative and ascending")
+    top = MAX_LEVEL.get(kind)
+    if top is None:
+        raise ConfigError(f"backbone.kind: {kind!r} is not one of {', '.join(BACKBONE_KINDS)}")
+    if levels[-1] > top:
+        what = "timm feature levels of a CNN are 0..4" if kind == "cnn" else (
+            f"block indices of a ViT are at most {top}")
+        raise ConfigError(f"backbone.levels: {list(levels)} out of range ({what})")
     return levels
+
+
+def check_image_size(value: int | list[int]) -> int | list[int]:
+    """`data.image_size`: an integer (a square, as every config before (height, width)) or
+    [height, width], each side in 32..MAX_IMAGE_SIZE; kept in the form given."""
+    sides = [value] if isinstance(value, int) else list(value)
+    if len(sides) not in (1, 2) or isinstance(value, list) and len(sides) != 2:
+        raise ValueError("expected an integer or [height, width]")
+    for side in sides:
+        if not 32 <= side <= MAX_IMAGE_SIZE:
+            raise ValueError(f"each side must be in 32..{MAX_IMAGE_SIZE} pixels")
+    return value
+
+
+ImageSizeField = Annotated[int | list[int], AfterValidator(check_image_size)]
+ResizeRule = Literal["stretch", "pad"]
+
+
+class _InputSize:
+    """The input size of a data section as (height, width), whatever form the file holds.
+    (A plain mixin with no annotation, so the sections keep their field order.)"""
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        size: int | list[int] = self.image_size  # type: ignore[attr-defined]
+        return (size, size) if isinstance(size, int) else (size[0], size[1])
 
 
 def check_kernel(kernel: int) -> int:
@@ -48,9 +88,12 @@ def check_kernel(kernel: int) -> int:
     return int(kernel)
 
 
-class _DataCommon(StrictModel):
+class _DataCommon(_InputSize, StrictModel):
     categories: list[str] | None = None  # None: all categories found
-    image_size: int = Field(256, ge=32, le=MAX_IMAGE_SIZE)
+    image_size: ImageSizeField = 256  # pixels: N (square) or [height, width]
+    # how a picture of another aspect ratio reaches image_size (refad.pipeline.preprocess):
+    # "stretch" (resize to it) or "pad" (keep the aspect ratio, fill the rest)
+    resize: ResizeRule = "stretch"
     num_workers: int = Field(0, ge=0, le=MAX_WORKERS)
 
 
@@ -88,7 +131,7 @@ class RealIADData(_DataCommon):
     complete_views: bool = True  # every sample lists views C1..C5 (False: single-view files)
 
 
-class FolderData(StrictModel):
+class FolderData(_InputSize, StrictModel):
     """Plain folders of one product: normal images, test defects, their masks, test normals."""
 
     kind: Literal["folder"] = "folder"
@@ -96,7 +139,8 @@ class FolderData(StrictModel):
     anomalous_dir: str | None = None
     mask_dir: str | None = None
     test_normal_dir: str | None = None
-    image_size: int = Field(256, ge=32, le=MAX_IMAGE_SIZE)
+    image_size: ImageSizeField = 256  # as in _DataCommon
+    resize: ResizeRule = "stretch"
     num_workers: int = Field(0, ge=0, le=MAX_WORKERS)
 
 
@@ -110,25 +154,27 @@ DATA_LAYOUTS: dict[str, type[StrictModel]] = {
     "mvtec_ad2": MVTecAD2Data,
     "real_iad": RealIADData,
 }
-name_union_tags("data", DATA_LAYOUTS)
 # Layouts that ship their own normal validation images, which calibrate a run by default.
 LAYOUTS_WITH_VALIDATION = ("mvtec_ad2",)
 
 
 class BackboneConfig(StrictModel):
-    """Frozen feature extractor: timm name, feature levels (timm out_indices) and weights."""
+    """Frozen feature extractor: timm name, its kind, feature levels and weights.
+
+    `kind` "cnn": `levels` are timm feature levels (out_indices, 0..4); "vit": a vision
+    transformer whose `levels` are block indices (patch tokens of those blocks, on a grid).
+    """
 
     name: str = DEFAULT_BACKBONE
     levels: list[int] = Field(default_factory=lambda: list(DEFAULT_LEVELS))
     weights: str = "auto"  # "auto" | "none" | path to .pth/.safetensors
     aggregate_kernel: int = Field(3, le=MAX_KERNEL)
+    kind: Literal["cnn", "vit"] = "cnn"
 
-    @field_validator("levels")
-    @classmethod
-    def _levels_valid(cls, v: list[int]) -> list[int]:
-        if not v or any(lvl < 0 or lvl > 4 for lvl in v) or len(set(v)) != len(v):
-            raise ValueError("levels must be distinct timm stage indices in 0..4")
-        return sorted(v)
+    @model_validator(mode="after")
+    def _levels_valid(self) -> BackboneConfig:
+        check_levels(self.levels, self.kind)
+        return self
 
     @field_validator("aggregate_kernel")
     @classmethod
@@ -225,9 +271,7 @@ class RunConfig(StrictModel):
     data: DataConfig = Field(default_factory=MVTecData)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    # the method's registered config (`refad.config.methods`); serialised as that class
-    model: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: model_section(
-        {"method": "rlr"}))
+    model: ModelConfig = Field(default_factory=RLRConfig)
     device: str = "auto"
 
     @model_validator(mode="before")
@@ -286,12 +330,22 @@ class RunConfig(StrictModel):
             )
         return self
 
-    @field_validator("model", mode="before")
-    @classmethod
-    def _typed_model(cls, value: Any) -> Any:
-        return model_section(value)
-
     @model_validator(mode="after")
     def _model_fits_levels(self) -> RunConfig:
-        self.model.check_levels(self.backbone.levels)
+        """Model sizes that depend on the backbone levels, checked here rather than when the
+        model is built after feature extraction (minutes into a run)."""
+        levels = self.backbone.levels
+        grid_level = getattr(self.model, "grid_level", None)
+        if grid_level is not None and not -len(levels) <= grid_level < len(levels):
+            raise ValueError(f"model.grid_level: {grid_level} is out of range for "
+                             f"{len(levels)} feature level(s) (backbone.levels {levels})")
+        if isinstance(self.model, RLRConfig):
+            dims = self.model.hidden_dims
+            if dims is not None and len(dims) != len(levels):
+                raise ValueError(f"model.hidden_dims: {len(dims)} width(s) for {len(levels)} "
+                                 f"backbone levels {levels} (one per level)")
+            for width in dims or [64 << lvl for lvl in levels]:  # the model's default widths
+                if width % self.model.num_heads:
+                    raise ValueError(f"model.num_heads: {self.model.num_heads} does not divide "
+                                     f"the hidden width {width} (set model.hidden_dims too)")
         return self

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from refad.data.images import (
@@ -21,6 +20,7 @@ from refad.data.images import (
 )
 from refad.data.samples import Sample
 from refad.errors import ConfigError, DataError
+from refad.pipeline.preprocess import as_hw, check_rule, preprocess, resize_mask
 
 _FINGERPRINT_VERSION = "refad-samples-v2"  # v2: file contents, not size and mtime
 
@@ -33,16 +33,15 @@ def _channel_triplet(name: str, values: Sequence[float]) -> np.ndarray:
 
 
 def image_tensor(
-    rgb: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]
+    rgb: np.ndarray,
+    size: int | Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    resize: str = "stretch",
 ) -> torch.Tensor:
-    """(H, W, 3) uint8 RGB -> (3, size, size) float32: bilinear resize, (x/255 - mean) / std.
-
-    The one preprocessing of every image refad scores (training, evaluation, prediction).
-    """
-    resized = Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR)
-    arr = np.asarray(resized, dtype=np.float32) / 255.0
-    arr = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    """(h, w, 3) uint8 RGB -> (3, H, W) float32 tensor of `refad.pipeline.preprocess.preprocess`
+    (the one preprocessing of every image refad scores, shared with the torch-free paths)."""
+    return torch.from_numpy(preprocess(rgb, size, mean, std, resize))
 
 
 def check_mask_label(sample: Sample, mask: np.ndarray) -> None:
@@ -61,10 +60,12 @@ def check_mask_label(sample: Sample, mask: np.ndarray) -> None:
 
 
 class ImageDataset(Dataset):
-    """Images resized to ``size`` x ``size`` (PIL bilinear) and normalised per channel.
+    """Images brought to ``size`` (an integer: square; else (height, width)) by the ``resize``
+    rule of `refad.pipeline.preprocess` and normalised per channel.
 
     ``mean`` / ``std`` are in the 0..1 pixel scale (ImageNet: 0.485.. / 0.229..). Masks are
-    binarised at their full resolution first, then resized with NEAREST, so they stay in {0, 1};
+    binarised at their full resolution first, then resized with NEAREST by the same rule, so
+    they stay in {0, 1} and on the input's pixels;
     a mask that contradicts its label is refused (:func:`check_mask_label`).
     Holds only paths and numbers, so it pickles into DataLoader worker processes.
     """
@@ -72,14 +73,16 @@ class ImageDataset(Dataset):
     def __init__(
         self,
         samples: Sequence[Sample],
-        size: int,
+        size: int | Sequence[int],
         mean: Sequence[float],
         std: Sequence[float],
+        resize: str = "stretch",
     ) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        if isinstance(size, bool) or isinstance(size, int) and size < 1:
             raise ConfigError(f"size: must be a positive integer, got {size!r}")
         self.samples: tuple[Sample, ...] = tuple(samples)
-        self.size = size
+        self.size: tuple[int, int] = as_hw(size, "size")
+        self.resize = check_rule(resize)
         self.mean = _channel_triplet("mean", mean)
         self.std = _channel_triplet("std", std)
         if np.any(self.std <= 0):
@@ -90,18 +93,13 @@ class ImageDataset(Dataset):
 
     def _mask_tensor(self, sample: Sample, hw: tuple[int, int]) -> tuple[torch.Tensor, int]:
         """The mask at the model's size, and its count of soft (neither empty nor full) pixels."""
-        side = self.size
         if sample.mask is None:
-            return torch.zeros((1, side, side), dtype=torch.float32), 0
+            return torch.zeros((1, *self.size), dtype=torch.float32), 0
         full, soft = read_mask_levels(
             sample.mask, hw, image=sample.image, label_map=sample.mask_is_label_map
         )
         check_mask_label(sample, full)
-        small = Image.fromarray(full.astype(np.uint8) * 255).resize(
-            (side, side), Image.Resampling.NEAREST
-        )
-        arr = (np.asarray(small) > 127).astype(np.float32)
-        return torch.from_numpy(arr[None]), soft
+        return torch.from_numpy(resize_mask(full, self.size, self.resize)[None]), soft
 
     def __getitem__(self, i: int) -> dict:
         index = operator.index(i)
@@ -116,7 +114,7 @@ class ImageDataset(Dataset):
             rgb, orientation = read_image_and_orientation(sample.image)
         mask, soft = self._mask_tensor(sample, (rgb.shape[0], rgb.shape[1]))
         return {
-            "image": image_tensor(rgb, self.size, self.mean, self.std),
+            "image": image_tensor(rgb, self.size, self.mean, self.std, self.resize),
             "mask": mask,
             "soft_mask_pixels": soft,
             "turned_mask": orientation != 1,

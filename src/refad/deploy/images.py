@@ -5,14 +5,13 @@ dropped, not composited; 16-bit grey scaled with rounding; float images refused;
 orientation ignored), because a deployed model must see the pixels the checkpoint was
 calibrated on.
 
-`preprocess` is `refad.data.dataset.image_tensor` in numpy, operation for operation and dtype for
-dtype (PIL bilinear resize of the uint8 RGB picture, /255 in float32, then (x - mean) / std), so
-the graph input is bit-identical to what the PyTorch model receives.
+`preprocess` IS `refad.pipeline.preprocess.preprocess`, the function the torch Dataset calls too
+(PIL bilinear resize of the uint8 RGB picture by the run's resize rule, /255 in float32, then
+(x - mean) / std), so the graph input is bit-identical to what the PyTorch model receives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Union
 
@@ -21,14 +20,15 @@ from PIL import Image
 
 from refad.data.images import one_line, read_image_rgb, rgb_array
 from refad.errors import DataError
+from refad.pipeline.preprocess import STRETCH_TEXT, preprocess, preprocess_batch
+
+__all__ = ["RESIZE_RULE", "ImageInput", "check_rgb_array", "load_rgb", "pil_to_rgb",
+           "preprocess", "preprocess_batch", "read_rgb"]
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]  # noqa: UP007 (runtime alias on 3.10)
 
-RESIZE_RULE = (
-    "PIL Image.fromarray(rgb_uint8).resize((size, size), Image.Resampling.BILINEAR); "
-    "float32 / 255.0; (x - mean) / std per RGB channel; HWC -> CHW; batch first (NCHW)"
-)
-"""The exact input rule, written into every export's metadata."""
+RESIZE_RULE = STRETCH_TEXT
+"""The exact input rule of the default "stretch" resize, written into export metadata."""
 
 pil_to_rgb = rgb_array
 read_rgb = read_image_rgb
@@ -64,20 +64,3 @@ def load_rgb(image: ImageInput, where: str = "image") -> np.ndarray:
         f"{where}: expected a file path, a PIL image or an (H, W, 3) uint8 array, "
         f"got {type(image).__name__}"
     )
-
-
-def preprocess(
-    rgb: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]
-) -> np.ndarray:
-    """(H, W, 3) uint8 -> (3, size, size) float32, exactly as refad's `image_tensor`."""
-    resized = Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR)
-    arr = np.asarray(resized, dtype=np.float32) / 255.0
-    arr = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
-
-
-def preprocess_batch(
-    images: Sequence[np.ndarray], size: int, mean: Sequence[float], std: Sequence[float]
-) -> np.ndarray:
-    """Stack `preprocess` of several RGB arrays into one (B, 3, size, size) float32 batch."""
-    return np.stack([preprocess(im, size, mean, std) for im in images])

@@ -1,9 +1,5 @@
-"""The PatchCore method: `config.py` (its `model` section, registry entry and presets) and
-`model.py` (the network, loaded on first use so that the config stays torch-free)."""
+"""PatchCore: a training-free memory bank of normal patch features (one pass, no optimiser)."""
 
-from refad.lazy import lazy_attributes
+from refad.models.patchcore.model import PatchCore
 
-_EXPORTS = {"PatchCore": "model", "PatchCoreConfig": "config"}
-__all__ = sorted(_EXPORTS)
-
-__getattr__ = lazy_attributes(__name__, _EXPORTS)
+__all__ = ["PatchCore"]

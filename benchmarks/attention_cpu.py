@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from machine import cpu_model
 
-from refad.config import RLRConfig
 from refad.models.base import FeatureSpec
-from refad.models.rlr import RLR
+from refad.models.rlr.config import RLRConfig
+from refad.models.rlr.model import RLR
 
 HERE = Path(__file__).resolve().parent
 PATHS = ("dense", "halo", "windowed")

@@ -67,7 +67,7 @@ def run_variant(data, size: int, settings: dict, per_category: bool) -> dict:
     tr, tr_cats, te, labels, masks, te_cats = data
     spec = FeatureSpec(tuple(range(len(tr))), tuple(x.shape[1] for x in tr),
                        tuple(tuple(x.shape[-2:]) for x in tr), size)
-    from refad.config.methods import PatchCoreConfig
+    from refad.models.patchcore.config import PatchCoreConfig
 
     config = PatchCoreConfig(**settings)
     groups = sorted(set(tr_cats)) if per_category else [None]

@@ -6,21 +6,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import toy_methods.mean_distance.config  # noqa: F401  (registers a test-only method folder)
 
-from refad.config import RunConfig, apply_overrides
+from refad.config import METHODS, RunConfig, apply_overrides
 from refad.config.presets import preset
 from refad.data import make_demo_dataset
 
 TINY_MODEL = ['model.num_layers=1', 'model.hidden_dims=[32, 64]', 'model.num_heads=4']
 
-# A few-thousand-parameter model config per method, for tests on random features.
-SMALL_MODELS: dict[str, dict] = {
-    "rlr": {"num_layers": 2, "hidden_dims": [16, 32], "num_heads": 4},
-    "uniad": {"hidden_dim": 32, "num_heads": 4, "num_encoder_layers": 1,
-              "num_decoder_layers": 1, "ffn_dim": 64, "neighbour_window": 3},
-    "crad": {"num_blocks": 1, "expansion": 24},
-    "patchcore": {"coreset_ratio": 0.1},
-}
+# A few-thousand-parameter model config per registered method (its registry entry's `tiny`),
+# for tests on random features.
+SMALL_MODELS: dict[str, dict] = {name: dict(entry.tiny) for name, entry in METHODS.items()}
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

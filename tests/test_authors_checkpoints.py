@@ -27,7 +27,7 @@ from refad.config.presets import preset
 from refad.errors import CheckpointError, ConfigError, RefadError
 from refad.models.authors import import_authors_checkpoint
 from refad.models.base import FeatureSpec
-from refad.models.rlr import RLR
+from refad.models.rlr.model import RLR
 from refad.runs import open_run
 from refad.runs.imported import import_run, write_imported_run
 

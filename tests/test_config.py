@@ -16,7 +16,6 @@ import refad.api
 from refad.cli.main import app
 from refad.config import (
     METHOD_CONFIGS,
-    CRADConfig,
     FolderData,
     RunConfig,
     apply_overrides,
@@ -26,6 +25,7 @@ from refad.config import (
 )
 from refad.data import load_split, split_validation
 from refad.errors import ConfigError, DataError
+from refad.models.crad.config import CRADConfig
 from refad.runs import RunDir
 
 runner = CliRunner()
@@ -83,9 +83,10 @@ def test_model_and_data_are_discriminated_unions() -> None:
     assert isinstance(folder.data, FolderData) and folder.data.normal_dir == "/good"
     with pytest.raises(ConfigError, match="model.method"):
         RunConfig.parse({"method": "rlr", "model": {"method": "crad"}})
-    from refad.models.registry import METHODS
+    from refad.models.registry import method_names, model_class
 
-    assert set(METHOD_CONFIGS) == set(METHODS)  # every method has a config, every config a model
+    assert set(METHOD_CONFIGS) == set(method_names())  # every method has a config and a model
+    assert all(model_class(m).method == m for m in method_names())
 
 
 def test_even_aggregate_kernel_and_huge_image_size_fail_at_validation() -> None:

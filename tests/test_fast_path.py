@@ -12,9 +12,9 @@ from conftest import SMALL_MODELS, rel_err
 from safetensors.torch import load_file
 
 import refad.models.layers.embedding as embedding_module
-import refad.models.rlr as rlr_module
+import refad.models.rlr.model as rlr_module
 from refad.backbones import FeatureExtractor
-from refad.config import RLRConfig, RunConfig, apply_overrides
+from refad.config import RunConfig, apply_overrides
 from refad.device import cpu_threads, set_cpu_threads
 from refad.errors import ConfigError
 from refad.inference import Scorer, score_levels
@@ -25,7 +25,8 @@ from refad.models.layers import (
     window_index_table,
 )
 from refad.models.registry import build_model
-from refad.models.rlr import RLR
+from refad.models.rlr.config import RLRConfig
+from refad.models.rlr.model import RLR
 from refad.runs import RunDir
 from refad.runs.checkpoint import read_meta
 from refad.training import train_unit

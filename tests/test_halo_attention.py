@@ -7,12 +7,12 @@ import torch
 from conftest import SMALL_MODELS, rel_err
 from test_fast_path import assert_matches_masked_dense, levels_for
 
-from refad.config import RLRConfig
 from refad.errors import ConfigError
 from refad.models.base import FeatureSpec
 from refad.models.layers import neighbourhood_mask
 from refad.models.layers.halo_attention import halo_attention, halo_block_for, halo_tables
-from refad.models.rlr import RLR
+from refad.models.rlr.config import RLRConfig
+from refad.models.rlr.model import RLR
 
 
 @pytest.mark.parametrize("shared", [True, False])

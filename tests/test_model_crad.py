@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.ndimage import uniform_filter, zoom
 
-from refad.config import CRADConfig, apply_overrides
+from refad.config import apply_overrides
 from refad.config.presets import preset
 from refad.errors import ConfigError
 from refad.models.base import FeatureSpec
-from refad.models.crad import CRAD, refine
+from refad.models.crad.config import CRADConfig
+from refad.models.crad.model import CRAD, refine
 from refad.models.layers import MobileBottleneck
 from refad.models.registry import build_model
 from refad.runs.checkpoint import CheckpointMeta, load_model, save_checkpoint, spec_to_dict

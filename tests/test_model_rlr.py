@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refad.config import RLRConfig
 from refad.errors import ConfigError
 from refad.models.base import FeatureSpec
 from refad.models.registry import build_model
-from refad.models.rlr import RLR
+from refad.models.rlr.config import RLRConfig
+from refad.models.rlr.model import RLR
 
 SPEC = FeatureSpec(levels=(2, 3), channels=(12, 20), shapes=((8, 8), (4, 4)), image_size=32)
 

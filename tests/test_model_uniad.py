@@ -11,13 +11,14 @@ import torch.nn.functional as F
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.ndimage import zoom
 
-from refad.config import UniADConfig, apply_overrides
+from refad.config import apply_overrides
 from refad.config.presets import preset
 from refad.errors import ConfigError
 from refad.models.base import FeatureSpec
 from refad.models.layers import PostNormEncoderLayer, neighbourhood_mask
 from refad.models.registry import build_model
-from refad.models.uniad import UniAD
+from refad.models.uniad.config import UniADConfig
+from refad.models.uniad.model import UniAD
 from refad.runs.checkpoint import CheckpointMeta, load_model, save_checkpoint, spec_to_dict
 
 # three levels at strides 4, 8, 16 of a 128 px input: an 8x8 token grid

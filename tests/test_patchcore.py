@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 
 from refad.cli.main import app
 from refad.config import apply_overrides
-from refad.config.methods import PatchCoreConfig
 from refad.config.presets import preset
 from refad.errors import CheckpointError
 from refad.models.base import FeatureSpec, load_state_checked
 from refad.models.patchcore import PatchCore
+from refad.models.patchcore.config import PatchCoreConfig
 from refad.models.patchcore.coreset import StreamingCoreset, greedy_k_center
 from refad.runs import checkpoint as ckpt
 from refad.runs.layout import META_FILE

@@ -21,7 +21,7 @@ import torch
 
 from refad.atomic import ensure_dir, write_text_atomic
 from refad.backbones import FeatureCache, FeatureExtractor, build_extractor
-from refad.config import RLRConfig, RunConfig
+from refad.config import RunConfig
 from refad.config import build_config as _build_config
 from refad.config import load_config_file as _load_config_file
 from refad.config.arguments import checked_arguments
@@ -32,6 +32,7 @@ from refad.errors import ConfigError
 from refad.inference import Scorer
 from refad.models.base import FeatureSpec
 from refad.models.registry import build_model
+from refad.models.rlr.config import RLRConfig
 from refad.models.scoring import gaussian_blur, max_score, mse_cosine_map, upsample_maps
 from refad.reporting.compare import compare as _compare
 from refad.reporting.evaluation import evaluate as _evaluate

@@ -392,9 +392,17 @@ def predict(
     overwrite: Annotated[bool, typer.Option(
         help="Empty a non-empty --out first (without it, such a folder is refused)."
     )] = False,
+    format_: Annotated[str, typer.Option(
+        "--format", help="refad (heatmaps, overlays, predictions.json) or mvtec_ad2 (float16 "
+        "TIFF maps + thresholded PNGs for the MVTec AD 2 server; inputs: its root, objects "
+        "or split folders)."
+    )] = "refad",
 ) -> None:
     """Score images; write heatmaps, overlays and predictions.json/.csv."""
     require_at_least_one("--batch-size", batch_size)
+    if format_ != "refad":
+        _predict_submission(format_, inputs, out, run, model, category, device, batch_size)
+        return
     if (run is None) == (model is None):
         raise RefadError("predict: give exactly one of --run and --model")
     ignored = [flag for flag, given in (("--amp", amp), ("--compile", compile_ is not None),
@@ -423,6 +431,26 @@ def predict(
     console.print(f"{len(report.predictions)} images scored ({report.scored_with}); results "
                   f"in {out}", highlight=False)
     console.print(report.decision_line(), highlight=False)
+    if report.failures:
+        for line in report.failures:
+            print_error(line)
+        raise typer.Exit(2)
+
+
+def _predict_submission(format_: str, inputs: list[Path], out: Path, run: Path | None,
+                        model: Path | None, category: str | None, device: str | None,
+                        batch_size: int) -> None:
+    """`predict --format mvtec_ad2`: the evaluation server's files (one line per failure)."""
+    from refad.reporting.mvtec_ad2_submission import FORMATS, predict_submission
+
+    if format_ not in FORMATS:
+        raise RefadError(f"--format: {format_!r} is not one of {', '.join(FORMATS)}")
+    _torch_threads()
+    report = predict_submission(run, inputs, out, device, batch_size, model, category)
+    for key, count in report.written.items():
+        console.print(f"{key}: {count} anomaly maps", highlight=False)
+    console.print(f"written: {out}/anomaly_images (float16 TIFF) and "
+                  f"{out}/anomaly_images_thresholded (PNG 0/255)", highlight=False)
     if report.failures:
         for line in report.failures:
             print_error(line)

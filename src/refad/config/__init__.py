@@ -4,15 +4,14 @@ from refad.config.base import StrictModel, describe_validation_error
 from refad.config.build import build_config
 from refad.config.methods import (
     METHOD_CONFIGS,
-    AttentionImpl,
-    AttentionKind,
-    CRADConfig,
-    ModelConfig,
-    RLRConfig,
-    UniADConfig,
+    METHODS,
+    MethodConfig,
+    MethodEntry,
+    method_entry,
+    register_method,
 )
 from refad.config.overrides import apply_overrides, load_config_file, parse_override, with_fields
-from refad.config.presets import PRESETS, preset
+from refad.config.presets import PRESETS, preset, register_preset
 from refad.config.schema import (
     DATA_LAYOUTS,
     DEFAULT_BACKBONE,
@@ -35,21 +34,18 @@ __all__ = [
     "DEFAULT_BACKBONE",
     "DEFAULT_LEVELS",
     "MAX_IMAGE_SIZE",
+    "METHODS",
     "METHOD_CONFIGS",
     "PRESETS",
-    "AttentionImpl",
-    "AttentionKind",
     "BackboneConfig",
-    "CRADConfig",
     "DataConfig",
     "FolderData",
     "MVTecData",
-    "ModelConfig",
-    "RLRConfig",
+    "MethodConfig",
+    "MethodEntry",
     "RunConfig",
     "StrictModel",
     "TrainConfig",
-    "UniADConfig",
     "VisaData",
     "apply_overrides",
     "build_config",
@@ -57,8 +53,11 @@ __all__ = [
     "check_levels",
     "describe_validation_error",
     "load_config_file",
+    "method_entry",
     "parse_override",
     "preset",
+    "register_method",
+    "register_preset",
     "shared_train_fields",
     "with_fields",
 ]

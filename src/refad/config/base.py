@@ -12,11 +12,15 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from refad.errors import ConfigError
 
 T = TypeVar("T", bound="StrictModel")
-# Sections that are discriminated unions, and their tags (pydantic puts the tag in the path).
-_UNION_TAGS = {
-    "model": ("rlr", "uniad", "crad", "patchcore"),
-    "data": ("mvtec", "visa", "folder"),
-}
+# Sections that are discriminated unions, and their tags (pydantic puts the tag in the path),
+# told by the schema that defines the union (`name_union_tags`). `model` is not one: its
+# section is validated by the registered method's class directly.
+_UNION_TAGS: dict[str, tuple[str, ...]] = {}
+
+
+def name_union_tags(section: str, tags: typing.Iterable[str]) -> None:
+    """Errors inside `section` drop these tags from the field path they name."""
+    _UNION_TAGS[section] = tuple(tags)
 
 
 class StrictModel(BaseModel):

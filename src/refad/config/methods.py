@@ -1,26 +1,24 @@
-"""The `model` section of a run: one typed config per method, told apart by `method`.
+"""The `model` section of a run and the method registry it is validated against.
 
-They live in the configuration layer (not beside the networks) so that `RunConfig` can be one
-discriminated union validated once, and the models only receive an already valid config.
+Each method lives in its own folder, `refad.models.<method>`, whose `config.py` defines a
+`MethodConfig` subclass and registers it with `register_method` (as a timm model family
+registers its models). Importing `refad` loads every method folder's config, so the registry
+is complete before any configuration is read; the networks themselves (torch) load only when a
+model is built. What used to be written out per method - the union of configs and its tags,
+the CLI's method list, export's per-method settings, the tests' parametrisation - is derived
+from here.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field
 
 from refad.config.base import StrictModel
-
-# Paper Table 3 ablations of RLR. "rlr" is the method; the others are the rows of the table.
-AttentionKind = Literal["rlr", "lca", "mlka", "cross", "self"]
-# How RLR's masked attentions are computed; every choice gives the same maps (tests hold them
-# equal). "fast" picks per device when the model is built: the window gather on CUDA, halo
-# blocks elsewhere (LCA over 8 x 8 query blocks and their window-grown key blocks; levels too
-# small for blocks to save work use a dense attention with an additive mask; thousands of tiny
-# window matmuls cost the CPU more than the N^2 work they save). "windowed", "halo" and
-# "dense" force one; "reference" is plain masked dense attention, the test oracle.
-AttentionImpl = Literal["fast", "windowed", "halo", "dense", "reference"]
+from refad.errors import ConfigError
 
 
 def odd(v: int) -> int:
@@ -53,125 +51,81 @@ def divisible_width(width: int, heads: int, field: str) -> None:
                          "(each head takes an equal share of the width)")
 
 
-class RLRConfig(StrictModel):
-    """Hyper-parameters of RLR (defaults: the paper and the authors' released command)."""
+class MethodConfig(StrictModel):
+    """Base of every method's `model` section; `method` tells them apart."""
 
-    method: Literal["rlr"] = "rlr"
-    num_layers: int = Field(4, ge=1, le=MAX_LAYERS)
-    num_heads: int = Field(8, ge=1, le=MAX_HEADS)
-    # None: 128 * 2**(level-1) per timm level index; else one width per backbone level
-    hidden_dims: list[Width] | None = Field(None, min_length=1, max_length=5)
-    ffn_ratio: int = Field(4, ge=1, le=16)
-    alpha: float = Field(2.0, gt=0)
-    attention: AttentionKind = "rlr"
-    residual: bool = False  # True restores the identity shortcut (ablation)
-    # map side (tokens) -> attention window; other sides scale the nearest entry
-    windows: dict[MapSide, Window] = Field(default_factory=lambda: {16: 5, 32: 7, 64: 11},
-                                           min_length=1, max_length=32)
-    jitter_scale: float = Field(4.0, ge=0)
-    gaussian_sigma: float = Field(4.0, ge=0, le=64)  # its kernel spans 8 sigma + 1 pixels
-    # "integer": the authors' table (integer positions, x half first); "normalised": DETR form
-    position_embedding: Literal["integer", "normalised"] = "integer"
-    attention_impl: AttentionImpl = "fast"
+    method: str
 
-    @field_validator("windows")
-    @classmethod
-    def _windows_fit(cls, v: dict[int, int]) -> dict[int, int]:
-        """Odd (centred on its token) and narrower than its map: a window covering the whole
-        map leaves MLKA no key outside it."""
-        for side, window in v.items():
-            if window % 2 == 0:
-                raise ValueError(f"window {window} for {side}x{side} maps must be odd")
-            if window >= side:
-                raise ValueError(f"window {window} for {side}x{side} maps must be narrower "
-                                 "than the map")
-        return v
-
-    @model_validator(mode="after")
-    def _widths_divide(self) -> RLRConfig:
-        for width in self.hidden_dims or ():
-            if width % 4 != 0:  # the 2-D position table splits a width in four
-                raise ValueError(f"model.hidden_dims: width {width} is not divisible by 4")
-            divisible_width(width, self.num_heads, "model.hidden_dims: width")
-        return self
+    def check_levels(self, levels: list[int]) -> None:
+        """Sizes that depend on the backbone levels, checked when the run's config is
+        validated rather than when the model is built after feature extraction (minutes into
+        a run). Raise ValueError naming the field."""
+        grid_level = getattr(self, "grid_level", None)
+        if grid_level is not None and not -len(levels) <= grid_level < len(levels):
+            raise ValueError(f"model.grid_level: {grid_level} is out of range for "
+                             f"{len(levels)} feature level(s) (backbone.levels {levels})")
 
 
-class UniADConfig(StrictModel):
-    """Hyper-parameters of UniAD (defaults: the authors' released MVTec-AD configuration)."""
-
-    method: Literal["uniad"] = "uniad"
-    hidden_dim: int = Field(256, ge=4, le=MAX_WIDTH)
-    num_heads: int = Field(8, ge=1, le=MAX_HEADS)
-    num_encoder_layers: int = Field(4, ge=0, le=MAX_LAYERS)
-    num_decoder_layers: int = Field(4, ge=1, le=MAX_LAYERS)
-    ffn_dim: int = Field(1024, ge=1, le=4 * MAX_WIDTH)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    position_embedding: Literal["learned", "sine"] = "learned"
-    neighbour_window: int = Field(7, ge=1, le=MAX_WINDOW)
-    mask_encoder: bool = True  # the authors' neighbor_mask.mask[0]
-    mask_decoder_memory: bool = True  # mask[1]: decoder queries -> encoder output
-    mask_decoder_previous: bool = True  # mask[2]: decoder queries -> previous decoder output
-    jitter_scale: float = Field(20.0, ge=0)
-    jitter_prob: float = Field(1.0, ge=0, le=1)
-    grid_level: GridLevel = -1  # position in backbone.levels whose grid all levels resize to
-    image_pool: int = Field(16, ge=1, le=MAX_POOL)  # image score: max after this average pool
-
-    _odd_window = field_validator("neighbour_window")(odd)
-
-    @model_validator(mode="after")
-    def _width_divides(self) -> UniADConfig:
-        divisible_width(self.hidden_dim, self.num_heads, "model.hidden_dim:")
-        if self.hidden_dim % (4 if self.position_embedding == "sine" else 2) != 0:
-            raise ValueError(f"model.hidden_dim: {self.hidden_dim} must be divisible by 4 "
-                             "(sine positions) or 2 (learned positions)")
-        return self
+C = TypeVar("C", bound=type[MethodConfig])
 
 
-class CRADConfig(StrictModel):
-    """Hyper-parameters of CRAD (defaults: the paper's CRAD; CRAD-S sets expansion=216)."""
+@dataclass(frozen=True)
+class MethodEntry:
+    """What refad knows of a registered method, torch-free: `model` names the network class
+    (`module:Class`), imported only when a model is built."""
 
-    method: Literal["crad"] = "crad"
-    # local grid: C x g x g cells; global: C*H*W x G x G (a whole map per cell, so tight)
-    local_grid: int = Field(8, ge=1, le=256)
-    global_grid: int = Field(4, ge=1, le=32)
-    num_blocks: int = Field(11, ge=0, le=MAX_LAYERS)
-    expansion: int = Field(864, ge=1, le=MAX_WIDTH)
-    se_reduction: int = Field(4, ge=1, le=MAX_WIDTH)
-    noise_std: float = Field(0.0598, ge=0)  # coordinate noise during training
-    noise_prob: float = Field(0.5, ge=0, le=1)  # drawn once per training step
-    mse_weight: float = 0.3  # output refinement: sim = w_m * m + w_c * cos
-    cos_weight: float = 0.7
-    mse_coef: float = Field(0.05, ge=0)  # m = 1 - round(clip(mse_coef * mse, 0, 1))
-    grid_lr: float = Field(0.1, gt=0)  # learning rate of both grids (network: train.lr)
-    smooth_kernel: int = Field(21, ge=1, le=MAX_WINDOW)  # evaluation: k x k mean, upsampled map
-    image_pool: int = Field(32, ge=1, le=MAX_POOL)  # image score: max after this average pool
-    grid_level: GridLevel = 0  # position in backbone.levels whose grid all levels resize to
-
-    _odd_kernel = field_validator("smooth_kernel")(odd)
+    name: str
+    config: type[MethodConfig]
+    model: str
+    summary: str
+    # nncf's model type for OpenVINO int8 quantisation (transformers keep attention in fp)
+    quantise_as: Literal["transformer"] | None = None
+    # `module:FORMAT` of the authors' checkpoint key map, for methods whose authors publish one
+    authors: str | None = None
+    # the smallest settings that still exercise the method: tests and smoke runs use them
+    tiny: Mapping[str, Any] = field(default_factory=dict)
 
 
-class PatchCoreConfig(StrictModel):
-    """Hyper-parameters of PatchCore (defaults: the paper's 1% coreset, 128-d projection)."""
-
-    method: Literal["patchcore"] = "patchcore"
-    grid_level: int = Field(0, ge=-8, le=7)  # position in backbone.levels giving the grid
-    coreset_ratio: float = Field(0.01, gt=0, le=1)  # share of all training patches kept
-    projection_dim: int = Field(128, ge=0, le=4096)  # coreset distances (0: no projection)
-    oversample: float = Field(4.0, ge=1, le=100)  # first stage keeps this x its share
-    chunk_patches: int = Field(16384, ge=64, le=1 << 22)  # patches per first-stage chunk
-    embed_dim: int | None = Field(None, ge=1, le=8192)  # average channels down to this
-    gaussian_sigma: float = Field(4.0, ge=0, le=64)
-    image_score: Literal["max", "reweighted"] = "max"  # max of the smoothed map, or the paper's
-    reweight_neighbours: int = Field(9, ge=1, le=1000)
-    query_chunk: int = Field(4096, ge=1, le=1 << 20)  # test patches per distance matmul
+METHODS: dict[str, MethodEntry] = {}
+METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
 
 
-ModelConfig = Annotated[
-    RLRConfig | UniADConfig | CRADConfig | PatchCoreConfig, Field(discriminator="method")
-]
-METHOD_CONFIGS: dict[str, type[StrictModel]] = {
-    "rlr": RLRConfig,
-    "uniad": UniADConfig,
-    "crad": CRADConfig,
-    "patchcore": PatchCoreConfig,
-}
+def register_method(
+    name: str,
+    *,
+    model: str,
+    summary: str,
+    quantise_as: Literal["transformer"] | None = None,
+    authors: str | None = None,
+    tiny: Mapping[str, Any] | None = None,
+) -> Callable[[C], C]:
+    """Class decorator of a method's config: adds the method to the registry."""
+
+    def register(cls: C) -> C:
+        if name in METHODS and METHODS[name].config is not cls:
+            raise ConfigError(f"method {name!r} is registered twice")
+        METHODS[name] = MethodEntry(name, cls, model, summary, quantise_as, authors,
+                                    dict(tiny or {}))
+        METHOD_CONFIGS[name] = cls
+        return cls
+
+    return register
+
+
+def method_entry(method: str) -> MethodEntry:
+    """The registry entry of `method`, or a one-line error listing the methods there are."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
+    return METHODS[method]
+
+
+def model_section(data: Any) -> Any:
+    """A `model` section (a mapping with `method`) as its method's typed config; anything
+    else is returned for pydantic to refuse."""
+    if isinstance(data, MethodConfig) or not isinstance(data, dict):
+        return data
+    method = data.get("method")
+    if method not in METHOD_CONFIGS:
+        raise ValueError(f"unknown method {method!r}; available: "
+                         f"{', '.join(sorted(METHOD_CONFIGS))}")
+    return METHOD_CONFIGS[method].model_validate(data)

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, SerializeAsAny, field_validator, model_validator
 
-from refad.config.base import StrictModel
-from refad.config.methods import METHOD_CONFIGS, ModelConfig, RLRConfig
+from refad.config.base import StrictModel, name_union_tags
+from refad.config.methods import METHOD_CONFIGS, MethodConfig, model_section
 from refad.errors import ConfigError
 
 # The paper's backbone: the documented default for users who can download timm weights.
@@ -154,6 +154,7 @@ DATA_LAYOUTS: dict[str, type[StrictModel]] = {
     "mvtec_ad2": MVTecAD2Data,
     "real_iad": RealIADData,
 }
+name_union_tags("data", DATA_LAYOUTS)
 # Layouts that ship their own normal validation images, which calibrate a run by default.
 LAYOUTS_WITH_VALIDATION = ("mvtec_ad2",)
 
@@ -271,7 +272,9 @@ class RunConfig(StrictModel):
     data: DataConfig = Field(default_factory=MVTecData)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    model: ModelConfig = Field(default_factory=RLRConfig)
+    # the method's registered config (`refad.config.methods`); serialised as that class
+    model: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: model_section(
+        {"method": "rlr"}))
     device: str = "auto"
 
     @model_validator(mode="before")
@@ -330,22 +333,12 @@ class RunConfig(StrictModel):
             )
         return self
 
+    @field_validator("model", mode="before")
+    @classmethod
+    def _typed_model(cls, value: Any) -> Any:
+        return model_section(value)
+
     @model_validator(mode="after")
     def _model_fits_levels(self) -> RunConfig:
-        """Model sizes that depend on the backbone levels, checked here rather than when the
-        model is built after feature extraction (minutes into a run)."""
-        levels = self.backbone.levels
-        grid_level = getattr(self.model, "grid_level", None)
-        if grid_level is not None and not -len(levels) <= grid_level < len(levels):
-            raise ValueError(f"model.grid_level: {grid_level} is out of range for "
-                             f"{len(levels)} feature level(s) (backbone.levels {levels})")
-        if isinstance(self.model, RLRConfig):
-            dims = self.model.hidden_dims
-            if dims is not None and len(dims) != len(levels):
-                raise ValueError(f"model.hidden_dims: {len(dims)} width(s) for {len(levels)} "
-                                 f"backbone levels {levels} (one per level)")
-            for width in dims or [64 << lvl for lvl in levels]:  # the model's default widths
-                if width % self.model.num_heads:
-                    raise ValueError(f"model.num_heads: {self.model.num_heads} does not divide "
-                                     f"the hidden width {width} (set model.hidden_dims too)")
+        self.model.check_levels(self.backbone.levels)
         return self

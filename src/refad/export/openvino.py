@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from refad.config.methods import method_entry
 from refad.errors import ConfigError, RefadError
 
-_TRANSFORMER_METHODS = frozenset({"rlr", "uniad"})
 FLOAT_NODES = (
     r"^/extractor/.*",  # the backbone: `ScoringGraph.extractor`
     r"^/[A-Za-z]+(_\d+)?$",  # ops of `ScoringGraph.forward` itself: the feature error and map tail
@@ -49,7 +49,9 @@ def _quantise(model, method: str, batches: Sequence[np.ndarray]):
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
     dataset = nncf.Dataset(list(batches), lambda batch: {"image": batch})
-    kind = nncf.ModelType.TRANSFORMER if method in _TRANSFORMER_METHODS else None
+    # the method says whether it is a transformer (its registry entry, `quantise_as`)
+    transformer = method_entry(method).quantise_as == "transformer"
+    kind = nncf.ModelType.TRANSFORMER if transformer else None
     float_parts = nncf.IgnoredScope(patterns=list(FLOAT_NODES), validate=False)
     try:
         return nncf.quantize(

@@ -1,4 +1,6 @@
-"""Import the checkpoints written by the authors' public code (RLR, UniAD, CRAD).
+"""Import the checkpoints written by the authors' public code (RLR, UniAD, CRAD): the
+machinery shared by every method; each method folder's `authors.py` gives its `AuthorsFormat`
+(key rules, refused variants, structure read from the weights), named in its registry entry.
 
 Sources (read for their structure and key names; see docs/methods.md for the full tables):
 - RLR   hlr7999/RLR        `trainer.py` saves {"state_dict": [one state_dict per level], ...}
@@ -20,6 +22,7 @@ the same features for the reconstruction to mean the same thing.
 from __future__ import annotations
 
 import collections
+import importlib
 import pickle
 import re
 import warnings
@@ -30,11 +33,10 @@ from typing import Any
 
 import torch
 
+from refad.config.methods import METHODS, method_entry
 from refad.errors import CheckpointError, ConfigError
 from refad.models.base import FeatureSpec, ReconstructionModel, load_state_checked
 from refad.models.registry import build_model
-
-AUTHORS_METHODS: tuple[str, ...] = ("rlr", "uniad", "crad")
 
 Tensor = torch.Tensor
 StateDict = dict[str, Tensor]
@@ -126,7 +128,7 @@ def _as_state_dict(obj: Any, where: str) -> StateDict:
 def state_dicts_of(obj: Any, method: str, where: str) -> list[StateDict]:
     """The authors' state_dict(s) inside a loaded file: RLR a list (one per level), else one."""
     inner = obj["state_dict"] if isinstance(obj, Mapping) and "state_dict" in obj else obj
-    if method == "rlr":
+    if authors_format(method).per_level:
         if isinstance(inner, Mapping):  # a single level's model saved on its own
             inner = [inner]
         if not isinstance(inner, list | tuple) or not inner:
@@ -148,103 +150,48 @@ class Rule:
     transform: Callable[[Tensor], Tensor] | None = None
 
 
-def _squeeze_last(t: Tensor) -> Tensor:
-    return t.squeeze(-1)  # Conv1d(k=1) weight (out, in, 1) -> Linear weight (out, in)
+@dataclass(frozen=True)
+class AuthorsFormat:
+    """How one method's authors save their network, as far as importing needs to know."""
+
+    rules: tuple[Rule, ...]
+    # key pattern -> the variant of the authors' code it names, which refad does not implement
+    unsupported: tuple[tuple[str, str], ...]
+    # the model config's structural fields, read from the (unwrapped) state dict(s)
+    infer: Callable[[list[StateDict], str], dict[str, Any]]
+    per_level: bool = False  # one state dict per backbone level (RLR), else one network
+    epoch_is_index: bool = False  # the file's `epoch` is the 0-based index of the last one
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # config the authors' code fixes
 
 
-RLR_RULES: tuple[Rule, ...] = (
-    Rule(r"embedding\.project_embedding\.project\.weight", "input_embed.proj.weight",
-         transform=_squeeze_last),
-    Rule(r"embedding\.project_embedding\.project\.bias", "input_embed.proj.bias"),
-    Rule(r"ref_mca", "reference", transform=lambda t: t.reshape(t.shape[-2], t.shape[-1])),
-    Rule(r"ref_mca_embedding\.project_embedding\.project\.weight",
-         "reference_embed.proj.weight", transform=_squeeze_last),
-    Rule(r"ref_mca_embedding\.project_embedding\.project\.bias", "reference_embed.proj.bias"),
-    Rule(r"encoder\.encode_layers\.(\d+)\.mca\.in_proj_(weight|bias)",
-         r"layers.\1.lca.{}_proj.\2", qkv=True),
-    Rule(r"encoder\.encode_layers\.(\d+)\.mca\.out_proj\.(weight|bias)",
-         r"layers.\1.lca.out_proj.\2"),
-    Rule(r"encoder\.encode_layers\.(\d+)\.nsa\.in_proj_(weight|bias)",
-         r"layers.\1.mlka.{}_proj.\2", qkv=True),
-    Rule(r"encoder\.encode_layers\.(\d+)\.nsa\.out_proj\.(weight|bias)",
-         r"layers.\1.mlka.out_proj.\2"),
-    Rule(r"encoder\.encode_layers\.(\d+)\.(norm1|norm2)\.(weight|bias)", r"layers.\1.\2.\3"),
-    Rule(r"encoder\.encode_layers\.(\d+)\.ffn\.fc1\.(weight|bias)", r"layers.\1.ffn.0.\2"),
-    Rule(r"encoder\.encode_layers\.(\d+)\.ffn\.fc2\.(weight|bias)", r"layers.\1.ffn.2.\2"),
-    Rule(r"encoder\.norm\.(weight|bias)", r"out_norm.\1"),
-    Rule(r"projection\.(weight|bias)", r"out_proj.\1"),
-)
+def authors_methods() -> tuple[str, ...]:
+    """The registered methods whose authors' checkpoints import."""
+    return tuple(sorted(name for name, entry in METHODS.items() if entry.authors))
 
-_ENC = r"transformer\.encoder\.layers\.(\d+)\."
-_DEC = r"transformer\.decoder\.layers\.(\d+)\."
-_WB = r"(weight|bias)"
-_UNIAD_ATTN = {"self_attn": "memory_attn", "multihead_attn": "previous_attn"}
-UNIAD_RULES: tuple[Rule, ...] = (
-    Rule(rf"input_proj\.{_WB}", r"net.input_proj.\1"),
-    Rule(rf"output_proj\.{_WB}", r"net.output_proj.\1"),
-    Rule(r"pos_embed\.row_embed\.weight", "net.pos_embed.rows"),
-    Rule(r"pos_embed\.col_embed\.weight", "net.pos_embed.cols"),
-    Rule(rf"{_ENC}self_attn\.in_proj_{_WB}", r"net.encoder.\1.attn.{}_proj.\2", qkv=True),
-    Rule(rf"{_ENC}self_attn\.out_proj\.{_WB}", r"net.encoder.\1.attn.out_proj.\2"),
-    Rule(rf"{_ENC}linear1\.{_WB}", r"net.encoder.\1.ffn.0.\2"),
-    Rule(rf"{_ENC}linear2\.{_WB}", r"net.encoder.\1.ffn.3.\2"),
-    Rule(rf"{_ENC}(norm1|norm2)\.{_WB}", r"net.encoder.\1.\2.\3"),
-    Rule(rf"{_DEC}learned_embed\.weight", r"net.decoder.\1.queries"),
-    *(
-        rule
-        for theirs, ours in _UNIAD_ATTN.items()
-        for rule in (
-            Rule(rf"{_DEC}{theirs}\.in_proj_{_WB}", rf"net.decoder.\1.{ours}.{{}}_proj.\2",
-                 qkv=True),
-            Rule(rf"{_DEC}{theirs}\.out_proj\.{_WB}", rf"net.decoder.\1.{ours}.out_proj.\2"),
-        )
-    ),
-    Rule(rf"{_DEC}linear1\.{_WB}", r"net.decoder.\1.ffn.0.\2"),
-    Rule(rf"{_DEC}linear2\.{_WB}", r"net.decoder.\1.ffn.3.\2"),
-    Rule(rf"{_DEC}(norm1|norm2|norm3)\.{_WB}", r"net.decoder.\1.\2.\3"),
-    Rule(rf"transformer\.decoder\.norm\.{_WB}", r"net.decoder_norm.\1"),
-)
 
-_BN = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
-CRAD_RULES: tuple[Rule, ...] = (
-    Rule(r"query\.0", "net.local_grid"),
-    Rule(r"query\.1", "net.global_grid"),
-    Rule(r"coord\.(0|2)\.(weight|bias)", r"net.local_coords.\1.\2"),
-    Rule(r"coord_\.(0|2)\.(weight|bias)", r"net.global_coords.\1.\2"),
-    Rule(r"layer\.(\d+)\.conv\.0\.weight", r"net.fusion.\1.expand.weight"),
-    Rule(rf"layer\.(\d+)\.conv\.1\.{_BN}", r"net.fusion.\1.expand_norm.\2"),
-    Rule(r"layer\.(\d+)\.conv\.3\.weight", r"net.fusion.\1.depthwise.weight"),
-    Rule(rf"layer\.(\d+)\.conv\.4\.{_BN}", r"net.fusion.\1.depthwise_norm.\2"),
-    Rule(r"layer\.(\d+)\.conv\.5\.fc\.0\.weight", r"net.fusion.\1.se.reduce.weight"),
-    Rule(r"layer\.(\d+)\.conv\.5\.fc\.2\.weight", r"net.fusion.\1.se.expand.weight"),
-    Rule(r"layer\.(\d+)\.conv\.7\.weight", r"net.fusion.\1.project.weight"),
-    Rule(rf"layer\.(\d+)\.conv\.8\.{_BN}", r"net.fusion.\1.project_norm.\2"),
-    Rule(r"recover\.weight", "net.recover.weight"),
-)
+def authors_format(method: str) -> AuthorsFormat:
+    """The format a method's folder registered (`authors="module:NAME"`)."""
+    target = method_entry(method).authors
+    if target is None:
+        raise ConfigError(f"method {method!r}: authors' checkpoints exist for "
+                          f"{', '.join(authors_methods())}")
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
-RULES: dict[str, tuple[Rule, ...]] = {"rlr": RLR_RULES, "uniad": UNIAD_RULES, "crad": CRAD_RULES}
 
-# Keys that name a variant of the authors' code refad does not implement -> explained refusal.
-UNSUPPORTED: dict[str, tuple[tuple[str, str], ...]] = {
-    "rlr": (
-        (r".*\.(ca|msa|sa)\..*", "attention blocks other than mca/nsa (ablation variants)"),
-        (r"encoder\.gate.*", "gated blocks (--blocks_gate gate|net)"),
-        (r".*\.norm0\..*", "serial block mode"),
-    ),
-    "uniad": ((r"transformer\.encoder\.norm\..*", "pre-norm transformer (normalize_before)"),),
-    "crad": ((r"layer\.\d+\.\d+\.conv1\..*", "the earlier BasicBlock fusion ('GRAD')"),),
-}
+
 
 
 def map_keys(method: str, state: StateDict, where: str) -> StateDict:
     """Rename the authors' keys to refad's (per level for RLR, without the `levels.i.` part)."""
-    for pattern, what in UNSUPPORTED[method]:
+    fmt = authors_format(method)
+    for pattern, what in fmt.unsupported:
         hit = next((k for k in state if re.fullmatch(pattern, k)), None)
         if hit is not None:
             raise CheckpointError(f"{where}: {what} is not supported (key {hit!r})")
     out: StateDict = {}
     for key, value in state.items():
-        rule = next((r for r in RULES[method] if re.fullmatch(r.pattern, key)), None)
+        rule = next((r for r in fmt.rules if re.fullmatch(r.pattern, key)), None)
         if rule is None:
             raise CheckpointError(f"{where}: unexpected key {key!r} for an authors' {method}")
         target = re.sub(rule.pattern, rule.target, key)
@@ -282,8 +229,9 @@ def _keys_match(method: str, obj: Any) -> bool:
     except CheckpointError:
         return False
     keys = [key for state in states for key in strip_wrappers(state)[0]]
-    return bool(keys) and all(
-        any(re.fullmatch(rule.pattern, key) for rule in RULES[method]) for key in keys)
+    rules = authors_format(method).rules
+    return bool(keys) and all(any(re.fullmatch(rule.pattern, key) for rule in rules)
+                              for key in keys)
 
 
 def check_method_of(obj: Any, method: str, where: str) -> None:
@@ -291,7 +239,7 @@ def check_method_of(obj: Any, method: str, where: str) -> None:
     or a level count, which sent users to their levels and config, not to `--method`."""
     if _keys_match(method, obj):
         return
-    other = next((m for m in AUTHORS_METHODS if m != method and _keys_match(m, obj)), None)
+    other = next((m for m in authors_methods() if m != method and _keys_match(m, obj)), None)
     if other is not None:
         raise CheckpointError(
             f"{where}: this is an authors' {other} checkpoint, not {method} (import it as "
@@ -301,72 +249,14 @@ def check_method_of(obj: Any, method: str, where: str) -> None:
 # ------------------------------------------------------------------- config from the weights
 
 
-def _indices(state: Mapping[str, Tensor], pattern: str) -> list[int]:
+def indices(state: Mapping[str, Tensor], pattern: str) -> list[int]:
     return sorted({int(m.group(1)) for k in state if (m := re.fullmatch(pattern, k))})
 
 
-def _need(state: Mapping[str, Tensor], key: str, where: str) -> Tensor:
+def need(state: Mapping[str, Tensor], key: str, where: str) -> Tensor:
     if key not in state:
         raise CheckpointError(f"{where}: missing {key!r}")
     return state[key]
-
-
-def infer_rlr(levels: list[StateDict], where: str) -> dict[str, Any]:
-    first = levels[0]
-    layers = _indices(first, r"encoder\.encode_layers\.(\d+)\..*")
-    if not layers:
-        raise CheckpointError(f"{where}: no encoder layers found (not an RLR checkpoint?)")
-    has = {b: any(f".{b}." in k for k in first) for b in ("mca", "nsa")}
-    kind = "rlr" if has["mca"] and has["nsa"] else "mlka" if has["nsa"] else None
-    if kind is None:
-        raise CheckpointError(f"{where}: only the mca+nsa (RLR) and nsa-only variants import")
-    dims = [
-        int(_need(sd, "embedding.project_embedding.project.weight", where).shape[0])
-        for sd in levels
-    ]
-    fc1 = _need(first, f"encoder.encode_layers.{layers[0]}.ffn.fc1.weight", where)
-    return {
-        "num_layers": len(layers),
-        "hidden_dims": dims,
-        "num_heads": 8,
-        "ffn_ratio": int(fc1.shape[0]) // dims[0],
-        "alpha": 2.0,
-        "attention": kind,
-        "residual": False,
-    }
-
-
-def infer_uniad(state: StateDict, where: str) -> dict[str, Any]:
-    proj = _need(state, "input_proj.weight", where)
-    enc = _indices(state, r"transformer\.encoder\.layers\.(\d+)\..*")
-    dec = _indices(state, r"transformer\.decoder\.layers\.(\d+)\..*")
-    if not dec:
-        raise CheckpointError(f"{where}: no decoder layers found (not a UniAD checkpoint?)")
-    ffn = _need(state, f"transformer.decoder.layers.{dec[0]}.linear1.weight", where)
-    return {
-        "hidden_dim": int(proj.shape[0]),
-        "num_encoder_layers": len(enc),
-        "num_decoder_layers": len(dec),
-        "ffn_dim": int(ffn.shape[0]),
-        "position_embedding": "learned" if "pos_embed.row_embed.weight" in state else "sine",
-    }
-
-
-def infer_crad(state: StateDict, where: str) -> dict[str, Any]:
-    local = _need(state, "query.0", where)
-    glob = _need(state, "query.1", where)
-    blocks = _indices(state, r"layer\.(\d+)\.conv\..*")
-    cfg: dict[str, Any] = {
-        "local_grid": int(local.shape[-1]),
-        "global_grid": int(glob.shape[-1]),
-        "num_blocks": len(blocks),
-    }
-    if blocks:
-        expand = _need(state, f"layer.{blocks[0]}.conv.0.weight", where)
-        reduce = _need(state, f"layer.{blocks[0]}.conv.5.fc.0.weight", where)
-        cfg["expansion"] = int(expand.shape[0])
-        cfg["se_reduction"] = int(expand.shape[0]) // int(reduce.shape[0])
-    return cfg
 
 
 # ----------------------------------------------------------------------------------- import
@@ -403,28 +293,27 @@ def convert_authors_state(
     where: str = "checkpoint",
 ) -> tuple[ReconstructionModel, dict[str, Any], list[str]]:
     """Authors' loaded object -> (refad model in eval mode, its model config, ignored keys)."""
-    if method not in AUTHORS_METHODS:
-        raise ConfigError(f"method {method!r}: authors' checkpoints exist for rlr, uniad, crad")
+    fmt = authors_format(method)
     check_method_of(obj, method, where)
     raw = state_dicts_of(obj, method, where)
     ignored: list[str] = []
-    if method == "rlr":
+    state: StateDict = {}
+    if fmt.per_level:
         raw = [strip_wrappers(sd)[0] for sd in raw]
         if len(raw) != len(spec.levels):
             raise CheckpointError(
                 f"{where}: {len(raw)} level model(s), but the backbone gives "
                 f"{len(spec.levels)} level(s) {list(spec.levels)}"
             )
-        inferred = infer_rlr(raw, where)
-        state: StateDict = {}
+        inferred = fmt.infer(raw, where)
         for i, sd in enumerate(raw):
-            for key, value in map_keys("rlr", sd, f"{where} [level {i}]").items():
+            for key, value in map_keys(method, sd, f"{where} [level {i}]").items():
                 state[f"levels.{i}.{key}"] = value
-        inferred["position_embedding"] = "integer"  # their sine table (integer positions)
     else:
         stripped, ignored = strip_wrappers(raw[0])
-        inferred = (infer_uniad if method == "uniad" else infer_crad)(stripped, where)
+        inferred = fmt.infer([stripped], where)
         state = map_keys(method, stripped, where)
+    inferred.update(fmt.fixed)
     config = {**dict(model_config or {}), **inferred}  # the weights decide the structure
     model = build_model(method, spec, config)
     _load_strict(model, state, where)
@@ -450,8 +339,8 @@ def import_authors_checkpoint(
     obj = load_authors_file(path) if loaded is None else loaded
     model, config, ignored = convert_authors_state(method, obj, spec, model_config, str(path))
     epoch = obj.get("epoch") if isinstance(obj, Mapping) else None
-    if method == "rlr" and isinstance(epoch, int):
-        epoch += 1  # RLR stores the 0-based index of the last finished epoch
+    if authors_format(method).epoch_is_index and isinstance(epoch, int):
+        epoch += 1
     count = sum(len(sd) for sd in state_dicts_of(obj, method, str(path)))
     report = ImportReport(
         method=method,

@@ -1,34 +1,36 @@
-"""Method name -> model class. A new method registers itself here (and its config in
-`refad.config.methods`)."""
+"""Method name -> network: the registry of `refad.config.methods` (filled by the method
+folders) resolved to model classes, and `build_model`."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import torch
 
 from refad.config.base import StrictModel
-from refad.config.methods import METHOD_CONFIGS
+from refad.config.methods import METHODS, method_entry
 from refad.errors import ConfigError
 from refad.models.base import AnomalyModel, FeatureSpec
-from refad.models.crad import CRAD
-from refad.models.patchcore import PatchCore
-from refad.models.rlr import RLR
-from refad.models.uniad import UniAD
 
-METHODS: dict[str, type[AnomalyModel]] = {
-    "rlr": RLR,
-    "uniad": UniAD,
-    "crad": CRAD,
-    "patchcore": PatchCore,
-}
+
+def model_class(method: str) -> type[AnomalyModel]:
+    """The network class a method registered (`module:Class`), imported on first use."""
+    module, _, name = method_entry(method).model.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, AnomalyModel)):
+        raise ConfigError(f"method {method!r}: {module}:{name} is not an AnomalyModel")
+    return cls
+
+
+def method_names() -> list[str]:
+    """Every registered method, sorted."""
+    return sorted(METHODS)
 
 
 def method_config(method: str, data: dict[str, Any] | StrictModel) -> StrictModel:
     """The method's typed config from a `model` section (a dict, or already typed)."""
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
-    cls = METHOD_CONFIGS[method]
+    cls = method_entry(method).config
     if isinstance(data, cls):
         return data
     if isinstance(data, StrictModel):
@@ -46,5 +48,5 @@ def build_model(
     on every device) and then moved to `device` when given; device-dependent choices (RLR's
     "fast" attention path) are fixed here for that device."""
     cfg = method_config(method, config)
-    model = METHODS[method](spec, cfg, device)
+    model = model_class(method)(spec, cfg, device)
     return model if device is None else model.to(device)

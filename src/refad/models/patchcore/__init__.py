@@ -1,5 +1,9 @@
-"""PatchCore: a training-free memory bank of normal patch features (one pass, no optimiser)."""
+"""The PatchCore method: `config.py` (its `model` section, registry entry and presets) and
+`model.py` (the network, loaded on first use so that the config stays torch-free)."""
 
-from refad.models.patchcore.model import PatchCore
+from refad.lazy import lazy_attributes
 
-__all__ = ["PatchCore"]
+_EXPORTS = {"PatchCore": "model", "PatchCoreConfig": "config"}
+__all__ = sorted(_EXPORTS)
+
+__getattr__ = lazy_attributes(__name__, _EXPORTS)

@@ -15,10 +15,10 @@ from collections.abc import Iterable
 
 import torch
 
-from refad.config.methods import PatchCoreConfig
 from refad.errors import CheckpointError
 from refad.models.base import FeatureSpec, OnePassModel, Scores
 from refad.models.layers import concat_on_grid, grid_index
+from refad.models.patchcore.config import PatchCoreConfig
 from refad.models.patchcore.coreset import StreamingCoreset
 from refad.models.scoring import gaussian_blur, max_score, upsample_maps
 

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refad.config.methods import AttentionImpl, RLRConfig
 from refad.errors import ConfigError
 from refad.models.base import FeatureSpec, ReconstructionModel, Scores
 from refad.models.layers import (
@@ -35,6 +34,7 @@ from refad.models.layers.halo_attention import (
     halo_tables,
     halo_windowed_attention,
 )
+from refad.models.rlr.config import AttentionImpl, RLRConfig
 from refad.models.scoring import gaussian_blur, max_score, mse_cosine_map, upsample_maps
 
 

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refad.config.methods import CRADConfig
 from refad.models.base import Scores
+from refad.models.crad.config import CRADConfig
 from refad.models.grid import GridReconstructionModel
 from refad.models.layers import (
     MobileBottleneck,

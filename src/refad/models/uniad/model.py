@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from refad.config.methods import UniADConfig
 from refad.errors import ConfigError
 from refad.models.base import Scores
 from refad.models.grid import GridReconstructionModel
@@ -31,6 +30,7 @@ from refad.models.layers import (
     to_tokens,
 )
 from refad.models.scoring import avg_pool_max_score, l2_map, upsample_maps
+from refad.models.uniad.config import UniADConfig
 
 
 class QueryDecoderLayer(nn.Module):

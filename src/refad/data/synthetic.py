@@ -15,6 +15,11 @@ Categories (``SYNTHETIC_CATEGORIES``):
 * ``mesh``    - backlit wire grid; ``broken`` (wire piece missing), ``stain`` (oil blot),
   ``thread`` (red fibre lying across).
 * ``washer``  - brass ring with a hole; ``crack``, ``notch`` (bite out of a rim), ``spot``.
+* ``wafer``   - a high-resolution category: a fine grid of dies with copper traces, meant to be
+  rendered at 1024 px or more, where its defects are 10-30 px: ``particle`` (dark speck),
+  ``scratch`` (short thin line), ``void`` (a trace or die piece missing). Resized to 256 px a
+  defect shrinks to a few pixels inside a texture of the same period; at full resolution (tiles)
+  it stays visible. Not in the default demo (`refad demo --hires` renders it).
 """
 
 from __future__ import annotations
@@ -203,6 +208,29 @@ def _render_washer(rng: np.random.Generator, size: int) -> _Scene:
     return _Scene(image.astype(np.float32), background, ring, None)
 
 
+def _render_wafer(rng: np.random.Generator, size: int) -> _Scene:
+    """Dies on a 32-per-side grid (1024 px: 32 px dies) with two traces each way, so the
+    texture's period is about a defect's size."""
+    y, x = _grid(size)
+    period = size / rng.uniform(31.0, 33.0)
+    u, v = _rotate(y, x, 0.0, 0.0, rng.normal(0, 0.004))
+    fu = np.mod(u + rng.uniform(0, period), period) / period
+    fv = np.mod(v + rng.uniform(0, period), period) / period
+    street = (np.minimum(fu, 1 - fu) < 0.06) | (np.minimum(fv, 1 - fv) < 0.06)
+    traces = (np.abs(fu - 0.35) < 0.04) | (np.abs(fu - 0.65) < 0.04)
+    traces |= (np.abs(fv - 0.35) < 0.04) | (np.abs(fv - 0.65) < 0.04)
+    die = np.array([0.30, 0.36, 0.48], np.float32) * rng.uniform(0.97, 1.03)
+    copper = np.array([0.78, 0.55, 0.32], np.float32)
+    silicon = np.array([0.58, 0.60, 0.64], np.float32)
+    image = np.where(traces[..., None], copper, die)
+    image = np.where(street[..., None], silicon, image)
+    light = 1.0 + 0.03 * _smooth_noise(rng, size, 5) + _fine_noise(rng, size, 0.015)
+    image = image * light[..., None]
+    under = die * (0.9 + _fine_noise(rng, size, 0.01))[..., None]
+    return _Scene(image.astype(np.float32), under.astype(np.float32),
+                  np.ones((size, size), bool), None)
+
+
 _CATEGORIES: dict[str, _Category] = {
     "fabric": _Category(
         _render_fabric,
@@ -236,6 +264,18 @@ _CATEGORIES: dict[str, _Category] = {
             "crack": _Defect("line", colour=(0.1, 0.07, 0.04), length=(0.2, 0.35)),
             "notch": _Defect("missing", radius=(0.04, 0.06), at_edge=True, min_frac=0.003),
             "spot": _Defect("blob", colour=(0.15, 0.2, 0.1), radius=(0.035, 0.055)),
+        },
+    ),
+    "wafer": _Category(
+        _render_wafer,
+        {
+            "particle": _Defect("blob", colour=(0.08, 0.08, 0.09), radius=(0.005, 0.014),
+                                alpha=(0.6, 0.85), anywhere=True, min_frac=5e-5, max_frac=1e-3),
+            "scratch": _Defect("line", colour=(0.9, 0.9, 0.92), length=(0.012, 0.03),
+                               width=2 / 1024, alpha=(0.6, 0.8), anywhere=True, min_frac=1e-5,
+                               max_frac=1e-3),
+            "void": _Defect("missing", radius=(0.005, 0.012), anywhere=True, min_frac=5e-5,
+                            max_frac=1e-3),
         },
     ),
 }

@@ -226,7 +226,8 @@ def _render_wafer(rng: np.random.Generator, size: int) -> _Scene:
     image = np.where(street[..., None], silicon, image)
     light = 1.0 + 0.03 * _smooth_noise(rng, size, 5) + _fine_noise(rng, size, 0.015)
     image = image * light[..., None]
-    under = die * (0.9 + _fine_noise(rng, size, 0.01))[..., None]
+    substrate = np.array([0.11, 0.10, 0.12], np.float32)  # where a void opens the die
+    under = substrate * (1.0 + _fine_noise(rng, size, 0.05))[..., None]
     return _Scene(image.astype(np.float32), under.astype(np.float32),
                   np.ones((size, size), bool), None)
 

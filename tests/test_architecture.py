@@ -28,7 +28,7 @@ LAYERS: dict[str, int] = {
     "__main__": 13, "__init__": 13,
 }
 # Same-layer packages that may use each other (one direction each).
-PEERS = {("backbones", "data"), ("data", "pipeline"), ("pipeline", "metrics")}
+PEERS = {("backbones", "data"), ("data", "pipeline"), ("metrics", "pipeline")}
 PEERS.add(("backbones", "pipeline"))  # the feature cache keys sizes as the preprocess does
 # Packages that must stay importable without torch (edge boxes run them on onnxruntime).
 TORCH_FREE = {"deploy", "pipeline"}

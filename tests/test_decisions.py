@@ -19,13 +19,13 @@ from typer.testing import CliRunner
 
 from refad.cli.main import app
 from refad.data import ImageDataset, load_split, split_validation
-from refad.deploy.defects import defect_regions
 from refad.errors import ConfigError
 from refad.inference import Scorer
 from refad.inference.batches import ImageResult, PredictionBatch
 from refad.inference.calibration import upper_quantile
-from refad.inference.thresholds import calibration_for
 from refad.metrics import decision_metrics
+from refad.pipeline.calibration import Calibration, Thresholds
+from refad.pipeline.defects import defect_regions
 from refad.reporting.predictions import write_predictions
 from refad.runs import open_run
 from refad.training import fit
@@ -137,13 +137,14 @@ def test_training_calibration_and_a_contradiction(demo_root: Path, tmp_path: Pat
 def test_calibration_for_prefers_the_category() -> None:
     calib = {"source": "train-normal", "threshold": 2.0, "map_floor": 0.0, "map_ceiling": 3.0,
              "categories": {"a": {"threshold": 1.0, "pixel_threshold": 1.5}}}
-    own = calibration_for(calib, "unified", "a")
-    assert (own["threshold"], own["source"], own["pixel_threshold"]) == (1.0, "category:a", 1.5)
-    assert own["images_source"] == "train-normal" and own["map_ceiling"] == 3.0
-    glob = calibration_for(calib, "unified", None)
-    assert (glob["threshold"], glob["source"]) == (2.0, "global")
-    assert calibration_for(calib, "b", "b")["source"] == "category:b"  # per-category unit
-    assert calibration_for(None, "unified", "a")["threshold"] is None
+    own = Calibration.from_record(calib).for_category("a")
+    assert (own.threshold, own.source, own.pixel_threshold) == (1.0, "category:a", 1.5)
+    assert own.images_source == "train-normal" and own.map_ceiling == 3.0
+    glob = Calibration.from_record(calib).for_category(None)
+    assert (glob.threshold, glob.source) == (2.0, "global")
+    per_category_unit = Calibration.from_record(calib, unit_category="b")
+    assert per_category_unit.for_category("b").source == "category:b"
+    assert Calibration.from_record(None).for_category("a").threshold is None
 
 
 def test_predict_with_and_without_category(trained_run: Path, demo_root: Path,
@@ -211,8 +212,8 @@ def test_predict_writes_the_mask_its_boxes_and_the_outline(tmp_path: Path) -> No
     image = np.full((16, 16, 3), 40, np.uint8)
     result = ImageResult(Path("x.png"), image, amap, 10.0, PurePosixPath("x.png"),
                          PurePosixPath("x"))
-    calib = {"threshold": 5.0, "source": "category:a", "pixel_threshold": 5.0,
-             "map_floor": 0.0, "map_ceiling": 10.0}
+    calib = Thresholds(threshold=5.0, source="category:a", pixel_threshold=5.0,
+                       map_floor=0.0, map_ceiling=10.0)
     report = write_predictions(tmp_path, calib, [PredictionBatch([result], [])], "a")
     row = report.predictions[0]
     mask = np.asarray(Image.open(tmp_path / "x_mask.png")) > 127

@@ -18,11 +18,11 @@ from refad.backbones import FeatureExtractor
 from refad.config import MAX_IMAGE_SIZE
 from refad.deploy import METADATA_FILE, Inferencer, preprocess, read_rgb
 from refad.deploy.metadata import MAX_INPUT_SIZE, seal
-from refad.deploy.render import heatmap_rgb, normalise_map, resize_map
 from refad.errors import CheckpointError, ConfigError, DataError, RefadError
 from refad.export import ScoringGraph, export_model
 from refad.models.base import FeatureSpec
 from refad.models.registry import build_model
+from refad.pipeline.render import heatmap_rgb, normalise_map, resize_map
 
 SIZE = 64
 SMALL = {
@@ -110,6 +110,14 @@ def test_prediction_fields_and_threshold_rules(rlr_export) -> None:
     assert (o.threshold_source, o.anomalous) == ("override", False)
     with pytest.raises(ConfigError, match="category"):
         inf.predict(images(1)[0], category="nope")
+    # refad's one result type and step: the export's result is what `postprocess` makes of the
+    # graph's map and score at the unit's typed calibration
+    from refad.pipeline.postprocess import Prediction, postprocess
+
+    assert type(r) is Prediction and inf.thresholds(None).pixel_threshold == 2.0
+    again = postprocess(r.image, r.raw_map, r.score, inf.calibration().for_category(None))
+    np.testing.assert_array_equal(again.mask, r.mask)
+    assert (again.anomalous, again.normalised_score) == (r.anomalous, r.normalised_score)
 
 
 def test_openvino_fp32_fp16_bf16_and_int8(extractor, tmp_path) -> None:

@@ -23,13 +23,13 @@ from PIL import Image, ImageFile
 from refad.api import predict
 from refad.data import ImageDataset, Sample, image_size, read_image_rgb, read_mask
 from refad.data.images import MAX_IMAGE_PIXELS
-from refad.deploy.render import heatmap_rgb, normalise_map, overlay, resize_map
 from refad.errors import DataError, RefadError
 from refad.inference import evaluate as evaluate_module
 from refad.inference import evaluate_run
 from refad.inference.batches import output_names, relative_paths
 from refad.metrics import METRIC_NAMES
 from refad.models.base import Scores
+from refad.pipeline.render import heatmap_rgb, normalise_map, overlay, resize_map
 from refad.reporting.tables import metrics_markdown
 from refad.runs import open_run
 

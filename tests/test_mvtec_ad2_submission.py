@@ -15,7 +15,7 @@ from refad.cli.main import app
 from refad.errors import DataError
 from refad.inference.predict import predict_images
 from refad.reporting.float16_tiff import float16_tiff_bytes, write_float16_tiff
-from refad.reporting.mvtec_ad2_submission import _pixel_threshold, submission_jobs
+from refad.reporting.mvtec_ad2_submission import submission_jobs
 from refad.runs import open_run
 
 tifffile = pytest.importorskip("tifffile")
@@ -76,7 +76,7 @@ def test_predict_writes_the_servers_tree(ad2_run: tuple[Path, Path], tmp_path: P
             assert [p.name for p in maps] == [f"{p.stem}.tiff" for p in images]
             assert [p.name for p in masks] == [f"{p.stem}.png" for p in images]
             decided, batches = predict_images(opened, [root / obj / split], category=obj)
-            threshold = _pixel_threshold(decided)
+            threshold = decided.pixel_threshold
             assert threshold is not None
             for batch in batches:
                 for r in batch.results:

@@ -36,7 +36,9 @@ from typer.testing import CliRunner
 
 from refad.cli.main import app
 from refad.errors import ConfigError, RefadError
-from refad.serve.backend import Backend, check_category, decide, resolve_threshold
+from refad.pipeline.calibration import Calibration, Values
+from refad.pipeline.decision import decide
+from refad.serve.backend import Backend, check_category, request_thresholds, threshold_card
 from refad.serve.errors import ApiError
 from refad.serve.limits import PixelBudget, read_body
 from refad.serve.security import load_api_key
@@ -390,13 +392,23 @@ def test_api_key_sources(tmp_path):
 # ---- threshold rules (shared by every backend) ---------------------------------------------
 
 def test_threshold_rules():
+    """Which threshold decides (the unit's typed calibration, a request's own first), and the
+    model card that lists them."""
+    def rule(calibration, category, requested=None):
+        applied = request_thresholds(calibration.for_category(category), requested)
+        return applied.threshold, applied.source
+
     per_cat = {"categories": ["a", "b"], "category_required": True,
                "thresholds": {"global": None, "categories": {"a": 2.0}}}
-    assert resolve_threshold(per_cat, "a", None) == (2.0, "category:a")
-    assert resolve_threshold(per_cat, "a", 5.0) == (5.0, "request")
-    assert resolve_threshold(per_cat, "b", None) == (None, None)
+    units = {"a": Calibration(Values(threshold=2.0), unit_category="a"),
+             "b": Calibration(unit_category="b")}
+    assert threshold_card(units) == per_cat["thresholds"]
+    assert rule(units["a"], "a") == (2.0, "category:a")
+    assert rule(units["a"], "a", 5.0) == (5.0, "request")
+    assert rule(units["b"], "b") == (None, None)
     unified = {"categories": [], "thresholds": {"global": 1.0, "categories": {}}}
-    assert resolve_threshold(unified, "anything", None) == (1.0, "global")
+    assert threshold_card({"unified": Calibration(Values(threshold=1.0))}) == unified["thresholds"]
+    assert rule(Calibration(Values(threshold=1.0)), "anything") == (1.0, "global")
     check_category(unified, "anything")  # no list: any category is a label
     with pytest.raises(ValueError, match="name the category"):
         check_category(per_cat, None)
@@ -623,12 +635,12 @@ def test_categories_come_from_the_calibration_not_the_training_data(trained_run,
     """The list of categories was read from the training data: served from another working
     directory, or on a machine without the data, it was empty, and a mistyped category
     ('Fabric') was decided at the global threshold instead of refused."""
-    from refad.inference.thresholds import known_categories
     from refad.runs import open_run
     from refad.serve.backend import RequestError
     from refad.serve.torch_backend import TorchBackend
 
-    calibrated = known_categories(open_run(trained_run, "cpu").model("unified")[1].calibration)
+    meta = open_run(trained_run, "cpu").model("unified")[1]
+    calibrated = meta.unit_calibration("unified").known_categories
     assert calibrated
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -655,7 +667,7 @@ def test_an_uncalibrated_run_gets_no_invented_mask(trained_run, tmp_path):
     image = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
     (result,) = backend.predict_batch([image], [None], [None])
     assert result.threshold is None and result.anomalous is None and result.mask is None
-    assert render_outputs(result, image, ("overlay", "mask"))["mask"] is None
+    assert render_outputs(result, ("overlay", "mask"))["mask"] is None
     with_threshold = backend.predict_batch([image], [None], [1.0])[0]
     assert with_threshold.anomalous is not None and with_threshold.mask is None
 

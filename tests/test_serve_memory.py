@@ -13,7 +13,7 @@ import sys
 import pytest
 from test_serve_support import live_server, tiny_run, torch_factory
 
-from refad.deploy import render
+from refad.pipeline import render
 from refad.serve import app as serve_app
 from refad.serve.memory import release_free_memory
 from refad.serve.settings import Settings

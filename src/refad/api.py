@@ -26,7 +26,6 @@ from refad.config import build_config as _build_config
 from refad.config import load_config_file as _load_config_file
 from refad.config.arguments import checked_arguments
 from refad.data import make_demo_dataset
-from refad.deploy.render import heatmap_rgb, normalise_map, overlay
 from refad.device import cpu_threads
 from refad.errors import ConfigError
 from refad.inference import Scorer
@@ -34,6 +33,7 @@ from refad.models.base import FeatureSpec
 from refad.models.registry import build_model
 from refad.models.rlr.config import RLRConfig
 from refad.models.scoring import gaussian_blur, max_score, mse_cosine_map, upsample_maps
+from refad.pipeline.render import heatmap_rgb, normalise_map, overlay
 from refad.reporting.compare import compare as _compare
 from refad.reporting.evaluation import evaluate as _evaluate
 from refad.reporting.predictions import predict as _predict

@@ -1,72 +1,33 @@
 """Scoring images with an exported folder, without torch: `Inferencer`.
 
-Decisions follow refad's predict: ``anomalous = score > threshold`` and ``normalised_score =
-score / threshold``. The threshold is, in order: the ``threshold=`` passed to the call
-("override"), the category's own calibrated threshold ("category:<name>"), the unit's global
-one ("global"); with none there is no decision (``anomalous`` is None). A non-finite score never
-becomes a decision either: ``finite`` is False and ``anomalous`` None.
-
-The defect mask marks pixels of the map (at the original image size) above the pixel threshold:
-the calibration's ``pixel_threshold`` when the run has one, else ``map_ceiling``, the largest
-pixel value seen on the normal calibration images (so a mask pixel is "worse than any normal
-pixel seen").
+The threshold is, in order: the ``threshold=`` passed to the call ("override"), the category's
+own calibrated threshold ("category:<name>"), the unit's global one ("global"); with none there
+is no decision (``anomalous`` is None). Everything after the graph is refad's one result step
+(`refad.pipeline.postprocess`, the same for `refad predict` and the server):
+``anomalous = score > threshold``, ``normalised_score = score / threshold``, a non-finite score
+or map gives ``finite`` False and no decision, and the defect mask marks pixels of the map (at
+the original image size) above the pixel threshold (the calibration's ``pixel_threshold`` when
+the run has one, else ``map_ceiling``: "worse than any normal pixel seen").
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from refad.deploy.defects import DefectRegion, defect_mask, defect_regions, pixel_threshold
 from refad.deploy.images import ImageInput, load_rgb, preprocess_batch
-from refad.deploy.metadata import METADATA_FILE, read_metadata, verify_files
-from refad.deploy.render import heatmap_rgb, normalise_map, overlay, resize_map
+from refad.deploy.metadata import METADATA_FILE, read_metadata, unit_calibration, verify_files
 from refad.deploy.runtimes import RUNTIMES, open_runner
 from refad.errors import CheckpointError, ConfigError, DataError, require_at_least_one
-from refad.inference.thresholds import calibration_for
+from refad.pipeline.calibration import Calibration, Thresholds
+from refad.pipeline.postprocess import Prediction, postprocess
 from refad.runs.layout import UNIFIED
 
-
-@dataclass
-class Prediction:
-    """One image's result. `raw_map` is the graph output at input size; the rest is derived."""
-
-    score: float
-    threshold: float | None
-    threshold_source: str | None  # "override", "category:<c>", "global" or None
-    anomalous: bool | None
-    normalised_score: float | None
-    finite: bool
-    anomaly_map: np.ndarray  # (H, W) float32 at the original image size
-    mask: np.ndarray | None  # (H, W) bool, map > pixel_threshold
-    pixel_threshold: float | None
-    unit: str
-    category: str | None
-    map_floor: float
-    map_ceiling: float
-    image: np.ndarray = field(repr=False)  # the decoded (H, W, 3) uint8 input
-    raw_map: np.ndarray = field(repr=False)
-
-    @cached_property
-    def heatmap(self) -> np.ndarray:
-        """(H, W, 3) uint8 jet heatmap, coloured by the calibrated floor/ceiling."""
-        return heatmap_rgb(normalise_map(self.anomaly_map, self.map_floor, self.map_ceiling))
-
-    @cached_property
-    def overlay(self) -> np.ndarray:
-        """The heatmap blended half and half over the input image, defects outlined."""
-        return overlay(self.image, self.heatmap, mask=self.mask)
-
-    @cached_property
-    def regions(self) -> list[DefectRegion]:
-        """The connected regions of the defect mask (boxes, areas), largest first."""
-        return defect_regions(self.mask, self.anomaly_map)
+__all__ = ["Inferencer", "Prediction"]
 
 
 def _finite_or_none(value: Any) -> float | None:
@@ -194,20 +155,16 @@ class Inferencer:
             )
         return self._runner(self._unit_for(category))(np.ascontiguousarray(batch))
 
-    def calibration_for(self, category: str | None) -> dict[str, Any]:
-        """The thresholds and colouring range that decide images of `category` (None: the
-        export's global ones), with `source` saying which were used."""
-        calib, source = self._calibration(self._unit_for(category), category)
-        return {**calib, "source": source}
+    def calibration(self, category: str | None = None) -> Calibration:
+        """The typed calibration of the unit that scores `category`."""
+        unit = self._unit_for(category)
+        return unit_calibration(unit, self.units[unit])
 
-    def _calibration(self, unit: str, category: str | None) -> tuple[dict[str, Any], str | None]:
-        """(values, source) of the thresholds and colouring range for `category` in `unit`
-        (the rule every scoring path shares: `refad.inference.thresholds`)."""
-        info = self.units[unit]
-        calib = calibration_for(
-            {**info["calibration"], "categories": info.get("categories") or {}}, unit, category
-        )
-        return calib, calib.pop("source")
+    def thresholds(self, category: str | None) -> Thresholds:
+        """The thresholds and colouring range that decide images of `category` (None: the
+        export's global ones), with `source` saying whose threshold decides (the rule every
+        scoring path shares: `Calibration.for_category`)."""
+        return self.calibration(category).for_category(category)
 
     def predict(
         self,
@@ -240,9 +197,9 @@ class Inferencer:
             raise ConfigError(f"images: expected a list of images, got {type(images).__name__} "
                               "(predict() takes a single one)")
         unit = self._unit_for(category)
-        calib, source = self._calibration(unit, category)
+        thresholds = self.thresholds(category)
         if threshold is not None:
-            calib["threshold"], source = float(threshold), "override"
+            thresholds = thresholds.overridden(threshold, "override")
         out: list[Prediction] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
@@ -250,8 +207,8 @@ class Inferencer:
             maps, scores = self._runner(unit)(
                 preprocess_batch(rgbs, self.size, self.mean, self.std)
             )
-            for rgb, amap, score in zip(rgbs, maps, scores, strict=True):
-                out.append(_result(rgb, amap, float(score), calib, source, unit, category))
+            out.extend(postprocess(rgb, amap, float(score), thresholds, category, unit)
+                       for rgb, amap, score in zip(rgbs, maps, scores, strict=True))
         return out
 
 
@@ -261,37 +218,3 @@ def _is_int(value: Any) -> bool:
 
 def _name(image: Any, index: int) -> str:
     return str(image) if isinstance(image, (str, Path)) else f"image[{index}]"
-
-
-def _result(
-    rgb: np.ndarray,
-    amap: np.ndarray,
-    score: float,
-    calib: dict[str, Any],
-    source: str | None,
-    unit: str,
-    category: str | None,
-) -> Prediction:
-    h, w = rgb.shape[:2]
-    full = resize_map(amap, w, h)
-    threshold = _finite_or_none(calib.get("threshold"))
-    finite = math.isfinite(score) and bool(np.isfinite(amap).all())
-    decided = threshold is not None and finite
-    pixel_thr = pixel_threshold(calib)
-    return Prediction(
-        score=score,
-        threshold=threshold,
-        threshold_source=source if threshold is not None else None,
-        anomalous=bool(score > threshold) if decided else None,
-        normalised_score=score / threshold if decided and threshold else None,
-        finite=finite,
-        anomaly_map=full,
-        mask=defect_mask(full, pixel_thr) if finite else None,
-        pixel_threshold=pixel_thr,
-        unit=unit,
-        category=category,
-        map_floor=float(calib.get("map_floor", float(amap.min()))),
-        map_ceiling=float(calib.get("map_ceiling", float(amap.max()))),
-        image=rgb,
-        raw_map=amap,
-    )

@@ -17,6 +17,8 @@ from typing import Any
 
 from refad.atomic import file_sha256, read_json
 from refad.errors import CheckpointError
+from refad.pipeline.calibration import Calibration
+from refad.runs.layout import UNIFIED
 from refad.runs.recorded import check_calibration, check_categories, check_file_name, finite_number
 
 METADATA_FILE = "refad-deploy.json"
@@ -149,3 +151,10 @@ def verify_files(folder: Path, unit_name: str, unit: dict[str, Any]) -> None:
                 f"{path}: sha256 differs from {METADATA_FILE} (graph edited, or copied from "
                 "another export)"
             )
+
+
+def unit_calibration(name: str, unit: dict[str, Any]) -> Calibration:
+    """A unit's typed calibration: its `calibration` values and its `categories`' own (the
+    unit of a per-category export is its category)."""
+    record = {**unit["calibration"], "categories": unit.get("categories") or {}}
+    return Calibration.from_record(record, None if name == UNIFIED else name)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from refad.atomic import json_safe
+from refad.pipeline.decision import exceeds
 
 TIE_REL = 1e-6  # relative distance to a threshold below which a decision is a tie, not a flip
 TOLERANCES: dict[str, dict[str, Any]] = {
@@ -54,7 +55,7 @@ def compare(
     thresholds = [float(t) for t in thresholds]
     # a score within float rounding of a threshold (a category calibrated on one normal image
     # has that image's score as its threshold) is a tie that any runtime may decide either way
-    flips = sum(int((((ref_scores > t) != (scores > t))
+    flips = sum(int(((exceeds(ref_scores, t) != exceeds(scores, t))
                      & (np.abs(ref_scores - t) > TIE_REL * abs(t))).sum()) for t in thresholds)
     return {
         "map_max_abs": map_abs,

@@ -17,7 +17,6 @@ Names of the outputs mirror the input tree and never collide:
 
 from __future__ import annotations
 
-import math
 import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +28,7 @@ import numpy as np
 from refad.data.images import read_image_rgb
 from refad.data.splits import find_images
 from refad.errors import RefadError
+from refad.pipeline.postprocess import is_finite
 
 
 @dataclass
@@ -45,9 +45,8 @@ class ImageResult:
 
     @property
     def finite(self) -> bool:
-        """False when the score or a map value is NaN or infinite (a diverged model): such a
-        result must never become a decision."""
-        return math.isfinite(self.score) and bool(np.isfinite(self.amap).all())
+        """False when the score or a map value is NaN or infinite (`refad.pipeline`)."""
+        return is_finite(self.score, self.amap)
 
 
 @dataclass

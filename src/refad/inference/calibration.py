@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from refad.inference.scorer import Scorer
+from refad.pipeline.calibration import Calibration
 
 
 def calibrate(
@@ -40,9 +41,10 @@ def calibrate(
     quantile: float,
     source: str,
     rule: str = "empirical",
-) -> dict[str, Any]:
+) -> Calibration:
     """Global statistics of the normal images of `levels`, plus `categories`: the same
-    statistics per category (`categories[i]` names the category of image i)."""
+    statistics per category (`categories[i]` names the category of image i). Its
+    `to_record()` is what a checkpoint stores."""
     image_scores: list[np.ndarray] = []
     map_medians: list[np.ndarray] = []
     map_maxima: list[np.ndarray] = []
@@ -61,13 +63,13 @@ def calibrate(
         )
         for c in sorted(set(categories))
     }
-    return {
+    return Calibration.from_record({
         "source": source,
         "threshold_quantile": quantile,
         "threshold_rule": rule,
         **normal_statistics(img, med, peak, quantile, rule),
         "categories": per_category,
-    }
+    })
 
 
 def upper_quantile(values: np.ndarray, quantile: float, rule: str) -> float:

@@ -31,7 +31,6 @@ from refad.device import amp_active
 from refad.errors import RefadError, require_at_least_one
 from refad.inference.multiview import sample_results
 from refad.inference.scorer import Scorer
-from refad.inference.thresholds import calibration_for, known_categories
 from refad.metrics import (
     METRIC_NAMES,
     SEGMENTATION_NAMES,
@@ -41,6 +40,7 @@ from refad.metrics import (
     mean_decisions,
 )
 from refad.models.base import Scores
+from refad.pipeline.calibration import Calibration, Thresholds
 from refad.runs import TrainedRun, checkpoint_identity
 
 
@@ -115,7 +115,7 @@ def evaluate_run(
     per_category: dict[str, dict[str, float]] = {}
     counts: dict[str, tuple[int, int]] = {}
     scorers: dict[str, Scorer] = {}
-    calibrations: dict[str, dict[str, Any] | None] = {}
+    calibrations: dict[str, Calibration] = {}
     decisions: dict[str, dict[str, Any]] = {}
     images: list[dict[str, Any]] = []
     extra_notes: list[str] = []
@@ -126,7 +126,7 @@ def evaluate_run(
         if unit not in scorers:
             model, meta = run.model(unit)
             scorers[unit] = Scorer(model, run.device, run.extractor, amp, compile_mode)
-            calibrations[unit] = meta.calibration
+            calibrations[unit] = meta.unit_calibration(unit)
             checkpoints[unit] = checkpoint_identity(meta)
             if meta.epoch < meta.epochs and not run.folder.is_imported:  # imported earlier
                 # with refad's schedule as its total; it cannot be resumed
@@ -140,7 +140,7 @@ def evaluate_run(
         dataset = ImageDataset(group, size, run.extractor.mean, run.extractor.std)
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=data.num_workers)
         acc = MetricAccumulator(mode=metrics_mode)
-        decided = calibration_for(calibrations[unit], unit, category)
+        decided = calibrations[unit].for_category(category)
         seg = _segmentation_counter(decided)
         soft_masks = turned_masks = 0
         for batch in tqdm(loader, desc=f"test {category}", disable=not progress, leave=False):
@@ -156,16 +156,16 @@ def evaluate_run(
         per_category[category] = acc.compute()
         values = np.concatenate(image_scores)
         images.extend(_image_rows(group, values))
-        if decided["source"] == "global" and known_categories(calibrations[unit]):
+        if decided.source == "global" and calibrations[unit].known_categories:
             extra_notes.append(
                 f"{category}: not among the run's training categories (no calibration of its "
                 "own); decided at the global threshold, and its figures enter the mean"
             )
-        if decided["threshold"] is not None:
+        if decided.threshold is not None:
             decisions[category] = {
                 **decision_metrics(values, np.array([s.label for s in group]),
-                                   decided["threshold"]),
-                "threshold_source": decided["source"],
+                                   decided.threshold),
+                "threshold_source": decided.source,
                 **(seg.compute() if seg is not None else {}),
             }
         n_defective = sum(s.label for s in group)
@@ -186,7 +186,7 @@ def evaluate_run(
     undecided = sorted(set(per_category) - set(decisions))
     if undecided:
         notes.append(f"no calibrated threshold for {', '.join(undecided)}: no decision metrics")
-    sources = {c["source"] for c in calibrations.values() if c}
+    sources = {c.images_source for c in calibrations.values() if c.images_source}
     per_sample = {}  # multi-view parts (Real-IAD): from the per-view scores, never the maps
     if getattr(data, "kind", None) == "real_iad":
         per_sample["samples"] = sample_results(
@@ -216,12 +216,11 @@ def evaluate_run(
     }
 
 
-def _segmentation_counter(decided: Mapping[str, Any]) -> SegmentationCounter | None:
-    """SegF1's counter at the category's calibrated pixel threshold (None: not calibrated)."""
-    value = decided.get("pixel_threshold")
-    if not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return SegmentationCounter(float(value))
+def _segmentation_counter(decided: Thresholds) -> SegmentationCounter | None:
+    """SegF1's counter at the category's pixel threshold, the level of the defect masks that
+    `refad predict` draws (None: not calibrated)."""
+    value = decided.pixel_threshold
+    return None if value is None else SegmentationCounter(value)
 
 
 def _image_rows(group: list[Sample], scores: np.ndarray) -> list[dict[str, Any]]:

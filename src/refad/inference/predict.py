@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +16,7 @@ from refad.data import image_tensor
 from refad.errors import ConfigError
 from refad.inference.batches import PredictionBatch, scored_batches
 from refad.inference.scorer import Scorer
-from refad.inference.thresholds import calibration_for, known_categories
+from refad.pipeline.calibration import Thresholds
 from refad.runs import UNIFIED, TrainedRun
 
 
@@ -41,12 +40,13 @@ def predict_images(
     batch_size: int = 8,
     amp: bool = False,
     compile_mode: str | None = None,
-) -> tuple[dict[str, Any], Iterator[PredictionBatch]]:
+) -> tuple[Thresholds, Iterator[PredictionBatch]]:
     """(the values that decide images of `category`, a lazy stream of scored batches) for
     images and folders; without a category, the global threshold decides."""
     unit = predict_unit(run, category)
     model, meta = run.model(unit)
-    known = known_categories(meta.calibration)
+    calibration = meta.unit_calibration(unit)
+    known = calibration.known_categories
     if unit == UNIFIED and category is not None and known and category not in known:
         raise ConfigError(
             f"category: {category!r} is not calibrated in {run.path} (known: {', '.join(known)})"
@@ -59,6 +59,6 @@ def predict_images(
         scores = scorer.images(torch.stack([image_tensor(im, size, mean, std) for im in images]))
         return scores.maps.float().cpu().numpy(), scores.image.float().cpu().tolist()
 
-    return calibration_for(meta.calibration, unit, category), scored_batches(
+    return calibration.for_category(category), scored_batches(
         inputs, batch_size, score
     )

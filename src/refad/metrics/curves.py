@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from refad.pipeline.decision import exceeds
+
 
 @dataclass(frozen=True)
 class Curves:
@@ -66,7 +68,7 @@ def operating_point(
     """The calibrated threshold's point (same rule as the decision table: score > threshold)."""
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels).astype(bool)
-    flagged = s > threshold
+    flagged = exceeds(s, threshold)
     tp, fp = int((flagged & y).sum()), int((flagged & ~y).sum())
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     return OperatingPoint(

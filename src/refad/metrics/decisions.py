@@ -1,7 +1,8 @@
 """Decision metrics at a fixed threshold: what a line sees when the model decides.
 
-``anomalous = score > threshold``. Rates are fractions; a rate whose denominator is empty
-(no good, no defective, or no flagged image) is NaN, never a made-up 0 or 1.
+``anomalous = score > threshold`` (`refad.pipeline.decision`, the rule of every path). Rates
+are fractions; a rate whose denominator is empty (no good, no defective, or no flagged image) is
+NaN, never a made-up 0 or 1.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import math
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+
+from refad.pipeline.decision import exceeds
 
 DECISION_NAMES = ("false_alarm_rate", "miss_rate", "precision", "recall", "f1")
 
@@ -23,7 +26,7 @@ def decision_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -
 
     `labels`: 1 for defective, 0 for good images."""
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
-    flagged = scores > threshold
+    flagged = exceeds(scores, threshold)
     tp = int((flagged & labels).sum())
     fp = int((flagged & ~labels).sum())
     fn = int((~flagged & labels).sum())

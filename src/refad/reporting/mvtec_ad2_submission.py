@@ -19,7 +19,7 @@ whose sub-folders good/ and bad/ are mirrored).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from PIL import Image
 from refad.atomic import write_atomic
 from refad.data.mvtec_ad2 import PRIVATE_SPLITS, TEST_PUBLIC, list_mvtec_ad2_objects
 from refad.errors import ConfigError, DataError
+from refad.pipeline.postprocess import postprocess
 from refad.reporting.float16_tiff import write_float16_tiff
 
 SPLITS = (*PRIVATE_SPLITS, TEST_PUBLIC)
@@ -63,18 +64,6 @@ def submission_jobs(inputs: Sequence[Path | str]) -> list[tuple[str, str, Path]]
     return jobs
 
 
-def _pixel_threshold(decided: Any) -> float | None:
-    value = decided.get("pixel_threshold") if isinstance(decided, Mapping) else getattr(
-        decided, "pixel_threshold", None)
-    return float(value) if isinstance(value, int | float) and np.isfinite(value) else None
-
-
-def full_size_map(amap: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The model's (S, S) map bilinearly resized to the image's (height, width), float32."""
-    img = Image.fromarray(np.asarray(amap, dtype=np.float32), mode="F")
-    return np.asarray(img.resize((width, height), Image.Resampling.BILINEAR), np.float32)
-
-
 def _save_mask(path: Path, mask: np.ndarray) -> None:
     png = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
     write_atomic(path, lambda tmp: png.save(tmp, format="PNG"))
@@ -100,24 +89,23 @@ def write_submission(
         if not scored:
             raise DataError(f"{folder}: holds neither good/ nor bad/")
         decided, batches = predict_images(run, scored, category=obj, batch_size=batch_size)
-        threshold = _pixel_threshold(decided)
-        if threshold is None:
+        if decided.pixel_threshold is None:
             raise ConfigError(f"{run.path}: no calibrated pixel threshold for {obj!r}; the "
                               "thresholded maps cannot be written")
         key = f"{obj}/{split}"
         for batch in batches:
             report.failures += batch.failures
             for result in batch.results:
-                if not result.finite:
+                # refad's one result step: the map at the image's size, the defect mask
+                scored = postprocess(result.image, result.amap, result.score, decided, obj)
+                if not scored.finite or scored.mask is None:
                     report.failures.append(f"{result.path}: anomaly map is not finite")
                     continue
-                height, width = result.image.shape[:2]
-                full = full_size_map(result.amap, height, width)
                 rel = Path(os.path.abspath(result.path)).relative_to(os.path.abspath(folder))
                 write_float16_tiff(
-                    out / MAPS / obj / split / rel.with_suffix(".tiff"), full)
+                    out / MAPS / obj / split / rel.with_suffix(".tiff"), scored.anomaly_map)
                 _save_mask(out / THRESHOLDED / obj / split / rel.with_suffix(".png"),
-                           full > threshold)
+                           scored.mask)
                 report.written[key] = report.written.get(key, 0) + 1
     return report
 

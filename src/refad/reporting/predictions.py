@@ -1,8 +1,9 @@
 """Writing predictions: a heatmap, an overlay and a defect mask per image, and
 predictions.json / .csv.
 
-The pictures of an image go to `OUT/<name>_heatmap.png`, `OUT/<name>_overlay.png` (defect
-regions outlined) and `OUT/<name>_mask.png` (`refad.deploy.defects`), where
+Each scored image goes through refad's one result step (`refad.pipeline.postprocess`, as in
+the server and the exported models' `Inferencer`); its pictures go to `OUT/<name>_heatmap.png`,
+`OUT/<name>_overlay.png` (defect regions outlined) and `OUT/<name>_mask.png`, where
 `name` mirrors the image's place under the common parent of the inputs (sub-folders are
 created) and is never shared by two files (rule: `refad.inference.batches`). Importing this
 module needs no torch: only `predict` (a run folder) loads it. Each row keeps the
@@ -26,10 +27,10 @@ import numpy as np
 from PIL import Image
 
 from refad.atomic import write_atomic, write_json, write_text_atomic
-from refad.deploy.defects import defect_mask, defect_regions, pixel_threshold
-from refad.deploy.render import heatmap_rgb, normalise_map, overlay, resize_map
 from refad.errors import ConfigError, RefadError, require_at_least_one
 from refad.inference.batches import ImageResult, PredictionBatch, scored_batches
+from refad.pipeline.calibration import Thresholds
+from refad.pipeline.postprocess import Prediction, postprocess
 from refad.runs.layout import CONFIG_FILE
 from refad.runs.lock import LOCK_FILE, folder_lock
 
@@ -41,7 +42,9 @@ NOT_FINITE = "score or anomaly map is not finite (training diverged?); no decisi
 
 
 @dataclass
-class Prediction:
+class PredictionRow:
+    """One image's row of predictions.json / .csv: its `Prediction`, and the files written."""
+
     path: str
     relative_path: str
     category: str | None  # the category given (None: unknown, decided by the global threshold)
@@ -61,7 +64,7 @@ class Prediction:
 
 @dataclass
 class PredictReport:
-    predictions: list[Prediction]
+    predictions: list[PredictionRow]
     failures: list[str]  # one line each: "<file>: <problem>"
     threshold_source: str | None = None  # "global", "category:C"; None: no threshold
     scored_with: str = ""  # what computed the scores ("pytorch ...", "openvino, bf16 export...")
@@ -86,80 +89,69 @@ def save_png(path: Path, array: np.ndarray) -> None:
 
 def write_predictions(
     out_dir: Path,
-    calibration: dict[str, Any],
+    thresholds: Thresholds,
     batches: Iterable[PredictionBatch],
     category: str | None = None,
     scored_with: str = "",
 ) -> PredictReport:
     """Render and write every scored image of `batches`, then the summary files.
 
-    `calibration`: the resolved values for `category` (`refad.inference.thresholds`)."""
+    `thresholds`: what applies to images of `category` (`Calibration.for_category`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = PredictReport([], [], calibration.get("source"), scored_with)
+    report = PredictReport([], [], thresholds.source, scored_with)
     for batch in batches:
         report.failures.extend(batch.failures)
         report.notes.extend(batch.notes)
         report.predictions.extend(
-            _write_result(out_dir, r, calibration, category) for r in batch.results
+            _write_result(out_dir, r, postprocess(r.image, r.amap, r.score, thresholds, category))
+            for r in batch.results
         )
-    _write_summary(out_dir, report, calibration, category)
+    _write_summary(out_dir, report, thresholds, category)
     return report
 
 
-def _write_result(
-    out_dir: Path, r: ImageResult, calibration: dict[str, Any], category: str | None
-) -> Prediction:
+def _write_result(out_dir: Path, r: ImageResult, p: Prediction) -> PredictionRow:
     """The pictures of one image (heatmap, overlay, defect mask), and its row."""
     heat_path = out_dir / f"{r.name}_heatmap.png"
     over_path = out_dir / f"{r.name}_overlay.png"
     mask_path = out_dir / f"{r.name}_mask.png"
     heat_path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = r.image.shape[:2]
-    full = resize_map(r.amap, w, h)
-    floor = calibration.get("map_floor", r.amap.min())
-    unit_map = normalise_map(full, floor, calibration.get("map_ceiling", r.amap.max()))
-    heat = heatmap_rgb(unit_map)
-    finite = r.finite
-    mask = defect_mask(full, pixel_threshold(calibration)) if finite else None
-    save_png(heat_path, heat)
-    save_png(over_path, overlay(r.image, heat, mask=mask))
-    if mask is not None:
-        save_png(mask_path, mask.astype(np.uint8) * 255)
-    threshold = calibration.get("threshold")
-    decided = threshold is not None and finite
-    pixels = int(mask.sum()) if mask is not None else None
-    return Prediction(
+    save_png(heat_path, p.heatmap)
+    save_png(over_path, p.overlay)
+    if p.mask is not None:
+        save_png(mask_path, p.mask.astype(np.uint8) * 255)
+    pixels = p.defect_pixels
+    return PredictionRow(
         path=str(r.path.absolute()), relative_path=r.relative_path.as_posix(),
-        category=category, score=r.score, threshold=threshold,
-        threshold_source=calibration.get("source") if threshold is not None else None,
-        normalised_score=float(r.score / threshold) if decided and threshold else None,
-        anomalous=bool(r.score > threshold) if decided else None,
-        defect_pixels=pixels, defect_fraction=None if pixels is None else pixels / (h * w),
-        regions=[g.as_dict() for g in defect_regions(mask, full)],
+        category=p.category, score=p.score, threshold=p.threshold,
+        threshold_source=p.threshold_source, normalised_score=p.normalised_score,
+        anomalous=p.anomalous, defect_pixels=pixels,
+        defect_fraction=None if pixels is None else pixels / p.mask.size,
+        regions=[g.as_dict() for g in p.regions],
         heatmap=str(heat_path), overlay=str(over_path),
-        mask=str(mask_path) if mask is not None else None,
-        note=None if finite else NOT_FINITE,
+        mask=str(mask_path) if p.mask is not None else None,
+        note=None if p.finite else NOT_FINITE,
     )
 
 
 def _write_summary(
-    out_dir: Path, report: PredictReport, calib: dict[str, Any], category: str | None
+    out_dir: Path, report: PredictReport, thresholds: Thresholds, category: str | None
 ) -> None:
     rows = [asdict(p) for p in report.predictions]
     summary = {
         "category": category,
-        "threshold": calib.get("threshold"),
-        "threshold_source": calib.get("source") if calib.get("threshold") is not None else None,
-        "pixel_threshold": pixel_threshold(calib),
-        "calibration_images": calib.get("images_source"),
+        "threshold": thresholds.threshold,
+        "threshold_source": thresholds.source,
+        "pixel_threshold": thresholds.pixel_threshold,
+        "calibration_images": thresholds.images_source,
         "scored_with": report.scored_with,
         "predictions": rows,
         "failures": report.failures,
     }
     write_json(out_dir / PREDICTIONS_JSON, summary)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(Prediction.__dataclass_fields__))
+    writer = csv.DictWriter(buf, fieldnames=list(PredictionRow.__dataclass_fields__))
     writer.writeheader()
     writer.writerows({**row, "regions": json.dumps(row["regions"])} for row in rows)
     write_text_atomic(out_dir / "predictions.csv", buf.getvalue())
@@ -290,10 +282,10 @@ def predict(
 
     with output_folder(inputs, out_dir, batch_size, overwrite) as out:
         run = open_run(run_dir, device)
-        calibration, batches = predict_images(
+        thresholds, batches = predict_images(
             run, inputs, category, batch_size, amp, compile_mode
         )
-        return write_predictions(out, calibration, batches, category,
+        return write_predictions(out, thresholds, batches, category,
                                  describe_scoring(run.device, amp))
 
 
@@ -313,7 +305,7 @@ def predict_exported(
 
     with output_folder(inputs, out_dir, batch_size, overwrite) as out:
         inferencer = Inferencer(model_dir, runtime=runtime, device=device)
-        calibration = inferencer.calibration_for(category)
+        thresholds = inferencer.thresholds(category)
 
         def score(images: list[np.ndarray]) -> tuple[np.ndarray, list[float]]:
             batch = preprocess_batch(images, inferencer.size, inferencer.mean, inferencer.std)
@@ -321,6 +313,6 @@ def predict_exported(
             return maps.astype(np.float32, copy=False), [float(v) for v in values]
 
         return write_predictions(
-            out, calibration, scored_batches(inputs, batch_size, score), category,
+            out, thresholds, scored_batches(inputs, batch_size, score), category,
             inferencer.scored_with(category),
         )

@@ -31,8 +31,9 @@ from refad.atomic import fsync_dir, read_json, write_atomic, write_text_atomic
 from refad.errors import CheckpointError
 from refad.models.base import AnomalyModel, FeatureSpec, load_state_checked
 from refad.models.registry import build_model
+from refad.pipeline.calibration import Calibration
 from refad.runs.file_schemas import check_checkpoint
-from refad.runs.layout import META_FILE, MODEL_FILE, OPTIMIZER_FILE
+from refad.runs.layout import META_FILE, MODEL_FILE, OPTIMIZER_FILE, UNIFIED
 
 FORMAT = "refad-checkpoint/2"
 FORMAT_V1 = "refad-checkpoint/1"
@@ -51,7 +52,7 @@ class CheckpointMeta:
     backbone: dict[str, Any]
     model_config: dict[str, Any]
     history: list[dict[str, float]] = field(default_factory=list)
-    calibration: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None  # as stored; read it with `unit_calibration`
     format: str = FORMAT
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> name, bytes, sha256
 
@@ -63,6 +64,11 @@ class CheckpointMeta:
             shapes=tuple(tuple(x) for x in s["shapes"]),
             image_size=int(s["image_size"]),
         )
+
+    def unit_calibration(self, unit: str) -> Calibration:
+        """The typed calibration of this checkpoint, the model of `unit` (a per-category unit
+        is its category); empty when not calibrated (an imported run)."""
+        return Calibration.from_record(self.calibration, None if unit == UNIFIED else unit)
 
 
 def checkpoint_identity(meta: CheckpointMeta) -> dict[str, Any]:

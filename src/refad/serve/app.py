@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -26,9 +25,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import refad
+from refad.pipeline.postprocess import Prediction
 from refad.serve.backend import (
     Backend,
-    ImageResult,
     RequestError,
     check_category,
     check_threshold,
@@ -83,11 +82,10 @@ class ServeState:
         return self.loader is not None and self.loader.is_alive()
 
 
-def _warm_pictures(result: ImageResult) -> None:
+def _warm_pictures(result: Prediction) -> None:
     """Render every picture kind of one warm-up result, so their libraries (matplotlib's colour
     maps, the PNG encoder) load before the server says ready, not in the first request."""
-    blank = np.zeros((*result.anomaly_map.shape, 3), dtype=np.uint8)  # what was scored
-    render_outputs(result, blank, OUTPUTS)
+    render_outputs(result, OUTPUTS)
 
 
 def _call_on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
@@ -427,8 +425,7 @@ async def _score_form(state: ServeState, form: _Form, tic: float) -> dict[str, A
 
     def render() -> list[dict[str, str]]:
         try:
-            return [render_outputs(sc.result, im, form.outputs)
-                    for sc, im in zip(scored, images, strict=True)]
+            return [render_outputs(sc.result, form.outputs) for sc in scored]
         finally:
             if s.release_memory:
                 release_free_memory()  # pictures are megabytes too, made in pool threads

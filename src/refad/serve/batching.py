@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refad.serve.backend import ImageResult
+from refad.pipeline.postprocess import Prediction
 
 PredictFn = Callable[
-    [Sequence[np.ndarray], Sequence["str | None"], Sequence["float | None"]], list[ImageResult]
+    [Sequence[np.ndarray], Sequence["str | None"], Sequence["float | None"]], list[Prediction]
 ]
 
 
@@ -36,7 +36,7 @@ class QueueFull(RuntimeError):
 class Scored:
     """One image's result and how it was scored."""
 
-    result: ImageResult
+    result: Prediction
     batch_size: int
     queue_ms: float
     score_ms: float

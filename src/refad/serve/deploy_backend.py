@@ -1,13 +1,15 @@
 """A :class:`~refad.serve.backend.Backend` for an exported folder, via the torch-free
 ``refad.deploy.Inferencer`` (ONNX Runtime / OpenVINO). Nothing here imports torch.
 
-The Inferencer decides thresholds itself (the same order as :func:`resolve_threshold`); its
-source name "override" is reported as "request", like the PyTorch backend.
+The Inferencer scores and postprocesses (`refad.pipeline.postprocess`, as the PyTorch backend
+does); a request's own threshold is handed to it as the backend's ``"request"`` thresholds, so
+the answer names its source as the PyTorch backend does.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +17,16 @@ import numpy as np
 
 from refad.deploy import Inferencer
 from refad.errors import ConfigError
+from refad.pipeline.postprocess import Prediction
 from refad.runs.layout import UNIFIED
 from refad.serve.backend import (
+    REQUEST,
     Categories,
-    ImageResult,
     Images,
     RequestError,
     Thresholds,
     check_category,
+    threshold_card,
 )
 
 
@@ -38,13 +42,6 @@ class DeployBackend:
         meta = self._inf.meta
         units = self._inf.units
         unified = UNIFIED in units
-        per_cat: dict[str, float] = {}
-        for name, unit in units.items():
-            cats = unit.get("categories", {}) if unified else {name: unit["calibration"]}
-            for cat, values in cats.items():
-                if values.get("threshold") is not None:
-                    per_cat[cat] = float(values["threshold"])
-        glob = units[UNIFIED]["calibration"].get("threshold") if unified else None
         return {
             "backend": f"deploy:{self._inf.runtime}",
             "run": path.name,
@@ -54,8 +51,8 @@ class DeployBackend:
             "mode": meta["mode"],
             "categories": self._inf.categories,
             "category_required": not unified and len(units) > 1,
-            "thresholds": {"global": None if glob is None else float(glob),
-                           "categories": per_cat},
+            "thresholds": threshold_card(
+                {name: self._inf.calibration(None if unified else name) for name in units}),
             "refad_version": meta["refad_version"],
             "device": self._inf.device,
             "scored_with": self._inf.scored_with(None if unified or len(units) == 1
@@ -65,11 +62,11 @@ class DeployBackend:
     def info(self) -> dict[str, Any]:
         return self._info
 
-    def warmup(self, batch_size: int = 1) -> list[ImageResult]:
+    def warmup(self, batch_size: int = 1) -> list[Prediction]:
         blank = np.zeros((self._inf.size, self._inf.size, 3), dtype=np.uint8)
         cats = [None] if UNIFIED in self._inf.units or len(self._inf.units) == 1 \
             else sorted(self._inf.units)
-        results: list[ImageResult] = []
+        results: list[Prediction] = []
         for cat in cats:
             results = self.predict_batch([blank] * batch_size, [cat] * batch_size,
                                          [None] * batch_size)
@@ -77,12 +74,12 @@ class DeployBackend:
 
     def predict_batch(
         self, images: Images, categories: Categories, thresholds: Thresholds
-    ) -> list[ImageResult]:
+    ) -> list[Prediction]:
         groups: dict[tuple[str | None, float | None], list[int]] = defaultdict(list)
         for i, (cat, thr) in enumerate(zip(categories, thresholds, strict=True)):
             check_category(self._info, cat)
             groups[(cat, thr)].append(i)
-        results: list[ImageResult | None] = [None] * len(images)
+        results: list[Prediction | None] = [None] * len(images)
         for (cat, thr), idx in groups.items():
             try:
                 preds = self._inf.predict_batch([images[i] for i in idx], cat, thr,
@@ -94,12 +91,9 @@ class DeployBackend:
         return [r for r in results if r is not None]
 
 
-def _convert(p: Any) -> ImageResult:
-    source = "request" if p.threshold_source == "override" else p.threshold_source
-    return ImageResult(
-        score=float(p.score), threshold=p.threshold, threshold_source=source,
-        anomalous=p.anomalous, normalised_score=p.normalised_score,
-        anomaly_map=np.asarray(p.anomaly_map, dtype=np.float32), mask=p.mask,
-        _heatmap=lambda: p.heatmap, _overlay=lambda _image: p.overlay,
-        category=p.category if p.category is not None or p.unit == UNIFIED else p.unit,
-    )
+def _convert(p: Prediction) -> Prediction:
+    """The Inferencer's result as the server answers it: a requested threshold's source is
+    "request", and a per-category export's only model names its category."""
+    source = REQUEST if p.threshold_source == "override" else p.threshold_source
+    category = p.category if p.category is not None or p.unit == UNIFIED else p.unit
+    return replace(p, threshold_source=source, category=category)

@@ -8,7 +8,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from refad.serve.backend import ImageResult
+from refad.pipeline.postprocess import Prediction
 
 OUTPUTS = ("heatmap", "overlay", "mask")
 
@@ -22,13 +22,14 @@ def png_base64(array: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def render_outputs(result: ImageResult, image: np.ndarray, wanted: tuple[str, ...]) -> dict:
-    """The requested pictures of one result (``wanted`` is a subset of OUTPUTS)."""
+def render_outputs(result: Prediction, wanted: tuple[str, ...]) -> dict:
+    """The requested pictures of one result (``wanted`` is a subset of OUTPUTS), drawn on the
+    image it scored."""
     out: dict[str, str | None] = {}
     if "heatmap" in wanted:
         out["heatmap"] = png_base64(result.heatmap)
     if "overlay" in wanted:
-        out["overlay"] = png_base64(result.overlay(image))
+        out["overlay"] = png_base64(result.overlay)
     if "mask" in wanted:
         out["mask"] = None if result.mask is None else png_base64(result.mask)
     return out

@@ -6,7 +6,6 @@ so the number of connections never changes what is in memory.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -16,31 +15,29 @@ import torch
 
 import refad
 from refad.data import image_tensor
-from refad.deploy.defects import defect_mask, pixel_threshold
-from refad.deploy.render import heatmap_rgb, normalise_map, overlay, resize_map
 from refad.device import set_cpu_threads
 from refad.inference import Scorer
-from refad.inference.thresholds import calibration_for, known_categories
+from refad.pipeline.calibration import Calibration
+from refad.pipeline.postprocess import Prediction, postprocess
 from refad.runs import UNIFIED, TrainedRun, open_run
 from refad.serve.backend import (
     Categories,
-    ImageResult,
     Images,
     Thresholds,
     check_category,
-    decide,
-    resolve_threshold,
+    request_thresholds,
+    threshold_card,
 )
 
 
-def _run_categories(run: TrainedRun, calibration: dict[str, Any]) -> list[str]:
+def _run_categories(run: TrainedRun, calibration: Calibration) -> list[str]:
     """Categories a run knows: its units, or (unified) the calibrated ones, as `refad predict`
     takes them, else the configured ones. Never read from the training data: it may be absent
     or elsewhere on the serving machine, and then a mistyped category was decided at the
     global threshold instead of refused."""
     if run.config.train.mode != "unified":
         return list(run.units)
-    return known_categories(calibration) or sorted(run.config.data.categories or [])
+    return calibration.known_categories or sorted(run.config.data.categories or [])
 
 
 class TorchBackend:
@@ -56,7 +53,7 @@ class TorchBackend:
             unit: Scorer(model, self._run.device, self._run.extractor, amp)
             for unit, (model, _) in self._models.items()
         }
-        self._calibration = {u: (meta.calibration or {}) for u, (_, meta) in self._models.items()}
+        self._calibration = {u: meta.unit_calibration(u) for u, (_, meta) in self._models.items()}
         self._info = self._build_info()
 
     def _build_info(self) -> dict[str, Any]:
@@ -70,20 +67,11 @@ class TorchBackend:
             "backbone": cfg.backbone.name,
             "input_size": self._size,
             "mode": cfg.train.mode,
-            "categories": _run_categories(self._run, cal[UNIFIED] if unified else {}),
+            "categories": _run_categories(self._run, cal[UNIFIED] if unified else Calibration()),
             # one model per category: name it, unless there is only one (as an export of the
             # run answers, and `refad predict`)
             "category_required": not unified and len(self._models) > 1,
-            "thresholds": {
-                "global": cal[UNIFIED].get("threshold") if unified else None,
-                "categories": {
-                    c: v["threshold"]
-                    for c, v in (cal[UNIFIED].get("categories") or {}).items()
-                    if v.get("threshold") is not None
-                } if unified else {
-                    u: c["threshold"] for u, c in cal.items() if c.get("threshold") is not None
-                },
-            },
+            "thresholds": threshold_card(cal),
             "refad_version": refad.__version__,
             "device": str(self._run.device),
             "scored_with": next(iter(self._scorers.values())).scored_with,
@@ -92,9 +80,9 @@ class TorchBackend:
     def info(self) -> dict[str, Any]:
         return self._info
 
-    def warmup(self, batch_size: int = 1) -> list[ImageResult]:
+    def warmup(self, batch_size: int = 1) -> list[Prediction]:
         blank = np.zeros((self._size, self._size, 3), dtype=np.uint8)
-        results: list[ImageResult] = []
+        results: list[Prediction] = []
         for unit in self._models:
             category = None if unit == UNIFIED else unit
             results = self.predict_batch([blank] * batch_size, [category] * batch_size,
@@ -113,12 +101,12 @@ class TorchBackend:
 
     def predict_batch(
         self, images: Images, categories: Categories, thresholds: Thresholds
-    ) -> list[ImageResult]:
+    ) -> list[Prediction]:
         categories = [self._category(category) for category in categories]
         groups: dict[str, list[int]] = defaultdict(list)
         for i, category in enumerate(categories):
             groups[self._unit(category)].append(i)
-        results: list[ImageResult | None] = [None] * len(images)
+        results: list[Prediction | None] = [None] * len(images)
         extractor = self._run.extractor
         for unit, idx in groups.items():
             batch = torch.stack(
@@ -128,38 +116,9 @@ class TorchBackend:
             maps = scores.maps.float().cpu().numpy()
             values = scores.image.float().cpu().tolist()
             for j, i in enumerate(idx):
-                results[i] = self._result(
-                    images[i], maps[j], float(values[j]), categories[i], thresholds[i], unit
-                )
+                category = categories[i]
+                applied = request_thresholds(
+                    self._calibration[unit].for_category(category), thresholds[i])
+                results[i] = postprocess(images[i], maps[j], float(values[j]), applied,
+                                         category, unit)
         return [r for r in results if r is not None]
-
-    def _result(
-        self, image: np.ndarray, amap: np.ndarray, score: float, category: str | None,
-        requested: float | None, unit: str,
-    ) -> ImageResult:
-        h, w = image.shape[:2]
-        full = resize_map(amap, w, h).astype(np.float32, copy=False)
-        cal = calibration_for(self._calibration[unit], unit, category)
-        floor = float(cal.get("map_floor", amap.min()))
-        ceiling = float(cal.get("map_ceiling", amap.max()))
-        # Pixel decision: the calibrated pixel threshold (`refad.deploy.defects`), as predict
-        # and the exported model decide; uncalibrated or a non-finite map: no mask at all
-        finite = math.isfinite(score) and bool(np.isfinite(amap).all())
-        mask = defect_mask(full, pixel_threshold(cal)) if finite else None
-        threshold, source = resolve_threshold(self._info, category, requested)
-        anomalous, normalised = decide(score, threshold)
-
-        def heat() -> np.ndarray:
-            return heatmap_rgb(normalise_map(full, floor, ceiling))
-
-        result: ImageResult
-
-        def blend(rgb: np.ndarray) -> np.ndarray:
-            return overlay(rgb, result.heatmap, mask=result.mask)
-
-        result = ImageResult(
-            score=score, threshold=threshold, threshold_source=source, anomalous=anomalous,
-            normalised_score=normalised, anomaly_map=full, mask=mask,
-            _heatmap=heat, _overlay=blend, category=category,
-        )
-        return result

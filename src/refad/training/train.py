@@ -252,15 +252,16 @@ def calibrate_unit(
     meta = folder.read_meta(name)
     if meta.calibration is not None:
         return
-    meta.calibration = calibrate(
+    calibrated = calibrate(
         Scorer(model, device), calibration.levels, calibration.categories,
         t.feature_batch_size, t.threshold_quantile, calibration.source, t.threshold_rule,
     )
-    if not math.isfinite(meta.calibration["threshold"]):
+    if calibrated.threshold is None:  # NaN or infinite
         raise TrainingError(
             f"{folder.unit_path(name)}: the trained model gives non-finite scores on "
             "normal images; no calibration saved (training diverged: lower train.lr)"
         )
+    meta.calibration = calibrated.to_record()
     folder.save_checkpoint(name, model, meta, optimizer)
 
 

@@ -15,7 +15,8 @@ from typing import Any
 from refad.errors import DataError, RefadError
 from refad.inference.batches import ImageResult
 from refad.inference.predict import predict_images
-from refad.inference.thresholds import known_categories
+from refad.pipeline.calibration import Thresholds
+from refad.pipeline.decision import is_anomalous
 from refad.reporting.report.markup import escape, image, note, number
 from refad.reporting.report.tiles import Tile, entry_tiles, has_colour_range
 from refad.reporting.report.views import CategoryView
@@ -44,13 +45,16 @@ def gallery_kinds(view: CategoryView, size: int) -> list[GalleryKind]:
             GalleryKind("Highest-scored good images", "no threshold to decide",
                         sorted(good, key=lambda r: -r["score"])[:size]),
         ]
+    flagged = {id(r) for r in view.rows if is_anomalous(r["score"], t)}
     return [
         GalleryKind("Worst misses", "defective, not flagged (score <= threshold), lowest first",
-                    sorted((r for r in bad if r["score"] <= t), key=lambda r: r["score"])[:size]),
+                    sorted((r for r in bad if id(r) not in flagged),
+                           key=lambda r: r["score"])[:size]),
         GalleryKind("Worst false alarms", "good, flagged (score > threshold), highest first",
-                    sorted((r for r in good if r["score"] > t), key=lambda r: -r["score"])[:size]),
+                    sorted((r for r in good if id(r) in flagged),
+                           key=lambda r: -r["score"])[:size]),
         GalleryKind("Correct detections", "defective, flagged, highest first",
-                    [r for r in high if r["score"] > t][:size]),
+                    [r for r in high if id(r) in flagged][:size]),
     ]
 
 
@@ -58,7 +62,7 @@ def gallery_kinds(view: CategoryView, size: int) -> list[GalleryKind]:
 class Rescored:
     """Maps of a few images, scored again; each image has a result or a failure line."""
 
-    calibration: dict[str, Any]
+    calibration: Thresholds
     results: dict[str, ImageResult]
     failures: dict[str, str]
 
@@ -69,7 +73,7 @@ def _decided_as(run: TrainedRun, category: str) -> str | None:
     refused, as `refad predict --category` refuses it)."""
     if run.config.train.mode != "unified":
         return category
-    known = known_categories(run.model(UNIFIED)[1].calibration)
+    known = run.model(UNIFIED)[1].unit_calibration(UNIFIED).known_categories
     return None if known and category not in known else category
 
 
@@ -82,7 +86,7 @@ def rescore(
 ) -> Rescored:
     """Score `paths` again for their maps. A file gone since `refad test` or unreadable
     becomes a failure line: the rest of the report does not depend on it."""
-    found = Rescored({}, {}, {})
+    found = Rescored(Thresholds(), {}, {})
     present = []
     for path in dict.fromkeys(str(Path(p)) for p in paths):
         if Path(path).is_file():
@@ -121,7 +125,7 @@ def _caption(row: dict[str, Any], threshold: float | None) -> str:
         digits += 2  # 'score 14.49 above threshold 14.49' reads as a contradiction
     score = f"score {number(row['score'], digits)}"
     if threshold is not None:
-        side = "above" if row["score"] > threshold else "at or below"
+        side = "above" if is_anomalous(row["score"], threshold) else "at or below"
         score += f" {side} threshold {number(threshold, digits)}"
     return (f'<figcaption><b title="{escape(row["image"])}">{escape(name)}</b>'
             f"<span>defect: {escape(str(row['defect']))}</span>"
@@ -162,7 +166,7 @@ def gallery_section(
         kinds = gallery_kinds(view, size)
         paths = [r["image"] for k in kinds for r in k.rows]
         found = (rescore(run, view.name, paths, amp, compile_mode) if paths
-                 else Rescored({}, {}, {}))
+                 else Rescored(Thresholds(), {}, {}))
         body = f"<h3>{escape(view.name)}</h3>"
         if view.threshold is None:
             body += note("No calibrated threshold for this category: no misses or false "

@@ -13,11 +13,11 @@ import numpy as np
 from PIL import Image
 
 from refad.data.images import read_mask
-from refad.deploy.defects import defect_mask, pixel_threshold
-from refad.deploy.render import heatmap_rgb, normalise_map, outline, overlay, resize_map
 from refad.errors import DataError
 from refad.inference.batches import ImageResult
-from refad.reporting.report.markup import is_finite
+from refad.pipeline.calibration import Thresholds
+from refad.pipeline.defects import defect_mask
+from refad.pipeline.render import heatmap_rgb, normalise_map, outline, overlay, resize_map
 
 PICTURE_MAX = 256
 """Longest side (pixels) of an embedded gallery picture: keeps the page small."""
@@ -56,12 +56,12 @@ class Tile:
     text: str = ""
 
 
-def has_colour_range(calibration: dict[str, Any]) -> bool:
+def has_colour_range(thresholds: Thresholds) -> bool:
     """Whether heatmaps can be coloured on the calibrated floor/ceiling of normal maps."""
-    return is_finite(calibration.get("map_floor")) and is_finite(calibration.get("map_ceiling"))
+    return thresholds.map_floor is not None and thresholds.map_ceiling is not None
 
 
-def entry_tiles(row: dict[str, Any], result: ImageResult, calibration: dict[str, Any],
+def entry_tiles(row: dict[str, Any], result: ImageResult, thresholds: Thresholds,
                 ) -> list[Tile]:
     """Image, heatmap overlay (predicted defect outlined), ground truth outlined, predicted
     mask; all at display size, the map resized straight to it (never to full size first)."""
@@ -71,12 +71,12 @@ def entry_tiles(row: dict[str, Any], result: ImageResult, calibration: dict[str,
     if size != (width, height):
         image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
     amap = resize_map(result.amap, *size)
-    if has_colour_range(calibration):
-        floor, ceiling = calibration["map_floor"], calibration["map_ceiling"]
+    if has_colour_range(thresholds):
+        floor, ceiling = thresholds.map_floor, thresholds.map_ceiling
     else:  # said beside the gallery: each map on its own range
         floor, ceiling = float(np.nanmin(amap)), float(np.nanmax(amap))
     heat = heatmap_rgb(normalise_map(amap, floor, ceiling))
-    predicted = defect_mask(amap, pixel_threshold(calibration))
+    predicted = defect_mask(amap, thresholds.pixel_threshold)
     tiles = [
         Tile("image", png_uri(image)),
         Tile("overlay", png_uri(overlay(image, heat, mask=predicted))),

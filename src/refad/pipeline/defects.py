@@ -1,13 +1,13 @@
 """Where the defect is: the binary defect mask of an anomaly map and its regions (boxes).
 
-A defect pixel is a pixel of the full-size map above the pixel threshold (the calibration's
-`pixel_threshold`, else `map_ceiling`: worse than any normal pixel seen). Regions are the
-8-connected components of the mask, largest first.
+A defect pixel is a pixel of the full-size map above the pixel threshold
+(`refad.pipeline.calibration.Thresholds.pixel_threshold`: the calibrated one, else
+`map_ceiling`, worse than any normal pixel seen). Regions are the 8-connected components of the
+mask, largest first.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,15 +28,6 @@ class DefectRegion:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def pixel_threshold(calibration: dict[str, Any]) -> float | None:
-    """The level above which a map pixel is a defect pixel (None: not calibrated)."""
-    for key in ("pixel_threshold", "map_ceiling"):
-        value = calibration.get(key)
-        if isinstance(value, int | float) and math.isfinite(value):
-            return float(value)
-    return None
 
 
 def defect_mask(full_map: np.ndarray, threshold: float | None) -> np.ndarray | None:

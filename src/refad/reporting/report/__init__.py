@@ -60,7 +60,7 @@ def build_report(
     bodies = {
         "summary": summary_section(metrics, run),
         "config": config_section(run),
-        "data": data_section(views, run, {u: m.calibration for u, m in metas.items()}),
+        "data": data_section(views, run, {u: m.unit_calibration(u) for u, m in metas.items()}),
         "metrics": metrics_section(metrics),
         "decisions": decisions_section(metrics),
         "curves": curves_section(views),

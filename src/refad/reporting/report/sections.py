@@ -14,6 +14,7 @@ from typing import Any
 import refad
 from refad.atomic import json_safe
 from refad.metrics import METRIC_NAMES, image_curves, operating_point
+from refad.pipeline.calibration import Calibration
 from refad.reporting.report.figures import (
     curves_figure,
     figure_uri,
@@ -105,11 +106,11 @@ def config_section(run: TrainedRun) -> str:
     return f"<details open><summary>config.json</summary><pre>{escape(text)}</pre></details>"
 
 
-def _calibration_count(calibration: dict[str, Any] | None, unit: str, category: str) -> str:
+def _calibration_count(calibration: Calibration, unit: str, category: str) -> str:
     """Normal images that set `category`'s threshold (a per-category unit's own total)."""
-    calibration = calibration or {}
-    own = (calibration.get("categories") or {}).get(category) or {}
-    value = own.get("images", calibration.get("images") if unit == category else None)
+    total = calibration.values.stats.get("images") if unit == category else None
+    own = calibration.categories.get(category)
+    value = total if own is None else own.stats.get("images", total)
     return str(value) if isinstance(value, int) else "n/a"
 
 
@@ -120,7 +121,7 @@ def _source_text(source: str) -> str:
 
 
 def data_section(views: list[CategoryView], run: TrainedRun,
-                 calibrations: dict[str, dict[str, Any] | None]) -> str:
+                 calibrations: dict[str, Calibration]) -> str:
     """Test images per category and defect type, and which normal images calibrated."""
     rows = []
     for view in views:
@@ -133,7 +134,7 @@ def data_section(views: list[CategoryView], run: TrainedRun,
     head = ["category", "good test images", "defective test images", "defect types",
             "calibration images"]
     body = table(head, rows, numeric=(1, 2, 4), name="data")
-    sources = sorted({(c or {}).get("source") or "none" for c in calibrations.values()})
+    sources = sorted({c.images_source or "none" for c in calibrations.values()})
     if sources == ["none"]:
         return body + note("The run is not calibrated: it has no thresholds, so no image is "
                            "decided (an imported checkpoint, or a training stopped before its "

@@ -100,6 +100,11 @@ class Backbone(nn.Module, ABC):
             )
         return hw
 
+    def use_input_size(self, size: int | Sequence[int]) -> None:
+        """Prepare for inputs of ``size`` before a graph is traced from this backbone (a ViT
+        resamples its position table; a CNN takes any size as it is)."""
+        self.check_image_size(size)
+
     def output_shapes(self, image_size: int | Sequence[int]) -> list[tuple[int, int]]:
         """Spatial size (H_l, W_l) of each level for inputs of ``image_size`` (an integer:
         square; else (height, width))."""

@@ -98,7 +98,7 @@ class VitBackbone(Backbone):
         self.std = tuple(cfg.get("std", timm.data.IMAGENET_DEFAULT_STD))
         self.finish_build(resolved)
 
-    def use_input_size(self, size: tuple[int, int]) -> None:
+    def use_input_size(self, size: int | Sequence[int]) -> None:
         """Resample the weights' position table to the grid of ``size`` (a no-op when the
         model already takes it); always from the original table, never a resampled one."""
         hw = self.check_image_size(size)

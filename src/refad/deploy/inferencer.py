@@ -25,6 +25,7 @@ from refad.deploy.runtimes import RUNTIMES, open_runner
 from refad.errors import CheckpointError, ConfigError, DataError, require_at_least_one
 from refad.pipeline.calibration import Calibration, Thresholds
 from refad.pipeline.postprocess import Prediction, postprocess
+from refad.pipeline.preprocess import as_hw, content_size
 from refad.runs.layout import UNIFIED
 
 __all__ = ["Inferencer", "Prediction"]
@@ -68,7 +69,9 @@ class Inferencer:
                 f"runtime: {self.path} holds OpenVINO IR graphs; use runtime='openvino'"
             )
         self.runtime, self.device, self.threads = runtime, device, threads
-        self.size: int = self.meta["input"]["size"]
+        self.size: int | list[int] = self.meta["input"]["size"]  # as stored: int = square
+        self.hw: tuple[int, int] = as_hw(self.size, "input.size")  # (height, width)
+        self.resize: str = self.meta["input"].get("resize_mode", "stretch")
         self.mean: list[float] = self.meta["input"]["mean"]
         self.std: list[float] = self.meta["input"]["std"]
         self.units: dict[str, dict[str, Any]] = self.meta["units"]
@@ -120,11 +123,11 @@ class Inferencer:
                 self.meta["graph"]["precision"],
             )
             shape = runner.input_shapes.get("image")
-            want = [3, self.size, self.size]
+            want = [3, *self.hw]
             if shape is None or len(shape) != 4 or list(shape[1:]) != want:
                 raise CheckpointError(
                     f"{self.path / info['graph']}: graph input {shape} does not take "
-                    f"(B, 3, {self.size}, {self.size}) images as {METADATA_FILE} says"
+                    f"(B, 3, {self.hw[0]}, {self.hw[1]}) images as {METADATA_FILE} says"
                 )
             if not {"anomaly_map", "score"} <= set(runner.output_names):
                 raise CheckpointError(
@@ -143,14 +146,14 @@ class Inferencer:
         return f"{self.runtime}, {precision} export, {compute} arithmetic on {self.device}"
 
     def run(self, batch: np.ndarray, category: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Raw graph call on a preprocessed (B, 3, S, S) float32 batch -> (maps, scores)."""
-        want = (3, self.size, self.size)
+        """Raw graph call on a preprocessed (B, 3, H, W) float32 batch -> (maps, scores)."""
+        want = (3, *self.hw)
         if not isinstance(batch, np.ndarray):
             raise DataError(f"batch: expected a numpy array, got {type(batch).__name__}")
         if (batch.dtype != np.float32 or batch.ndim != 4 or tuple(batch.shape[1:]) != want
                 or batch.shape[0] == 0):
             raise DataError(
-                f"batch: expected (B, 3, {self.size}, {self.size}) float32 with B >= 1, got "
+                f"batch: expected (B, 3, {self.hw[0]}, {self.hw[1]}) float32 with B >= 1, got "
                 f"{tuple(batch.shape)} {batch.dtype}"
             )
         return self._runner(self._unit_for(category))(np.ascontiguousarray(batch))
@@ -205,9 +208,10 @@ class Inferencer:
             chunk = images[start : start + batch_size]
             rgbs = [load_rgb(im, _name(im, start + i)) for i, im in enumerate(chunk)]
             maps, scores = self._runner(unit)(
-                preprocess_batch(rgbs, self.size, self.mean, self.std)
+                preprocess_batch(rgbs, self.hw, self.mean, self.std, self.resize)
             )
-            out.extend(postprocess(rgb, amap, float(score), thresholds, category, unit)
+            out.extend(postprocess(rgb, amap, float(score), thresholds, category, unit,
+                                   content_size(rgb.shape[:2], self.hw, self.resize))
                        for rgb, amap, score in zip(rgbs, maps, scores, strict=True))
         return out
 

@@ -18,6 +18,7 @@ from typing import Any
 from refad.atomic import file_sha256, read_json
 from refad.errors import CheckpointError
 from refad.pipeline.calibration import Calibration
+from refad.pipeline.preprocess import RESIZE_RULES
 from refad.runs.layout import UNIFIED
 from refad.runs.recorded import check_calibration, check_categories, check_file_name, finite_number
 
@@ -105,8 +106,14 @@ def validate(meta: Any, where: str) -> dict[str, Any]:
             "threshold= per call instead of editing the file"
         )
     size = meta["input"].get("size")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise CheckpointError(f"{where}: input.size must be a positive integer")
+    sides = size if isinstance(size, list) and len(size) == 2 else [size]
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sides):
+        raise CheckpointError(f"{where}: input.size must be a positive integer or "
+                              "[height, width]")
+    if meta["input"].get("resize_mode", "stretch") not in RESIZE_RULES:
+        raise CheckpointError(f"{where}: input.resize_mode must be one of "
+                              f"{', '.join(RESIZE_RULES)}")
+    size = max(sides)
     if size > MAX_INPUT_SIZE:  # images are resized to it before the graph can object
         raise CheckpointError(f"{where}: input.size: {size} is above {MAX_INPUT_SIZE}, the "
                               "largest image size a run is trained at (foreign file?)")

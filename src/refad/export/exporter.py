@@ -21,8 +21,8 @@ import torch
 
 import refad
 from refad.atomic import atomic_folder, ensure_dir, json_safe, read_json
-from refad.backbones import FeatureExtractor
-from refad.deploy.images import RESIZE_RULE, check_rgb_array, preprocess_batch
+from refad.backbones import Backbone
+from refad.deploy.images import check_rgb_array, preprocess_batch
 from refad.deploy.metadata import (
     FORMAT,
     FORMAT_VERSION,
@@ -41,6 +41,7 @@ from refad.export.graph import OPSET, ScoringGraph, export_onnx
 from refad.export.openvino import onnx_to_openvino
 from refad.export.parity import TOLERANCES, compare, finite_json, map_span, passes, worst
 from refad.models.base import AnomalyModel
+from refad.pipeline.preprocess import check_rule, rule_text, size_value
 from refad.runs.layout import UNIFIED, is_run_folder
 from refad.runs.recorded import check_calibration, check_categories
 
@@ -102,9 +103,9 @@ def graph_stems(units: list[str]) -> dict[str, str]:
 
 
 def _check_inputs(
-    extractor: FeatureExtractor, models: Mapping[str, AnomalyModel], fmt: str,
+    extractor: Backbone, models: Mapping[str, AnomalyModel], fmt: str,
     precision: str,
-) -> tuple[str, int]:
+) -> tuple[str, tuple[int, int]]:
     if fmt not in FORMATS:
         raise ConfigError(f"format: {fmt!r} is not one of {', '.join(FORMATS)}")
     if precision not in PRECISIONS:
@@ -206,7 +207,7 @@ def _named_in(out_dir: Path, shown: str, also: Sequence[str] = ()) -> Iterator[N
         raise RefadError(f"{where}: cannot write ({exc.strerror or exc})") from None
 
 
-def _backbone_info(extractor: FeatureExtractor) -> dict[str, Any]:
+def _backbone_info(extractor: Backbone) -> dict[str, Any]:
     wid = str(extractor.weights_id)
     is_hash = re.fullmatch(r"[0-9a-f]{64}", wid) is not None
     return {
@@ -250,7 +251,7 @@ def _refusal(unit: str, fig: dict[str, Any], precision: str, tol: dict) -> Refad
 
 
 def export_model(
-    extractor: FeatureExtractor,
+    extractor: Backbone,
     models: Mapping[str, AnomalyModel],
     calibration: Mapping[str, Mapping[str, Any]],
     run_info: Mapping[str, Any],
@@ -264,6 +265,7 @@ def export_model(
     overwrite: bool = False,
     tolerance: Mapping[str, Any] | None = None,
     run_dir: str | Path | None = None,
+    resize: str = "stretch",
 ) -> dict[str, Any]:
     """Export every unit's extractor + model to one graph each and write the metadata.
 
@@ -273,9 +275,12 @@ def export_model(
     units or a {unit: list} mapping; the check needs at least one per unit, int8 needs the
     calibration ones. `tolerance` overrides entries of the precision's parity limits
     (`parity.TOLERANCES`). `run_dir`: the run the models come from, never written into or
-    above (`check_destination`). Returns the metadata written to `out_dir`/refad-deploy.json.
+    above (`check_destination`). `resize`: the run's resize rule (`refad.pipeline.preprocess`),
+    written into the metadata for every runtime to apply. Returns the metadata written to
+    `out_dir`/refad-deploy.json.
     """
     method, size = _check_inputs(extractor, models, format, precision)
+    check_rule(resize, "data.resize")
     limits = {**TOLERANCES[precision], **(tolerance or {})}
     out_dir = Path(out_dir)
     check_destination(out_dir, overwrite, run_dir)
@@ -289,6 +294,7 @@ def export_model(
             raise ConfigError(f"calibration_images: int8 needs normal images for unit {unit!r}")
         plan[unit] = (check, calib, *_unit_calibration(unit, calibration.get(unit)))
     backbone = copy.deepcopy(extractor).cpu().float().eval()
+    backbone.use_input_size(size)  # before tracing: the graph holds a ViT's table as a constant
     with atomic_folder(out_dir, replace=overwrite) as tmp:
         units = {}
         exporters = set()
@@ -303,15 +309,15 @@ def export_model(
                 exporters.add(export_onnx(graph, size, onnx_path, exporter))
                 files = [onnx_path]
                 if format == "openvino":
-                    batches = [preprocess_batch([im], size, extractor.mean, extractor.std)
-                               for im in calib_imgs]
+                    batches = [preprocess_batch([im], size, extractor.mean, extractor.std,
+                                                resize) for im in calib_imgs]
                     files = onnx_to_openvino(onnx_path, tmp / graph_file, precision, method,
                                              batches)
                     onnx_path.unlink()
             runner = open_runner(runtime, files[0], "cpu", None, precision)
             thresholds = [base["threshold"]] if base.get("threshold") is not None else []
             thresholds += [v["threshold"] for v in cats.values() if v.get("threshold") is not None]
-            batch = preprocess_batch(check, size, extractor.mean, extractor.std)
+            batch = preprocess_batch(check, size, extractor.mean, extractor.std, resize)
             fig = _self_check(graph, runner, batch, thresholds, limits)
             fig["runtime"] = runtime
             if not fig["passed"]:
@@ -334,13 +340,17 @@ def export_model(
             "backbone": _backbone_info(extractor),
             "run": _json_value(dict(run_info)),
             "input": {
-                "name": INPUT_NAME, "layout": "NCHW", "dtype": "float32", "size": size,
+                "name": INPUT_NAME, "layout": "NCHW", "dtype": "float32",
+                "size": size_value(size),  # an integer: square; else [height, width]
                 "channels": "RGB", "mean": [float(v) for v in extractor.mean],
-                "std": [float(v) for v in extractor.std], "resize": RESIZE_RULE,
+                "std": [float(v) for v in extractor.std], "resize": rule_text(resize),
+                # the rule by name where it is not the default "stretch" (so the metadata of
+                # a stretched export stays as it was written before rules existed)
+                **({} if resize == "stretch" else {"resize_mode": resize}),
                 "batch": "dynamic",
             },
             "outputs": {
-                OUTPUT_NAMES[0]: {"shape": ["batch", size, size], "dtype": "float32",
+                OUTPUT_NAMES[0]: {"shape": ["batch", *size], "dtype": "float32",
                                   "meaning": "per-pixel anomaly (reconstruction error) at the "
                                   "input size; higher is more anomalous"},
                 OUTPUT_NAMES[1]: {"shape": ["batch"], "dtype": "float32",

@@ -60,5 +60,5 @@ def export_run(
     return export_model(
         run.extractor, models, calibration, info, out_dir, format, precision,
         calibration_images=calib if precision == "int8" else None, check_images=check,
-        overwrite=overwrite, run_dir=run_dir,
+        overwrite=overwrite, run_dir=run_dir, resize=run.config.data.resize,
     )

@@ -21,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refad.backbones import FeatureExtractor
+from refad.backbones import Backbone
 from refad.deploy.metadata import INPUT_NAME, OUTPUT_NAMES
 from refad.errors import RefadError
 from refad.models.base import AnomalyModel
+from refad.pipeline.preprocess import as_hw
 
 OPSET = 18
 EXPORTERS = ("auto", "torchscript", "dynamo")
@@ -33,7 +34,7 @@ EXPORTERS = ("auto", "torchscript", "dynamo")
 class ScoringGraph(nn.Module):
     """extractor + model.score as one module: (B, 3, S, S) -> ((B, S, S) maps, (B,) scores)."""
 
-    def __init__(self, extractor: FeatureExtractor, model: AnomalyModel) -> None:
+    def __init__(self, extractor: Backbone, model: AnomalyModel) -> None:
         super().__init__()
         self.extractor = extractor
         self.model = model
@@ -102,7 +103,9 @@ def _dynamo(graph: ScoringGraph, example: torch.Tensor, path: Path) -> None:
     program.save(str(path))
 
 
-def export_onnx(graph: ScoringGraph, size: int, path: Path, exporter: str = "auto") -> str:
+def export_onnx(
+    graph: ScoringGraph, size: int | tuple[int, int], path: Path, exporter: str = "auto"
+) -> str:
     """Write the ONNX graph (opset 18, dynamic batch); returns the exporter that succeeded.
 
     "auto" tries the TorchScript exporter first (10x faster to run here and exact for all three
@@ -113,7 +116,7 @@ def export_onnx(graph: ScoringGraph, size: int, path: Path, exporter: str = "aut
     if exporter not in EXPORTERS:
         raise RefadError(f"exporter: {exporter!r} is not one of {', '.join(EXPORTERS)}")
     order = ("torchscript", "dynamo") if exporter == "auto" else (exporter,)
-    example = torch.zeros(2, 3, size, size)
+    example = torch.zeros(2, 3, *as_hw(size))  # (height, width); an integer: square
     failures = []
     for name in order:
         try:

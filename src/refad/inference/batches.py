@@ -86,8 +86,9 @@ def output_names(relatives: Sequence[PurePosixPath]) -> list[PurePosixPath]:
     return [chosen[rel] for rel in relatives]
 
 
-ScoreFn = Callable[[list[np.ndarray]], tuple[np.ndarray, list[float]]]
-"""(H, W, 3) uint8 images -> (maps (B, S, S) float32 at the model's input size, scores)."""
+ScoreFn = Callable[[list[np.ndarray]], tuple[Sequence[np.ndarray], list[float]]]
+"""(h, w, 3) uint8 images -> (maps: (B, H, W) float32 at the model's input size, each cut to
+the part that shows its picture where the input was padded, scores)."""
 
 
 def scored_batches(

@@ -137,7 +137,8 @@ def evaluate_run(
                 )
         scorer = scorers[unit]
         image_scores: list[np.ndarray] = []
-        dataset = ImageDataset(group, size, run.extractor.mean, run.extractor.std)
+        dataset = ImageDataset(group, size, run.extractor.mean, run.extractor.std,
+                               run.config.data.resize)
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=data.num_workers)
         acc = MetricAccumulator(mode=metrics_mode)
         decided = calibrations[unit].for_category(category)

@@ -17,6 +17,7 @@ from refad.errors import ConfigError
 from refad.inference.batches import PredictionBatch, scored_batches
 from refad.inference.scorer import Scorer
 from refad.pipeline.calibration import Thresholds
+from refad.pipeline.preprocess import content_maps
 from refad.runs import UNIFIED, TrainedRun
 
 
@@ -52,12 +53,14 @@ def predict_images(
             f"category: {category!r} is not calibrated in {run.path} (known: {', '.join(known)})"
         )
     scorer = Scorer(model, run.device, run.extractor, amp, compile_mode)
-    size = run.config.data.image_size
+    size, resize = run.config.data.image_size, run.config.data.resize
     mean, std = run.extractor.mean, run.extractor.std
 
-    def score(images: list[np.ndarray]) -> tuple[np.ndarray, list[float]]:
-        scores = scorer.images(torch.stack([image_tensor(im, size, mean, std) for im in images]))
-        return scores.maps.float().cpu().numpy(), scores.image.float().cpu().tolist()
+    def score(images: list[np.ndarray]) -> tuple[Sequence[np.ndarray], list[float]]:
+        scores = scorer.images(
+            torch.stack([image_tensor(im, size, mean, std, resize) for im in images]))
+        maps = content_maps(scores.maps.float().cpu().numpy(), images, size, resize)
+        return maps, scores.image.float().cpu().tolist()
 
     return calibration.for_category(category), scored_batches(
         inputs, batch_size, score

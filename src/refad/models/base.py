@@ -12,7 +12,7 @@ map and an image score) and says how it is fitted (`fit_kind`):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from refad.errors import CheckpointError
+from refad.pipeline.preprocess import as_hw
 
 if TYPE_CHECKING:
     from refad.models.layers.jitter import Noise
@@ -27,19 +28,40 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """What the backbone delivers: timm level indices, channels and token grid per level."""
+    """What the backbone delivers: level indices (CNN feature levels or ViT blocks), channels,
+    token grid (H_l, W_l) and stride (input pixels per cell) per level, and the input size.
+
+    `image_size` is (height, width); an integer is accepted as a square (what checkpoints and
+    callers before (H, W) give). Strides not given (checkpoints written before strides were
+    recorded) are derived from the input height and each grid's height.
+    """
 
     levels: tuple[int, ...]
     channels: tuple[int, ...]
     shapes: tuple[tuple[int, int], ...]
-    image_size: int
+    image_size: tuple[int, int]
+    strides: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        hw = as_hw(self.image_size, "spec.image_size")
+        object.__setattr__(self, "image_size", hw)
+        if not self.strides:
+            derived = tuple(max(1, round(hw[0] / h)) for h, _ in self.shapes)
+            object.__setattr__(self, "strides", derived)
+
+    @classmethod
+    def of(cls, backbone: Any, image_size: int | Sequence[int]) -> FeatureSpec:
+        """The spec of a `refad.backbones.Backbone` at `image_size`, as it describes itself."""
+        hw = as_hw(image_size, "image_size")
+        return cls(tuple(backbone.levels), tuple(backbone.channels),
+                   tuple(backbone.output_shapes(hw)), hw, tuple(backbone.strides))
 
 
 @dataclass
 class Scores:
     """Output of scoring: the pixel map used for pixel metrics and the image score."""
 
-    maps: torch.Tensor  # (B, S, S) at the input resolution
+    maps: torch.Tensor  # (B, H, W) at the input resolution
     image: torch.Tensor  # (B,)
 
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
+from refad.pipeline.preprocess import as_hw
 
-def upsample_maps(maps: torch.Tensor, size: int, align_corners: bool = True) -> torch.Tensor:
-    """(B, H, W) -> (B, size, size), bilinear."""
+
+def upsample_maps(
+    maps: torch.Tensor, size: int | Sequence[int], align_corners: bool = True
+) -> torch.Tensor:
+    """(B, h, w) -> (B, H, W) at `size` ((height, width); an integer: square), bilinear."""
     return F.interpolate(
-        maps[:, None], size=(size, size), mode="bilinear", align_corners=align_corners
+        maps[:, None], size=as_hw(size), mode="bilinear", align_corners=align_corners
     )[:, 0]
 
 

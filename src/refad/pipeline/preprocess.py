@@ -132,3 +132,24 @@ def resize_mask(mask: np.ndarray, size: int | Sequence[int], resize: str = "stre
     out = np.zeros(hw, dtype=np.float32)
     out[: inner[0], : inner[1]] = small > 127
     return out
+
+
+def content_maps(
+    maps: Sequence[np.ndarray], images: Sequence[np.ndarray], size: int | Sequence[int],
+    resize: str = "stretch",
+) -> Sequence[np.ndarray]:
+    """Each model-size map cut to the part that shows its picture (`content_size`), so that
+    resizing it to the picture's size maps pixel to pixel; stretched maps are returned as
+    they are."""
+    if check_rule(resize) == "stretch":
+        return maps
+    hw = as_hw(size, "size")
+    cuts = [content_size(im.shape[:2], hw, resize) for im in images]
+    return [m[:h, :w] for m, (h, w) in zip(maps, cuts, strict=True)]
+
+
+def size_label(size: int | Sequence[int] | None) -> str:
+    """An input size as reports print it: "256" for a square, "128 x 320" (height x width)."""
+    if size is None or isinstance(size, int | str):
+        return str(size)
+    return " x ".join(str(v) for v in size)

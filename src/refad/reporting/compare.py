@@ -21,6 +21,7 @@ from refad.config.overrides import differing_fields
 from refad.data import load_split
 from refad.errors import ConfigError
 from refad.metrics import METRIC_NAMES
+from refad.pipeline.preprocess import size_label
 from refad.reporting.evaluation import evaluate
 from refad.reporting.tables import METRIC_LABELS, percent
 from refad.runs import RunDir
@@ -75,7 +76,7 @@ def comparison_markdown(result: dict[str, Any]) -> str:
     ]
     for name, r in methods.items():
         cells = [
-            name, r["backbone"], ",".join(str(v) for v in r["levels"]), str(r["image_size"]),
+            name, r["backbone"], ",".join(str(v) for v in r["levels"]), size_label(r["image_size"]),
             str(r["epochs"]), f"{r['train_seconds']:.0f}",
         ]
         cells += [percent(r["mean"][m]) for m in METRIC_NAMES]

@@ -31,6 +31,7 @@ from refad.errors import ConfigError, RefadError, require_at_least_one
 from refad.inference.batches import ImageResult, PredictionBatch, scored_batches
 from refad.pipeline.calibration import Thresholds
 from refad.pipeline.postprocess import Prediction, postprocess
+from refad.pipeline.preprocess import content_maps
 from refad.runs.layout import CONFIG_FILE
 from refad.runs.lock import LOCK_FILE, folder_lock
 
@@ -308,9 +309,12 @@ def predict_exported(
         thresholds = inferencer.thresholds(category)
 
         def score(images: list[np.ndarray]) -> tuple[np.ndarray, list[float]]:
-            batch = preprocess_batch(images, inferencer.size, inferencer.mean, inferencer.std)
+            batch = preprocess_batch(images, inferencer.hw, inferencer.mean, inferencer.std,
+                                     inferencer.resize)
             maps, values = inferencer.run(batch, category)
-            return maps.astype(np.float32, copy=False), [float(v) for v in values]
+            maps = content_maps(maps.astype(np.float32, copy=False), images, inferencer.hw,
+                                inferencer.resize)
+            return maps, [float(v) for v in values]
 
         return write_predictions(
             out, thresholds, scored_batches(inputs, batch_size, score), category,

@@ -7,6 +7,7 @@ from typing import Any
 
 from refad.errors import ConfigError
 from refad.metrics import METRIC_NAMES
+from refad.pipeline.preprocess import size_label
 
 METRIC_LABELS = {
     "i_auroc": "I-AUROC",
@@ -136,7 +137,7 @@ def metrics_markdown(result: dict[str, Any]) -> str:
     metrics table, then the decisions at the calibrated thresholds."""
     title = (
         f"# {result['method']} - backbone {result['backbone']}, levels {result['levels']}, "
-        f"{result['image_size']} px, last epoch\n\n"
+        f"{size_label(result['image_size'])} px, last epoch\n\n"
     )
     text = title + "## Threshold-free metrics\n\n" + markdown_table(result) + "\n"
     table = decisions_table(result)

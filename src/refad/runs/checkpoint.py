@@ -32,6 +32,7 @@ from refad.errors import CheckpointError
 from refad.models.base import AnomalyModel, FeatureSpec, load_state_checked
 from refad.models.registry import build_model
 from refad.pipeline.calibration import Calibration
+from refad.pipeline.preprocess import as_hw, size_value
 from refad.runs.file_schemas import check_checkpoint
 from refad.runs.layout import META_FILE, MODEL_FILE, OPTIMIZER_FILE, UNIFIED
 
@@ -62,7 +63,8 @@ class CheckpointMeta:
             levels=tuple(s["levels"]),
             channels=tuple(s["channels"]),
             shapes=tuple(tuple(x) for x in s["shapes"]),
-            image_size=int(s["image_size"]),
+            image_size=as_hw(s["image_size"], "spec.image_size"),
+            strides=tuple(s.get("strides", ())),  # absent before strides: derived from sizes
         )
 
     def unit_calibration(self, unit: str) -> Calibration:
@@ -78,7 +80,9 @@ def checkpoint_identity(meta: CheckpointMeta) -> dict[str, Any]:
 
 
 def spec_to_dict(spec: FeatureSpec) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()}
+    """checkpoint.json's spec; a square input size stays one integer, as before (H, W)."""
+    out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()}
+    return {**out, "image_size": size_value(spec.image_size)}
 
 
 def has_checkpoint(unit_dir: Path) -> bool:
@@ -241,8 +245,14 @@ def load_model(
     return model.eval(), meta
 
 
-def backbone_identity(extractor: Any, image_size: int) -> dict[str, Any]:
-    """What a checkpoint records of its backbone, so a reload can check it gets the same one."""
+def backbone_identity(
+    extractor: Any, image_size: int | list[int], resize: str = "stretch"
+) -> dict[str, Any]:
+    """What a checkpoint records of its backbone, so a reload can check it gets the same one.
+    (A ViT's kind and a resize rule other than "stretch" are added; the CNN, stretched
+    identity stays as it was written before both existed.)"""
+    extra = {k: v for k, v in (("kind", getattr(extractor, "kind", "cnn")), ("resize", resize))
+             if v not in ("cnn", "stretch")}
     return {
         "name": extractor.name,
         "levels": list(extractor.levels),
@@ -251,6 +261,7 @@ def backbone_identity(extractor: Any, image_size: int) -> dict[str, Any]:
         "mean": list(extractor.mean),
         "std": list(extractor.std),
         "image_size": image_size,
+        **extra,
     }
 
 

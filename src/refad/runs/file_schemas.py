@@ -73,7 +73,7 @@ class MetricsFile(BaseModel):
 
     method: str
     backbone: str
-    image_size: int
+    image_size: int | list[int]  # [height, width] when not square
     seconds: Finite
     categories: dict[str, dict[str, Finite | None]]
     mean: dict[str, Finite | None]
@@ -120,7 +120,8 @@ class _Spec(TypedDict):
     levels: list[int]
     channels: list[int]
     shapes: list[list[int]]
-    image_size: int
+    image_size: int | list[int]  # [height, width] when not square
+    strides: NotRequired[list[int]]  # absent before strides were recorded
 
 
 class CheckpointFile(TypedDict):

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from refad.atomic import write_json
-from refad.backbones import FeatureExtractor, build_extractor
+from refad.backbones import Backbone, build_extractor
 from refad.config import RunConfig
 from refad.device import resolve_device
 from refad.errors import CheckpointError, ConfigError
@@ -25,6 +25,7 @@ from refad.models.authors import (
 )
 from refad.models.base import FeatureSpec, ReconstructionModel
 from refad.models.registry import build_model
+from refad.pipeline.preprocess import size_value
 from refad.runs.checkpoint import CheckpointMeta, backbone_identity, spec_to_dict
 from refad.runs.layout import IMPORTED_FILE, UNIFIED
 from refad.runs.rundir import RunDir
@@ -68,13 +69,13 @@ def write_imported_run(
     model: ReconstructionModel,
     run_dir: Path | str,
     config: RunConfig,
-    extractor: FeatureExtractor,
+    extractor: Backbone,
     report: ImportReport | None = None,
 ) -> Path:
     """Write an imported model as a refad run folder (config.json + unified checkpoint).
 
     `config` is the RunConfig the run is opened with (its `model` section is replaced by the
-    imported model's config); `extractor` is the matching FeatureExtractor, whose identity is
+    imported model's config); `extractor` is the matching backbone, whose identity is
     recorded like a trained run's. `imported.json` records the source file and its sha256.
     No calibration is written (no training images are seen); predictions then carry scores
     without a decision.
@@ -90,13 +91,13 @@ def write_imported_run(
     if (
         tuple(extractor.channels) != tuple(model.spec.channels)
         or shapes != tuple(model.spec.shapes)
-        or config.data.image_size != model.spec.image_size
+        or config.data.hw != model.spec.image_size
     ):
         raise ConfigError(
             f"backbone: {extractor.name} gives channels {list(extractor.channels)} / shapes "
             f"{[list(s) for s in shapes]} at {config.data.image_size} px, the model was built for "
             f"{list(model.spec.channels)} / {[list(s) for s in model.spec.shapes]} at "
-            f"{model.spec.image_size} px"
+            f"{size_value(model.spec.image_size)} px"
         )
     check_reload(model, str(run_dir))
     config = config.model_copy(update={"model": model.config})
@@ -107,7 +108,7 @@ def write_imported_run(
         epochs=epoch,  # the file is the model as the authors' training left it: refad's
         # own schedule does not apply, and no note may call the import unfinished
         spec=spec_to_dict(model.spec),
-        backbone=backbone_identity(extractor, config.data.image_size),
+        backbone=backbone_identity(extractor, config.data.image_size, config.data.resize),
         model_config=model.config.model_dump(),
     )
     # config.json last: it makes the folder a run, so a Ctrl-C or a kill before it leaves no
@@ -138,12 +139,7 @@ def import_run(
     loaded = load_authors_file(checkpoint)
     check_method_of(loaded, method, str(checkpoint))
     extractor = build_extractor(config.backbone, dev)
-    spec = FeatureSpec(
-        levels=tuple(extractor.levels),
-        channels=tuple(extractor.channels),
-        shapes=tuple(extractor.output_shapes(config.data.image_size)),
-        image_size=config.data.image_size,
-    )
+    spec = FeatureSpec.of(extractor, config.data.hw)
     overrides = config.model.model_dump() if config.model.method == method else None
     model, report = import_authors_checkpoint(method, checkpoint, spec, overrides, loaded)
     with folder.lock("import"):  # a second import into it waits its turn or is refused

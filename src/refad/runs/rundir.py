@@ -13,11 +13,12 @@ from typing import Any
 import torch
 
 from refad.atomic import read_json, write_json, write_text_atomic
-from refad.backbones import FeatureExtractor, build_extractor
+from refad.backbones import Backbone, build_extractor
 from refad.config import RunConfig, load_config_file
 from refad.device import resolve_device
 from refad.errors import CheckpointError, ConfigError, DataError
 from refad.models.base import AnomalyModel
+from refad.pipeline.preprocess import as_hw, size_value
 from refad.runs import checkpoint as ckpt
 from refad.runs.file_schemas import EVALUATION_ID, METRICS, SCORE_ROW, check_file
 from refad.runs.layout import (
@@ -265,7 +266,7 @@ class TrainedRun:
     folder: RunDir
     config: RunConfig
     device: torch.device
-    extractor: FeatureExtractor
+    extractor: Backbone
     _models: dict[str, tuple[AnomalyModel, ckpt.CheckpointMeta]] = field(
         default_factory=dict
     )
@@ -308,7 +309,10 @@ def cross_check(config: RunConfig, meta: ckpt.CheckpointMeta, where: Path) -> No
         "backbone.name": (config.backbone.name, b.get("name")),
         "backbone.levels": (list(config.backbone.levels), list(b.get("levels", []))),
         "backbone.aggregate_kernel": (config.backbone.aggregate_kernel, b.get("aggregate_kernel")),
-        "data.image_size": (config.data.image_size, b.get("image_size", meta.spec["image_size"])),
+        "data.image_size": (size_value(config.data.hw),
+                            size_value(as_hw(b.get("image_size", meta.spec["image_size"])))),
+        "data.resize": (config.data.resize, b.get("resize", "stretch")),
+        "backbone.kind": (config.backbone.kind, b.get("kind", "cnn")),
     }
     for field_name, (in_config, in_checkpoint) in pairs.items():
         if in_config != in_checkpoint:

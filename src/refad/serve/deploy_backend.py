@@ -47,7 +47,7 @@ class DeployBackend:
             "run": path.name,
             "method": meta["method"],
             "backbone": meta["backbone"].get("name", "unknown"),
-            "input_size": int(self._inf.size),
+            "input_size": self._inf.size,  # an integer: square; else [height, width]
             "mode": meta["mode"],
             "categories": self._inf.categories,
             "category_required": not unified and len(units) > 1,
@@ -63,7 +63,7 @@ class DeployBackend:
         return self._info
 
     def warmup(self, batch_size: int = 1) -> list[Prediction]:
-        blank = np.zeros((self._inf.size, self._inf.size, 3), dtype=np.uint8)
+        blank = np.zeros((*self._inf.hw, 3), dtype=np.uint8)
         cats = [None] if UNIFIED in self._inf.units or len(self._inf.units) == 1 \
             else sorted(self._inf.units)
         results: list[Prediction] = []

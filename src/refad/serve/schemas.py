@@ -76,7 +76,8 @@ class ModelCard(BaseModel):
     run: str | None = None
     method: str
     backbone: str
-    input_size: int
+    input_size: int | list[int] = Field(description=(
+        "The model's input size in pixels: an integer for a square, else [height, width]."))
     mode: str
     categories: list[str]
     category_required: bool

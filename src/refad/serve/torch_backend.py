@@ -19,6 +19,7 @@ from refad.device import set_cpu_threads
 from refad.inference import Scorer
 from refad.pipeline.calibration import Calibration
 from refad.pipeline.postprocess import Prediction, postprocess
+from refad.pipeline.preprocess import content_size
 from refad.runs import UNIFIED, TrainedRun, open_run
 from refad.serve.backend import (
     Categories,
@@ -47,7 +48,8 @@ class TorchBackend:
         set_cpu_threads()
         self._run = open_run(Path(run_dir), device)
         self._amp = amp
-        self._size = int(self._run.config.data.image_size)
+        data = self._run.config.data
+        self._size, self._hw, self._resize = data.image_size, data.hw, data.resize
         self._models = {unit: self._run.model(unit) for unit in self._run.units}
         self._scorers = {
             unit: Scorer(model, self._run.device, self._run.extractor, amp)
@@ -81,7 +83,7 @@ class TorchBackend:
         return self._info
 
     def warmup(self, batch_size: int = 1) -> list[Prediction]:
-        blank = np.zeros((self._size, self._size, 3), dtype=np.uint8)
+        blank = np.zeros((*self._hw, 3), dtype=np.uint8)
         results: list[Prediction] = []
         for unit in self._models:
             category = None if unit == UNIFIED else unit
@@ -110,7 +112,8 @@ class TorchBackend:
         extractor = self._run.extractor
         for unit, idx in groups.items():
             batch = torch.stack(
-                [image_tensor(images[i], self._size, extractor.mean, extractor.std) for i in idx]
+                [image_tensor(images[i], self._hw, extractor.mean, extractor.std, self._resize)
+                 for i in idx]
             )
             scores = self._scorers[unit].images(batch)
             maps = scores.maps.float().cpu().numpy()
@@ -120,5 +123,6 @@ class TorchBackend:
                 applied = request_thresholds(
                     self._calibration[unit].for_category(category), thresholds[i])
                 results[i] = postprocess(images[i], maps[j], float(values[j]), applied,
-                                         category, unit)
+                                         category, unit,
+                                         content_size(images[i].shape[:2], self._hw, self._resize))
         return [r for r in results if r is not None]

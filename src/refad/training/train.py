@@ -19,8 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from refad.backbones import (
+    Backbone,
     FeatureCache,
-    FeatureExtractor,
     build_extractor,
     compute_features,
     feature_cache_key,
@@ -68,7 +68,7 @@ class UnitResult:
 
 
 def extract_features(
-    extractor: FeatureExtractor,
+    extractor: Backbone,
     samples: list[Sample],
     config: RunConfig,
     device: torch.device,
@@ -76,11 +76,11 @@ def extract_features(
     progress: bool,
 ) -> list[torch.Tensor]:
     """Backbone levels of `samples` (N, C, H, W), computed once and cached by content key."""
-    size = config.data.image_size
-    dataset = ImageDataset(samples, size, extractor.mean, extractor.std)
+    size, resize = config.data.image_size, config.data.resize
+    dataset = ImageDataset(samples, size, extractor.mean, extractor.std, resize)
     # the batch and the device change the features in their last bits (other kernels): a
     # run that reads a cache written by another must be the run it would have been uncached
-    key = feature_cache_key(extractor, samples_fingerprint(samples), size,
+    key = feature_cache_key(extractor, samples_fingerprint(samples), size, resize,
                             feature_batch_size=config.train.feature_batch_size,
                             device=device.type)
     return cache.get_or_compute(
@@ -110,7 +110,7 @@ def train_unit(
     levels: list[torch.Tensor],
     calibration: CalibrationSet,
     config: RunConfig,
-    extractor: FeatureExtractor,
+    extractor: Backbone,
     folder: RunDir,
     device: torch.device,
     resume: bool,
@@ -127,14 +127,15 @@ def train_unit(
         levels=tuple(extractor.levels),
         channels=tuple(lvl.shape[1] for lvl in levels),
         shapes=tuple((lvl.shape[2], lvl.shape[3]) for lvl in levels),
-        image_size=config.data.image_size,
+        image_size=config.data.hw,
+        strides=tuple(extractor.strides),
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
         model = build_model(config.method, spec, config.model, device)
     meta = CheckpointMeta(
         method=config.method, epoch=0, epochs=config.train.epochs, spec=spec_to_dict(spec),
-        backbone=backbone_identity(extractor, config.data.image_size),
+        backbone=backbone_identity(extractor, config.data.image_size, config.data.resize),
         model_config=config.model.model_dump(),
     )
     t_start = time.perf_counter()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import refad
+from refad.pipeline.preprocess import size_label
 from refad.reporting.report.markup import escape, section
 from refad.runs import TrainedRun
 
@@ -84,7 +85,7 @@ def page(metrics: dict[str, Any], run: TrainedRun, bodies: dict[str, str]) -> st
     toc = "".join(f'<li><a href="#{sid}">{escape(title)}</a></li>' for sid, title in SECTIONS)
     sections = "\n".join(section(sid, title, bodies[sid]) for sid, title in SECTIONS)
     subtitle = (f"{metrics.get('method')} · backbone {metrics.get('backbone')} · "
-                f"{metrics.get('image_size')} px · refad {refad.__version__}")
+                f"{size_label(metrics.get('image_size'))} px · refad {refad.__version__}")
     title = escape(name)
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'

@@ -15,6 +15,7 @@ import refad
 from refad.atomic import json_safe
 from refad.metrics import METRIC_NAMES, image_curves, operating_point
 from refad.pipeline.calibration import Calibration
+from refad.pipeline.preprocess import size_label
 from refad.reporting.report.figures import (
     curves_figure,
     figure_uri,
@@ -79,7 +80,7 @@ def summary_section(metrics: dict[str, Any], run: TrainedRun) -> str:
         ("method", metrics.get("method")),
         ("backbone", metrics.get("backbone")),
         ("levels", ", ".join(str(v) for v in levels) if isinstance(levels, list) else levels),
-        ("image size", f"{metrics.get('image_size')} px"),
+        ("image size", f"{size_label(metrics.get('image_size'))} px"),
         ("evaluated checkpoint", _checkpoints_text(metrics, run)),
         ("run folder", run.path.resolve().name),
         ("training mode", run.config.train.mode),

@@ -60,10 +60,12 @@ async function loadModel(attempt = 0) {
   }
   const c = state.card;
   if (c.api_key_required) $("#key-field").hidden = false;
+  // an integer is a square; [height, width] otherwise
+  const size = Array.isArray(c.input_size) ? c.input_size.join(" x ") : `${c.input_size}`;
   $("#model-summary").textContent =
-    `${c.method.toUpperCase()} on ${c.backbone}, ${c.input_size} px, ${c.mode}, ${c.device}`;
+    `${c.method.toUpperCase()} on ${c.backbone}, ${size} px, ${c.mode}, ${c.device}`;
   const fields = {
-    Method: c.method, Backbone: c.backbone, "Input size": `${c.input_size} px`,
+    Method: c.method, Backbone: c.backbone, "Input size": `${size} px`,
     Mode: c.mode, Backend: c.backend, Device: c.device, Run: c.run || "n/a",
     Categories: c.categories.length ? c.categories.join(", ") : "any",
     "Global threshold": fmt(c.thresholds.global),

@@ -59,6 +59,18 @@ def test_sizes_off_the_patch_grid_are_one_line_config_errors(vit: VitBackbone) -
         vit(torch.randn(1, 3, 50, 56))
 
 
+def test_training_refuses_an_off_grid_size_before_any_features(demo_root, tmp_path) -> None:
+    from conftest import tiny_config
+
+    from refad.training import fit
+
+    config = tiny_config(demo_root, f"backbone.name={VIT}", "backbone.kind=vit",
+                         "backbone.levels=[0, 1]", "data.image_size=[56, 60]")
+    with pytest.raises(ConfigError, match=r"data.image_size: \[56, 60\] is not a multiple"):
+        fit(config, tmp_path / "run", progress=False)
+    assert not list((tmp_path / "run").glob("checkpoint*"))
+
+
 def test_kind_and_block_errors_name_the_field() -> None:
     with pytest.raises(ConfigError, match="backbone.levels: .* out of range for .*0..11"):
         build_extractor({"name": VIT, "kind": "vit", "levels": [2, 12], "weights": None})
@@ -67,8 +79,13 @@ def test_kind_and_block_errors_name_the_field() -> None:
     with pytest.raises(ConfigError, match=r"backbone.levels: \[5, 2\] must be non-negative and "
                        "ascending"):
         apply_overrides(preset("rlr"), ["backbone.kind=vit", "backbone.levels=[5, 2]"])
-    cfg = apply_overrides(preset("rlr"), ["backbone.kind=vit", "backbone.levels=[8, 11]"])
+    cfg = apply_overrides(preset("patchcore"), ["backbone.kind=vit", "backbone.levels=[8, 11]"])
     assert cfg.backbone.levels == [8, 11]  # block indices beyond a CNN's 0..4
+    with pytest.raises(ConfigError, match="model.hidden_dims: the default widths"):
+        apply_overrides(preset("rlr"), ["backbone.kind=vit", "backbone.levels=[8, 11]"])
+    cfg = apply_overrides(preset("rlr"), ["backbone.kind=vit", "backbone.levels=[8, 11]",
+                                          "model.hidden_dims=[384, 384]"])
+    assert cfg.model.hidden_dims == [384, 384]
     with pytest.raises(ConfigError, match=r"backbone.levels: \[8\] out of range"):
         apply_overrides(preset("rlr"), ["backbone.levels=[8]"])
 

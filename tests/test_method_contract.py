@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import SMALL_MODELS
+from PIL import Image
 
-from refad.backbones import FeatureExtractor
+from refad.backbones import Backbone, FeatureExtractor, build_extractor
 from refad.config import RunConfig
 from refad.deploy import Inferencer
 from refad.errors import ConfigError
@@ -32,20 +33,21 @@ def extractor() -> FeatureExtractor:
     return FeatureExtractor("tf_efficientnet_lite0", levels=[2, 3], weights=None)
 
 
-def normal_images(n: int, seed: int) -> torch.Tensor:
-    """Smooth random normalised images, (n, 3, SIZE, SIZE)."""
+def normal_images(n: int, seed: int, size: int | tuple[int, int] = SIZE) -> torch.Tensor:
+    """Smooth random normalised images, (n, 3, H, W) (an integer size: square)."""
     g = torch.Generator().manual_seed(seed)
     small = torch.rand(n, 3, 8, 8, generator=g) * 2 - 1
-    return torch.nn.functional.interpolate(small, size=(SIZE, SIZE), mode="bicubic")
+    hw = (size, size) if isinstance(size, int) else size
+    return torch.nn.functional.interpolate(small, size=hw, mode="bicubic")
 
 
-def fitted(method: str, extractor: FeatureExtractor) -> AnomalyModel:
+def fitted(method: str, extractor: Backbone, size: int | tuple[int, int] = SIZE
+           ) -> AnomalyModel:
     """The method built for the extractor's levels and fitted its own way on normal images."""
-    spec = FeatureSpec(tuple(extractor.levels), tuple(extractor.channels),
-                       tuple(extractor.output_shapes(SIZE)), SIZE)
+    spec = FeatureSpec.of(extractor, size)
     torch.manual_seed(0)
     model = build_model(method, spec, SMALL_MODELS.get(method, {}))
-    levels = extractor(normal_images(8, 0))
+    levels = extractor(normal_images(8, 0, size))
     if isinstance(model, OnePassModel):
         model.fit(([lvl[i : i + 4] for lvl in levels] for i in (0, 4)), seed=0)
     else:
@@ -113,3 +115,43 @@ def test_a_bad_config_value_is_one_line(method_and_model) -> None:
     with pytest.raises(ConfigError, match="model") as err:
         method_config(method, {"no_such_field": 1})
     assert "\n" not in str(err.value)
+
+
+# The same contract on other grids: a ViT's patch grid (two blocks of a random-weight DINOv2
+# ViT-S/14) and a non-square input (320 x 128 in shape, here 64 x 160 pixels) of a CNN.
+GRIDS = {
+    "vit": ({"name": "vit_small_patch14_dinov2", "kind": "vit", "levels": [1, 3],
+             "weights": "none"}, (28, 56)),
+    "nonsquare": ({"name": "tf_efficientnet_lite0", "levels": [2, 3], "weights": "none"},
+                  (64, 160)),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(GRIDS))
+def grid_backbone(request) -> tuple[Backbone, tuple[int, int]]:
+    cfg, size = GRIDS[request.param]
+    return build_extractor(cfg), size
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_fits_scores_and_exports_on_other_grids(
+    method, grid_backbone, tmp_path
+) -> None:
+    extractor, (height, width) = grid_backbone
+    model = fitted(method, extractor, (height, width))
+    assert model.spec.image_size == (height, width)
+    assert model.spec.strides == tuple(extractor.strides)
+    with torch.inference_mode():
+        scores = model.score(extractor(normal_images(3, 1, (height, width))))
+    assert scores.maps.shape == (3, height, width) and scores.image.shape == (3,)
+    assert torch.isfinite(scores.maps).all() and torch.isfinite(scores.image).all()
+    rgb = [np.asarray(((img.permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).byte())
+           for img in normal_images(3, 3, (height, width))]
+    meta = export_model(extractor, {"unified": model}, {"unified": CALIB}, {"run": "grid"},
+                        tmp_path / "exp", "onnx", "fp32", check_images=rgb[:2])
+    parity = meta["units"]["unified"]["parity"]
+    assert parity["passed"], parity
+    assert meta["input"]["size"] == [height, width]
+    picture = np.asarray(Image.fromarray(rgb[2]).resize((90, 40)))  # any picture size
+    result = Inferencer(tmp_path / "exp").predict(picture)
+    assert np.isfinite(result.score) and result.anomaly_map.shape == (40, 90)

@@ -342,6 +342,7 @@ def _fit_units(
     if dctx.is_main:
         folder.record_training_data(samples_fingerprint(samples), len(samples), resume)
     extractor = build_extractor(config.backbone, device)
+    extractor.check_image_size(config.data.hw)  # a ViT's patches, refused before any features
     train_samples, val_samples = split_validation(
         samples, config.train.val_fraction, config.train.seed
     )

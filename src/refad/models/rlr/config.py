@@ -85,6 +85,9 @@ class RLRConfig(MethodConfig):
         if dims is not None and len(dims) != len(levels):
             raise ValueError(f"model.hidden_dims: {len(dims)} width(s) for {len(levels)} "
                              f"backbone levels {levels} (one per level)")
+        if dims is None and max(levels) > 4:  # ViT blocks: 64 << 11 would be 131072 wide
+            raise ValueError(f"model.hidden_dims: the default widths (64 << level) are for "
+                             f"CNN levels 0..4, not {levels}; give one width per level")
         for width in dims or [64 << lvl for lvl in levels]:  # the model's default widths
             if width % self.num_heads:
                 raise ValueError(f"model.num_heads: {self.num_heads} does not divide "

@@ -695,3 +695,16 @@ def test_a_per_category_run_of_one_category_needs_no_category(demo_root, tmp_pat
     assert alone.threshold_source == named.threshold_source == "category:fabric"
     assert alone.category == named.category == "fabric"  # the answer said null
     assert alone.score == named.score and alone.threshold == named.threshold
+    # its export served answers alike: the same category, thresholds and sources
+    from refad.export.from_run import export_run
+    from refad.serve.deploy_backend import DeployBackend
+
+    export_run(run, tmp_path / "onnx")
+    deployed = DeployBackend(tmp_path / "onnx", "cpu")
+    (exported,) = deployed.predict_batch([image], [None], [None])
+    assert (exported.category, exported.threshold_source, exported.anomalous) == (
+        "fabric", "category:fabric", alone.anomalous)
+    assert exported.score == pytest.approx(alone.score, rel=1e-5)
+    asked = [b.predict_batch([image], [None], [alone.score / 2])[0] for b in (backend, deployed)]
+    assert [(a.threshold_source, a.anomalous, a.category) for a in asked] == [
+        ("request", True, "fabric")] * 2

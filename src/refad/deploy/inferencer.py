@@ -193,16 +193,23 @@ class Inferencer:
             # as the server and export metadata: scores are errors (>= 0), so a threshold at or
             # below 0 flags every image, and its normalised score has the wrong sign
             raise ConfigError(f"threshold: must be a finite number > 0, got {threshold!r}")
-        if not _is_int(batch_size):
-            raise ConfigError(f"batch_size: must be a whole number, got {batch_size!r}")
-        require_at_least_one("batch_size", batch_size)
-        if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
-            raise ConfigError(f"images: expected a list of images, got {type(images).__name__} "
-                              "(predict() takes a single one)")
-        unit = self._unit_for(category)
+        _check_batch(images, batch_size)
         thresholds = self.thresholds(category)
         if threshold is not None:
             thresholds = thresholds.overridden(threshold, "override")
+        return self.predict_at(images, thresholds, category, batch_size)
+
+    def predict_at(
+        self,
+        images: Sequence[ImageInput],
+        thresholds: Thresholds,
+        category: str | None = None,
+        batch_size: int = 8,
+    ) -> list[Prediction]:
+        """Score images of `category` and decide them at `thresholds`: the calibrated ones
+        (`thresholds(category)`), or a caller's own (a server's request threshold)."""
+        _check_batch(images, batch_size)
+        unit = self._unit_for(category)
         out: list[Prediction] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
@@ -214,6 +221,15 @@ class Inferencer:
                                    content_size(rgb.shape[:2], self.hw, self.resize))
                        for rgb, amap, score in zip(rgbs, maps, scores, strict=True))
         return out
+
+
+def _check_batch(images: Any, batch_size: Any) -> None:
+    if not _is_int(batch_size):
+        raise ConfigError(f"batch_size: must be a whole number, got {batch_size!r}")
+    require_at_least_one("batch_size", batch_size)
+    if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
+        raise ConfigError(f"images: expected a list of images, got {type(images).__name__} "
+                          "(predict() takes a single one)")
 
 
 def _is_int(value: Any) -> bool:

@@ -80,6 +80,14 @@ def check_category(info: dict[str, Any], category: str | None) -> None:
         raise RequestError(f"unknown category {shown!r}; known: {', '.join(known)}")
 
 
+def deciding_category(category: str | None, units: Sequence[str]) -> str | None:
+    """The category that decides an image: the one asked for, or a per-category model's only
+    one (the answer said null while its threshold was that category's)."""
+    if category is None and UNIFIED not in units and len(units) == 1:
+        return units[0]
+    return category
+
+
 def check_threshold(value: float | None) -> None:
     """A requested threshold must be a finite positive number (scores are errors, >= 0)."""
     if value is not None and not (math.isfinite(value) and value > 0):

@@ -2,14 +2,13 @@
 ``refad.deploy.Inferencer`` (ONNX Runtime / OpenVINO). Nothing here imports torch.
 
 The Inferencer scores and postprocesses (`refad.pipeline.postprocess`, as the PyTorch backend
-does); a request's own threshold is handed to it as the backend's ``"request"`` thresholds, so
-the answer names its source as the PyTorch backend does.
+does) at the thresholds this backend picks as the PyTorch one does (`request_thresholds`: a
+request's own threshold first, source "request"), for the category that decides.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,13 @@ from refad.errors import ConfigError
 from refad.pipeline.postprocess import Prediction
 from refad.runs.layout import UNIFIED
 from refad.serve.backend import (
-    REQUEST,
     Categories,
     Images,
     RequestError,
     Thresholds,
     check_category,
+    deciding_category,
+    request_thresholds,
     threshold_card,
 )
 
@@ -81,19 +81,13 @@ class DeployBackend:
             groups[(cat, thr)].append(i)
         results: list[Prediction | None] = [None] * len(images)
         for (cat, thr), idx in groups.items():
+            category = deciding_category(cat, list(self._inf.units))
             try:
-                preds = self._inf.predict_batch([images[i] for i in idx], cat, thr,
-                                                batch_size=len(idx))
+                applied = request_thresholds(self._inf.thresholds(category), thr)
+                preds = self._inf.predict_at([images[i] for i in idx], applied, category,
+                                             batch_size=len(idx))
             except ConfigError as exc:
                 raise RequestError(str(exc)) from None
             for i, p in zip(idx, preds, strict=True):
-                results[i] = _convert(p)
+                results[i] = p
         return [r for r in results if r is not None]
-
-
-def _convert(p: Prediction) -> Prediction:
-    """The Inferencer's result as the server answers it: a requested threshold's source is
-    "request", and a per-category export's only model names its category."""
-    source = REQUEST if p.threshold_source == "override" else p.threshold_source
-    category = p.category if p.category is not None or p.unit == UNIFIED else p.unit
-    return replace(p, threshold_source=source, category=category)

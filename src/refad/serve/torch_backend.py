@@ -26,6 +26,7 @@ from refad.serve.backend import (
     Images,
     Thresholds,
     check_category,
+    deciding_category,
     request_thresholds,
     threshold_card,
 )
@@ -94,9 +95,7 @@ class TorchBackend:
     def _category(self, category: str | None) -> str | None:
         """The category that decides: the one asked for, or a per-category run's only one."""
         check_category(self._info, category)
-        if category is None and UNIFIED not in self._models:
-            return next(iter(self._models))
-        return category
+        return deciding_category(category, list(self._models))
 
     def _unit(self, category: str | None) -> str:
         return UNIFIED if UNIFIED in self._models else str(category)

@@ -4,6 +4,7 @@ its own package), so data flows one way and each layer can be read without the o
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import refad
@@ -32,6 +33,9 @@ PEERS = {("backbones", "data"), ("data", "pipeline"), ("metrics", "pipeline")}
 PEERS.add(("backbones", "pipeline"))  # the feature cache keys sizes as the preprocess does
 # Packages that must stay importable without torch (edge boxes run them on onnxruntime).
 TORCH_FREE = {"deploy", "pipeline"}
+
+
+NAMED_TARGET = re.compile(r"refad(\.\w+)+:\w+")
 
 
 def package_of(path: Path) -> str:
@@ -75,6 +79,11 @@ def imported_modules(path: Path) -> list[tuple[int, str]]:
             first = node.args[0]
             if name == "import_module" and isinstance(first, ast.Constant):
                 found.append((node.lineno, str(first.value)))
+        elif (isinstance(node, ast.Constant) and isinstance(node.value, str)
+              and NAMED_TARGET.fullmatch(node.value)):
+            # "refad.pkg.module:attribute": a name loaded on first use (api.py's tables, the
+            # method registry's network classes)
+            found.append((node.lineno, node.value.partition(":")[0]))
     # `from refad.pkg import Name` where pkg's __init__ loads Name lazily from a submodule
     for line, name in list(found):
         package, _, attribute = name.rpartition(".")
@@ -184,9 +193,38 @@ def test_the_import_reader_sees_relative_and_importlib_imports(tmp_path: Path) -
     assert "refad.metrics.regions" in names  # `from .regions import region_sizes`
     assert {t for _, t in refad_imports(module)} >= {"metrics"}
     # a name a package loads lazily is followed to the submodule that defines it
-    api = {n for _, n in imported_modules(SRC / "api.py")}
-    assert "refad.inference.scorer" in api and "refad.inference.Scorer" in api
+    server = {n for _, n in imported_modules(SRC / "serve" / "torch_backend.py")}
+    assert "refad.inference.scorer" in server and "refad.inference.Scorer" in server
     assert lazy_exports("refad.inference")["Scorer"] == "scorer"
     # and the torch-free walk starts from what a deploy module runs on import
     assert SRC / "device.py" in files_run_by_importing("refad.device")
     assert "torch" in {n for _, n in imported_modules(SRC / "device.py")}
+
+
+def test_the_cli_reaches_every_verb_through_the_api() -> None:
+    """The CLI turns flags into calls of `refad.api` (and prints); it imports no layer that
+    does the work itself, so the Python API can do everything the CLI does."""
+    allowed = {"api", "errors", "config", "device"}
+    direct = {t for _, t in refad_imports(SRC / "cli" / "main.py")}
+    assert direct <= allowed, sorted(direct - allowed)
+
+
+def test_importing_the_api_needs_no_torch() -> None:
+    """The torch-free verbs (predict and serve on an exported folder) are usable from the API
+    on a deploy install: the api module loads torch-backed names on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import refad.api as api\n"
+            "assert callable(api.predict_exported) and callable(api.serve)\n"
+            "assert not [m for m, v in sys.modules.items() if v is not None and "
+            "m.split('.')[0] in ('torch', 'timm', 'torchvision')]\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_import_reader_sees_names_loaded_on_first_use() -> None:
+    names = {n for _, n in imported_modules(SRC / "api.py")}
+    assert {"refad.training", "refad.export", "refad.serve.server"} <= names

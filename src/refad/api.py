@@ -1,4 +1,4 @@
-"""The Python API: the same capabilities as the CLI.
+"""The Python API: the same capabilities as the CLI, which calls it for every verb.
 
     from refad import api
     cfg = api.build_config(method="rlr", data="mvtec", root="/data/mvtec",
@@ -7,6 +7,11 @@
     result = api.evaluate("runs/rlr")
     report = api.predict("runs/rlr", ["img.png"], "preds/")
     scorer = api.scorer("runs/rlr")           # the Scorer `refad test` and `predict` use
+    api.predict_exported("exported/", ["img.png"], "preds/")   # no torch needed
+
+Importing this module does not import torch: the names backed by torch (training, scoring,
+export, the run folder's model) load on first use, so an edge box with only the deploy
+install uses `predict_exported` and `serve` on an exported folder through the same API.
 """
 
 from __future__ import annotations
@@ -17,123 +22,91 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from refad.atomic import ensure_dir, write_text_atomic
-from refad.backbones import FeatureCache, FeatureExtractor, build_extractor
 from refad.config import RunConfig
 from refad.config import build_config as _build_config
 from refad.config import load_config_file as _load_config_file
 from refad.config.arguments import checked_arguments
-from refad.data import make_demo_dataset
-from refad.device import cpu_threads
+from refad.data.synthetic import make_demo_dataset
 from refad.errors import ConfigError
-from refad.inference import Scorer
-from refad.models.base import FeatureSpec
-from refad.models.registry import build_model
-from refad.models.rlr.config import RLRConfig
-from refad.models.scoring import gaussian_blur, max_score, mse_cosine_map, upsample_maps
+from refad.lazy import import_name
 from refad.pipeline.render import heatmap_rgb, normalise_map, overlay
-from refad.reporting.compare import compare as _compare
-from refad.reporting.evaluation import evaluate as _evaluate
-from refad.reporting.predictions import predict as _predict
-from refad.reporting.report import build_report as _build_report
 from refad.reporting.tables import (
     METRIC_LABELS,
     decisions_caption,
     decisions_table,
     markdown_table,
+    samples_table,
 )
-from refad.runs import UNIFIED, RunDir, TrainedRun
-from refad.runs import open_run as _open_run
-from refad.runs.imported import import_run as _import_run
-from refad.training import (
-    DeviceFeatures,
-    StepSettings,
-    compiled_loss,
-    extract_features,
-    make_optimizer,
-    train_steps,
-)
-from refad.training import fit as _fit
-from refad.training.loop import STORAGE_DTYPES
 
 # What users call is checked against its type hints first: a wrong argument is one line
 # (`predict: inputs: ...`), not a traceback from deep inside (refad.config.arguments).
 build_config = checked_arguments(_build_config)
-compare = checked_arguments(_compare)
-evaluate = checked_arguments(_evaluate)
-build_report = checked_arguments(_build_report)
-fit = checked_arguments(_fit)
-import_run = checked_arguments(_import_run)
 load_config_file = checked_arguments(_load_config_file)
-open_run = checked_arguments(_open_run)
-predict = checked_arguments(_predict)
+
+# Loaded on first use (name -> "module:attribute"), checked like the above.
+_CHECKED = {
+    "compare": "refad.reporting.compare:compare",
+    "evaluate": "refad.reporting.evaluation:evaluate",
+    "build_report": "refad.reporting.report:build_report",
+    "fit": "refad.training:fit",
+    "import_run": "refad.runs.imported:import_run",
+    "open_run": "refad.runs:open_run",
+    "predict": "refad.reporting.predictions:predict",
+    "predict_exported": "refad.reporting.predictions:predict_exported",
+    "predict_submission": "refad.reporting.mvtec_ad2_submission:predict_submission",
+    "export_run": "refad.export:export_run",
+    "serve": "refad.serve.server:run_server",
+    "scorer": "refad.inference.from_run:scorer",
+}
+# Loaded on first use, as they are: types and the lower-level pieces for benchmarks and
+# extensions (the same code the commands run).
+_PLAIN = {
+    "PREDICT_FORMATS": "refad.reporting.mvtec_ad2_submission:FORMATS",
+    "RunDir": "refad.runs:RunDir",
+    "TrainedRun": "refad.runs:TrainedRun",
+    "UNIFIED": "refad.runs:UNIFIED",
+    "Scorer": "refad.inference:Scorer",
+    "STORAGE_DTYPES": "refad.training.loop:STORAGE_DTYPES",
+    "DeviceFeatures": "refad.training:DeviceFeatures",
+    "StepSettings": "refad.training:StepSettings",
+    "compiled_loss": "refad.training:compiled_loss",
+    "extract_features": "refad.training:extract_features",
+    "make_optimizer": "refad.training:make_optimizer",
+    "train_steps": "refad.training:train_steps",
+    "FeatureCache": "refad.backbones:FeatureCache",
+    "FeatureExtractor": "refad.backbones:FeatureExtractor",
+    "build_extractor": "refad.backbones:build_extractor",
+    "FeatureSpec": "refad.models.base:FeatureSpec",
+    "build_model": "refad.models.registry:build_model",
+    "RLRConfig": "refad.models.rlr.config:RLRConfig",
+    "gaussian_blur": "refad.models.scoring:gaussian_blur",
+    "max_score": "refad.models.scoring:max_score",
+    "mse_cosine_map": "refad.models.scoring:mse_cosine_map",
+    "upsample_maps": "refad.models.scoring:upsample_maps",
+    "cpu_threads": "refad.device:cpu_threads",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """A torch-backed name, imported when first asked for (module doc)."""
+    if name in _CHECKED:
+        value = checked_arguments(import_name(_CHECKED[name]))
+    elif name in _PLAIN:
+        value = import_name(_PLAIN[name])
+    else:
+        raise AttributeError(f"module 'refad.api' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
 
 __all__ = [
-    # what users run
-    "RunConfig",
-    "RunDir",
-    "build_config",
-    "compare",
-    "evaluate",
-    "build_report",
-    "decisions_caption",
-    "decisions_table",
-    "fit",
-    "import_run",
-    "load_config_file",
-    "open_run",
-    "predict",
-    "run_demo",
-    "DemoSettings",
-    "demo_config",
-    "demo_settings",
-    "make_demo_dataset",
-    "scorer",
-    # pictures and tables
-    "METRIC_LABELS",
-    "heatmap_rgb",
-    "markdown_table",
-    "normalise_map",
-    "overlay",
-    "write_text_atomic",
-    # lower-level pieces for benchmarks and extensions (the same code the commands run)
-    "STORAGE_DTYPES",
-    "DeviceFeatures",
-    "FeatureCache",
-    "FeatureExtractor",
-    "FeatureSpec",
-    "RLRConfig",
-    "Scorer",
-    "StepSettings",
-    "build_extractor",
-    "build_model",
-    "compiled_loss",
-    "cpu_threads",
-    "extract_features",
-    "gaussian_blur",
-    "make_optimizer",
-    "max_score",
-    "mse_cosine_map",
-    "train_steps",
-    "upsample_maps",
+    "DemoSettings", "METRIC_LABELS", "RunConfig", "build_config", "decisions_caption",
+    "decisions_table", "demo_config", "demo_settings", "heatmap_rgb", "load_config_file",
+    "make_demo_dataset", "markdown_table", "normalise_map", "overlay", "run_demo",
+    "samples_table", "write_text_atomic",
 ]
-
-
-@checked_arguments
-def scorer(
-    run: Path | str | TrainedRun,
-    unit: str = UNIFIED,
-    device: str | torch.device | None = None,
-    amp: bool = False,
-    compile_mode: str | None = None,
-) -> Scorer:
-    """The Scorer of one trained unit of a run (backbone included): what `refad test` and
-    `refad predict` score with, for code that brings its own images or features."""
-    opened = run if isinstance(run, TrainedRun) else open_run(run, device)
-    model, _ = opened.model(unit)
-    return Scorer(model, opened.device, opened.extractor, amp, compile_mode)
+__all__ += [*_CHECKED, *_PLAIN]  # loaded on first use
 
 
 @dataclass(frozen=True)
@@ -197,6 +170,8 @@ def _check_demo_rerun(run_dir: Path, config: RunConfig, changes: dict[str, int],
     """A rerun continues the saved demo run with its own settings: a flag that asks for
     others is refused (it was ignored, and the figures looked like the asked-for schedule's),
     and a run of other than the default settings is named."""
+    from refad.runs import RunDir
+
     saved = RunDir(run_dir).resume()
     have = {"epochs": saved.train.epochs, "image_size": saved.data.image_size}
     want = {"epochs": config.train.epochs, "image_size": config.data.image_size}
@@ -223,6 +198,12 @@ def run_demo(
 ) -> dict:
     """Generate synthetic products, train unified RLR on Lite2, evaluate, decide per product,
     draw heatmaps and defect masks, and write the report."""
+    from refad.reporting.evaluation import evaluate
+    from refad.reporting.predictions import predict
+    from refad.reporting.report import build_report
+    from refad.runs import RunDir
+    from refad.training import fit
+
     out = ensure_dir(out)  # a file or an unwritable place is refused before any work
     tic = time.perf_counter()
     changes = {k: v for k, v in (("epochs", epochs), ("image_size", image_size))

@@ -17,3 +17,9 @@ def lazy_attributes(package: str, exports: Mapping[str, str]) -> Callable[[str],
         return getattr(importlib.import_module(f"{package}.{exports[name]}"), name)
 
     return attribute
+
+
+def import_name(target: str) -> Any:
+    """`"package.module:attribute"` -> that attribute, its module imported now."""
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)

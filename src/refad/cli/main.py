@@ -332,8 +332,14 @@ def test(
     """Evaluate a run on its test split: seven metrics per category and the mean, and the
     decisions at the calibrated thresholds; then the HTML report."""
     _torch_threads()
-    from refad.api import RunDir, build_report, decisions_table, evaluate, markdown_table
-    from refad.reporting.tables import samples_table
+    from refad.api import (
+        RunDir,
+        build_report,
+        decisions_table,
+        evaluate,
+        markdown_table,
+        samples_table,
+    )
 
     require_at_least_one("--batch-size", batch_size)
     data = None
@@ -413,7 +419,7 @@ def predict(
         raise RefadError(f"{ignored[0]}: has no effect with {with_} (--amp and --compile "
                          "apply to a run folder, --runtime to an export)")
     if model is not None:
-        from refad.reporting.predictions import predict_exported
+        from refad.api import predict_exported
 
         report = predict_exported(model, inputs, out, category, batch_size, runtime,
                                   "cpu" if device is None else device, overwrite)
@@ -441,10 +447,10 @@ def _predict_submission(format_: str, inputs: list[Path], out: Path, run: Path |
                         model: Path | None, category: str | None, device: str | None,
                         batch_size: int) -> None:
     """`predict --format mvtec_ad2`: the evaluation server's files (one line per failure)."""
-    from refad.reporting.mvtec_ad2_submission import FORMATS, predict_submission
+    from refad.api import PREDICT_FORMATS, predict_submission
 
-    if format_ not in FORMATS:
-        raise RefadError(f"--format: {format_!r} is not one of {', '.join(FORMATS)}")
+    if format_ not in PREDICT_FORMATS:
+        raise RefadError(f"--format: {format_!r} is not one of {', '.join(PREDICT_FORMATS)}")
     _torch_threads()
     report = predict_submission(run, inputs, out, device, batch_size, model, category)
     for key, count in report.written.items():
@@ -544,7 +550,7 @@ def export(
 ) -> None:
     """Export a run to ONNX or OpenVINO: one graph per unit, checked against PyTorch."""
     _torch_threads()
-    from refad.export import export_run
+    from refad.api import export_run
 
     meta = export_run(run, out, format_, precision, overwrite=overwrite)
     parity = "; ".join(
@@ -578,7 +584,7 @@ def serve(
     )] = 128_000_000,
 ) -> None:
     """HTTP API and inspection page for a run or an exported folder."""
-    from refad.serve.server import run_server
+    from refad.api import serve as run_server
 
     if (run is None) == (model is None):
         raise RefadError("serve: give exactly one of --run and --model")

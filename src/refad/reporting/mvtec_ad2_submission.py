@@ -114,7 +114,7 @@ FORMATS = ("refad", "mvtec_ad2")
 
 
 def predict_submission(
-    run_dir: Path, inputs: Sequence[Path], out: Path, device: str | None,
+    run_dir: Path | None, inputs: Sequence[Path], out: Path, device: str | None,
     batch_size: int, model: Path | None = None, category: str | None = None,
 ) -> SubmissionReport:
     """`refad predict --format mvtec_ad2`: open the run and write the submission folder."""

@@ -174,7 +174,10 @@ class BackboneConfig(StrictModel):
 
     @model_validator(mode="after")
     def _levels_valid(self) -> BackboneConfig:
-        check_levels(self.levels, self.kind)
+        try:
+            check_levels(self.levels, self.kind)
+        except ConfigError as exc:  # pydantic names the file or override it came from
+            raise ValueError(str(exc)) from None
         return self
 
     @field_validator("aggregate_kernel")

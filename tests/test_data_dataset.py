@@ -18,6 +18,25 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
+def test_height_width_sizes_and_the_pad_rule_reach_images_and_masks(tmp_path):
+    """(height, width) input; "pad" keeps a 10 x 20 picture's aspect ratio in a 16 x 16 input
+    (content 8 x 16 on top, the rest filled with the mean: 0 after normalisation), and its mask
+    lands on the same pixels."""
+    write_rgb(tmp_path / "d.png", (10, 20), seed=1)
+    mask = np.zeros((10, 20), bool)
+    mask[:, 10:] = True
+    write_mask(tmp_path / "d_mask.png", mask)
+    sample = Sample(tmp_path / "d.png", "c", 1, tmp_path / "d_mask.png", "x")
+    item = ImageDataset([sample], (8, 24), MEAN, STD)[0]
+    assert item["image"].shape == (3, 8, 24) and item["mask"].shape == (1, 8, 24)
+    padded = ImageDataset([sample], 16, MEAN, STD, "pad")[0]
+    assert padded["image"].shape == (3, 16, 16) and torch.all(padded["image"][:, 8:] == 0)
+    assert padded["mask"][0, :8, 8:].all() and not padded["mask"][0, :8, :8].any()
+    assert not padded["mask"][0, 8:].any()
+    with pytest.raises(ConfigError, match="resize: 'crop' is not a resize rule"):
+        ImageDataset([sample], 16, MEAN, STD, "crop")
+
+
 def test_item_shapes_types_and_normalisation(tmp_path):
     write_rgb(tmp_path / "a.png", (10, 14), value=128)
     ds = ImageDataset([Sample(tmp_path / "a.png", "cat", 0, None, "good")], 8, MEAN, STD)

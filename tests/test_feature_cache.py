@@ -106,6 +106,11 @@ def test_feature_cache_key_names_everything_that_changes_features(
     other = FeatureExtractor("tf_efficientnet_lite0", levels=(1, 2), weights=None, seed=5)
     assert feature_cache_key(other, "toy-v1", 64)["weights_id"] == "random-seed-5"
     assert feature_cache_key(extractor, "toy-v1", 64, dtype="float32")["dtype"] == "float32"
+    # (height, width) and the resize rule: a square "stretch" key is the one written before
+    # both existed (its caches stay valid); another size or rule is another entry
+    assert feature_cache_key(extractor, "toy-v1", (64, 64), "stretch") == _key()
+    assert feature_cache_key(extractor, "toy-v1", [48, 96]) == _key(image_size=[48, 96])
+    assert feature_cache_key(extractor, "toy-v1", 64, "pad") == _key(resize="pad")
 
 
 # --------------------------------------------------------------------------------- FeatureCache

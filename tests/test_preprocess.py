@@ -78,3 +78,5 @@ def test_sizes_and_rules_are_checked_in_one_line() -> None:
     with pytest.raises(ConfigError, match="resize: 'crop' is not a resize rule"):
         preprocess(_rgb(4, 4), 8, MEAN, STD, "crop")
     assert "BILINEAR" in rule_text("stretch") and "top-left" in rule_text("pad")
+    assert rule_text("stretch", 64) == rule_text("stretch", (64, 64)) == rule_text("stretch")
+    assert "resize((width, height)" in rule_text("stretch", (64, 160))

@@ -343,7 +343,7 @@ def export_model(
                 "name": INPUT_NAME, "layout": "NCHW", "dtype": "float32",
                 "size": size_value(size),  # an integer: square; else [height, width]
                 "channels": "RGB", "mean": [float(v) for v in extractor.mean],
-                "std": [float(v) for v in extractor.std], "resize": rule_text(resize),
+                "std": [float(v) for v in extractor.std], "resize": rule_text(resize, size),
                 # the rule by name where it is not the default "stretch" (so the metadata of
                 # a stretched export stays as it was written before rules existed)
                 **({} if resize == "stretch" else {"resize_mode": resize}),

@@ -70,9 +70,14 @@ def check_rule(resize: str, where: str = "resize") -> ResizeRule:
     return resize  # type: ignore[return-value]
 
 
-def rule_text(resize: str) -> str:
-    """The exact input rule in words, written into every export's metadata."""
-    return STRETCH_TEXT if check_rule(resize) == "stretch" else PAD_TEXT
+def rule_text(resize: str, size: int | Sequence[int] | None = None) -> str:
+    """The exact input rule in words, written into every export's metadata (a square stretch
+    in the words every export before (height, width) holds)."""
+    if check_rule(resize) == "pad":
+        return PAD_TEXT
+    if size is None or as_hw(size)[0] == as_hw(size)[1]:
+        return STRETCH_TEXT
+    return STRETCH_TEXT.replace("(size, size)", "(width, height)")
 
 
 def content_size(image_hw: ImageSize, size: ImageSize, resize: str = "stretch") -> ImageSize:

@@ -6,6 +6,7 @@ pictures keep their aspect ratio in a square input (data.resize=pad)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import httpx
@@ -131,3 +132,30 @@ def test_a_vit_run_with_padded_inputs_predicts_alike_from_run_and_export(
     invoke("predict", "--model", str(export), str(images), "--out", str(tmp_path / "by-model"),
            "--device", "cpu")
     assert_same_predictions(tmp_path / "by-run", tmp_path / "by-model")
+
+
+def test_a_checkpoint_before_strides_and_sizes_reads_as_before() -> None:
+    """checkpoint.json files written before (H, W) hold one integer and no strides."""
+    from refad.runs.checkpoint import CheckpointMeta, spec_to_dict
+
+    old = {"levels": [2, 3], "channels": [48, 120], "shapes": [[8, 8], [4, 4]], "image_size": 64}
+    spec = CheckpointMeta("rlr", 1, 1, old, {}, {}).feature_spec()
+    assert spec.image_size == (64, 64) and spec.strides == (8, 16)
+    written = json.loads(json.dumps(spec_to_dict(spec)))
+    assert written == {**old, "strides": [8, 16]}  # square: still one integer
+
+
+def test_a_config_whose_resize_rule_differs_from_the_checkpoint_is_refused(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    from refad.errors import CheckpointError
+    from refad.runs import open_run
+
+    run = tmp_path / "edited"
+    shutil.copytree(trained_run, run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["data"]["resize"] = "pad"
+    (run / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="says data.resize = 'pad', the checkpoint was "
+                       "trained with 'stretch'"):
+        open_run(run, "cpu").model("unified")

@@ -23,6 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import ClassVar
 
+import timm
 import torch
 from torch import nn
 
@@ -38,9 +39,9 @@ def _hw(size: int | Sequence[int]) -> tuple[int, int]:
 class Backbone(nn.Module, ABC):
     """Frozen timm model (``self.model``) returning the aggregated maps of ``levels``.
 
-    Subclasses build ``self.model``, fill ``channels``, ``strides``, ``mean``, ``std`` and
-    ``size_step`` and call `finish_build` in their ``__init__``, and say how one batch becomes
-    its raw levels.
+    Subclasses build ``self.model``, fill ``channels``, ``strides`` and ``size_step`` and call
+    `finish_build` (which reads ``mean`` and ``std`` from the model's timm config) in their
+    ``__init__``, and say how one batch becomes its raw levels.
     """
 
     kind: ClassVar[str]
@@ -63,6 +64,9 @@ class Backbone(nn.Module, ABC):
         after it, then no gradients and eval mode for good."""
         self.weights_id = weights.weights_id
         self.weights_source = weights.source
+        cfg = getattr(self.model, "pretrained_cfg", None) or {}  # what the weights expect
+        self.mean = tuple(cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN))
+        self.std = tuple(cfg.get("std", timm.data.IMAGENET_DEFAULT_STD))
         k = self.aggregate_kernel
         self.aggregate: nn.Module = (
             nn.AvgPool2d(k, stride=1, padding=k // 2, count_include_pad=True)

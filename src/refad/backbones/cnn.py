@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-import timm
 import torch
 from timm.models.efficientnet import EfficientNetFeatures
 from torch import nn
@@ -82,9 +81,6 @@ class FeatureExtractor(Backbone):
         info = self.model.feature_info
         self.channels = list(info.channels())
         self.strides = list(info.reduction())
-        cfg = getattr(self.model, "pretrained_cfg", None) or {}
-        self.mean = tuple(cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN))
-        self.std = tuple(cfg.get("std", timm.data.IMAGENET_DEFAULT_STD))
         self.finish_build(resolved)
 
     def raw_levels(self, images: torch.Tensor) -> list[torch.Tensor]:

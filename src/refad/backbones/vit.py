@@ -21,7 +21,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
-import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -93,9 +92,6 @@ class VitBackbone(Backbone):
         self.size_step = int(patch[0])
         self.channels = [int(model.embed_dim)] * len(self.levels)
         self.strides = [self.size_step] * len(self.levels)
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        self.mean = tuple(cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN))
-        self.std = tuple(cfg.get("std", timm.data.IMAGENET_DEFAULT_STD))
         self.finish_build(resolved)
 
     def use_input_size(self, size: int | Sequence[int]) -> None:

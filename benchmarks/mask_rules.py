@@ -235,7 +235,6 @@ def _score_run(run_dir: Path, root: str, folder: Path, batch: int) -> None:
 
     from refad.data import by_category, load_split
     from refad.inference.scorer import Scorer
-    from refad.inference.thresholds import calibration_for
     from refad.runs import open_run
 
     torch.manual_seed(0)
@@ -253,13 +252,13 @@ def _score_run(run_dir: Path, root: str, folder: Path, batch: int) -> None:
         unit = run.unit_for(category)
         model, ckmeta = run.model(unit)
         scorer = Scorer(model, run.device, run.extractor)
-        decided = calibration_for(ckmeta.calibration, unit, category)
+        decided = ckmeta.unit_calibration(unit).for_category(category)
         normal = _score(scorer, calib[category], run, batch)
         test = _score(scorer, group, run, batch)
         np.savez(folder / f"{category}.npz", normal_maps=normal["maps"],
                  normal_scores=normal["scores"], **test)
         meta["categories"][category] = {
-            "threshold": decided["threshold"], "pixel_threshold": decided["pixel_threshold"],
+            "threshold": decided.threshold, "pixel_threshold": decided.pixel_threshold,
             "calibration_images": len(calib[category]), "test_images": len(group),
         }
         print(f"  scored {category}: {len(calib[category])} normal + {len(group)} test "

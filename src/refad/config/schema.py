@@ -221,6 +221,12 @@ class TrainConfig(StrictModel):
     # the maximum of few images, so false alarms near 1/(n+1)) or "normal_tail" (never below
     # mean + z*std); see refad.inference.calibration
     threshold_rule: Literal["empirical", "normal_tail"] = _shared("normal_tail")
+    # how defect masks are drawn (refad.pipeline.defects): "peak" (pixels above the larger of
+    # the pixel threshold and floor + mask_peak_fraction * (peak - floor), on maps whose peak
+    # passes the pixel threshold) or "normal_max" (every pixel above the pixel threshold: blobs
+    # several times the defect); benchmarks/mask_rules.md
+    mask_rule: Literal["peak", "normal_max"] = _shared("peak")
+    mask_peak_fraction: float = _shared(0.85, gt=0, lt=1)
     feature_batch_size: int = _shared(16, ge=1, le=MAX_BATCH)
     # bf16 autocast of training steps on CUDA (ignored on the CPU, which stays float32); off by
     # default so that CPU and GPU runs agree to float tolerance.

@@ -218,10 +218,13 @@ def evaluate_run(
 
 
 def _segmentation_counter(decided: Thresholds) -> SegmentationCounter | None:
-    """SegF1's counter at the category's pixel threshold, the level of the defect masks that
-    `refad predict` draws (None: not calibrated)."""
+    """SegF1's counter at the level of the defect masks that `refad predict` draws (the
+    category's pixel threshold and mask rule; None: not calibrated)."""
     value = decided.pixel_threshold
-    return None if value is None else SegmentationCounter(value)
+    if value is None:
+        return None
+    return SegmentationCounter(value, decided.mask_rule, decided.map_floor,
+                               decided.mask_peak_fraction)
 
 
 def _image_rows(group: list[Sample], scores: np.ndarray) -> list[dict[str, Any]]:

@@ -9,7 +9,10 @@ threshold: scores only). A caller's threshold replaces it through `Thresholds.ov
 On disk the record keeps its format (checkpoint.json's `calibration`, refad-deploy.json's
 `units.<u>.calibration` and `categories`): `from_record` reads one, `to_record` writes it.
 The record's own `source` key names which normal images set the values ("held_out" or
-"training"); here that is `images_source`, never confused with whose threshold decides.
+"training"); here that is `images_source`, never confused with whose threshold decides. Its
+`mask_rule` and `mask_peak_fraction` say how defect masks are drawn
+(`refad.pipeline.defects`); a record without them (written before the rule) keeps the old
+"normal_max" rule, so its masks do not change.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+
+from refad.pipeline.defects import defect_level
 
 VALUE_KEYS = ("threshold", "pixel_threshold", "map_floor", "map_ceiling")
 STAT_KEYS = ("images", "image_score_median", "image_score_max")
@@ -75,6 +80,14 @@ class Thresholds:
     map_floor: float | None = None
     map_ceiling: float | None = None
     images_source: str | None = None  # which normal images set the threshold ("held_out", ...)
+    mask_rule: str = "normal_max"  # how the defect mask is drawn (refad.pipeline.defects)
+    mask_peak_fraction: float | None = None
+
+    def defect_level(self, peak: float) -> float | None:
+        """The level above which a map peaking at `peak` has its defect pixels (None: no
+        pixel threshold, no mask)."""
+        return defect_level(peak, self.pixel_threshold, self.map_floor, self.mask_rule,
+                            self.mask_peak_fraction)
 
     def overridden(self, threshold: float, source: str) -> Thresholds:
         """The same values decided at a caller's `threshold`, named `source`."""
@@ -99,6 +112,8 @@ class Calibration:
     quantile: float | None = None
     rule: str | None = None
     unit_category: str | None = None
+    mask_rule: str | None = None  # None: recorded before the rule existed ("normal_max")
+    mask_peak_fraction: float | None = None
 
     @classmethod
     def from_record(
@@ -111,15 +126,19 @@ class Calibration:
                       for c, v in (record.get("categories") or {}).items()}
         source = record.get("source")
         rule = record.get("threshold_rule")
+        mask_rule = record.get("mask_rule")
         return cls(Values.from_record(record), MappingProxyType(categories),
                    source if isinstance(source, str) else None,
                    _number(record.get("threshold_quantile")),
-                   rule if isinstance(rule, str) else None, unit_category)
+                   rule if isinstance(rule, str) else None, unit_category,
+                   mask_rule if isinstance(mask_rule, str) else None,
+                   _number(record.get("mask_peak_fraction")))
 
     def to_record(self) -> dict[str, Any]:
         """The record as checkpoint.json holds it (the format `from_record` reads)."""
         head = {"source": self.images_source, "threshold_quantile": self.quantile,
-                "threshold_rule": self.rule}
+                "threshold_rule": self.rule, "mask_rule": self.mask_rule,
+                "mask_peak_fraction": self.mask_peak_fraction}
         return {**{k: v for k, v in head.items() if v is not None}, **self.values.to_record(),
                 "categories": {c: v.to_record() for c, v in self.categories.items()}}
 
@@ -144,8 +163,10 @@ class Calibration:
         values = own.over(self.values) if own is not None else self.values
         pixel = values.pixel_threshold if values.pixel_threshold is not None \
             else values.map_ceiling
+        mask = (self.mask_rule or "normal_max", self.mask_peak_fraction)
         if values.threshold is None:
-            return Thresholds(None, None, pixel, values.map_floor, values.map_ceiling)
+            return Thresholds(None, None, pixel, values.map_floor, values.map_ceiling, None,
+                              *mask)
         if own is not None and own.threshold is not None:
             source = f"category:{category}"
         elif self.unit_category is not None:
@@ -153,4 +174,4 @@ class Calibration:
         else:
             source = "global"
         return Thresholds(values.threshold, source, pixel, values.map_floor,
-                          values.map_ceiling, self.images_source)
+                          values.map_ceiling, self.images_source, *mask)

@@ -1,11 +1,12 @@
 """The one result step of every scoring path: a model's map and score -> one `Prediction`.
 
 `postprocess` resizes the map to the image's own size (bilinear, float32), marks the defect
-mask (pixels above the pixel threshold), decides the image (`refad.pipeline.decision`) and
-keeps what the pictures need; heatmap, overlay and defect regions are made on first access
-(most callers of the server ask for none). A non-finite score or map (a diverged model) gives
-`finite` False, no decision and no mask. `refad predict` (`--run` and `--model`), both server
-backends and `refad.deploy.Inferencer` all call it, so an image gets the same result on each.
+mask (pixels above the map's defect level, `refad.pipeline.defects`), decides the image
+(`refad.pipeline.decision`) and keeps what the pictures need; heatmap, overlay and defect
+regions are made on first access (most callers of the server ask for none). A non-finite
+score or map (a diverged model) gives `finite` False, no decision and no mask. `refad predict`
+(`--run` and `--model`), both server backends and `refad.deploy.Inferencer` all call it, so
+an image gets the same result on each.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Prediction:
     normalised_score: float | None  # score / threshold
     finite: bool
     anomaly_map: np.ndarray  # (H, W) float32 at the original image size
-    mask: np.ndarray | None  # (H, W) bool, map > pixel_threshold; None: none, or not finite
+    mask: np.ndarray | None  # (H, W) bool, map > its defect level; None: none, or not finite
     pixel_threshold: float | None
     unit: str | None  # the model (unit) that scored it, where the caller says
     category: str | None  # the category that decided (None: unknown, the global threshold)
@@ -97,7 +98,7 @@ def postprocess(
         normalised_score=normalised,
         finite=finite,
         anomaly_map=full,
-        mask=defect_mask(full, thresholds.pixel_threshold) if finite else None,
+        mask=defect_mask(full, thresholds.defect_level(float(full.max()))) if finite else None,
         pixel_threshold=thresholds.pixel_threshold,
         unit=unit,
         category=category,

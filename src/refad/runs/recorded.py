@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from refad.errors import CheckpointError
+from refad.pipeline.defects import MASK_RULES
 
 CALIBRATION_KEYS = ("threshold", "pixel_threshold", "map_floor", "map_ceiling")
 
@@ -37,6 +38,7 @@ def check_calibration(
     unit's values that a category's own ones override (its colour range may be half its own)."""
     found = {key: finite_number(values.get(key), f"{where}.{key}", optional=True)
              for key in CALIBRATION_KEYS}
+    check_mask_rule(values, where)
     for key in ("threshold", "pixel_threshold"):
         if found[key] is not None and found[key] <= 0:
             raise CheckpointError(f"{where}.{key}: must be above 0, got {found[key]!r}")
@@ -51,6 +53,22 @@ def check_calibration(
     ):
         raise CheckpointError(f"{where}: map_floor {floor!r} and map_ceiling {ceiling!r} are "
                               "no colour range (the floor must be below the ceiling)")
+
+
+def check_mask_rule(values: Mapping[str, Any], where: str) -> None:
+    """How masks are drawn: a known rule, and the peak rule's fraction strictly between 0
+    and 1 (0 masks every pixel above the floor, 1 none)."""
+    rule = values.get("mask_rule")
+    if rule is not None and rule not in MASK_RULES:
+        raise CheckpointError(f"{where}.mask_rule: {rule!r} is not one of "
+                              f"{', '.join(MASK_RULES)}")
+    fraction = finite_number(values.get("mask_peak_fraction"), f"{where}.mask_peak_fraction",
+                             optional=True)
+    if fraction is not None and not 0 < fraction < 1:
+        raise CheckpointError(f"{where}.mask_peak_fraction: must be between 0 and 1, got "
+                              f"{fraction!r}")
+    if rule == "peak" and fraction is None:
+        raise CheckpointError(f"{where}.mask_peak_fraction: missing; the peak mask rule needs it")
 
 
 def check_categories(categories: Any, where: str, unit: Mapping[str, Any]) -> None:

@@ -12,7 +12,7 @@ import contextlib
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -262,6 +262,8 @@ def calibrate_unit(
             f"{folder.unit_path(name)}: the trained model gives non-finite scores on "
             "normal images; no calibration saved (training diverged: lower train.lr)"
         )
+    calibrated = replace(calibrated, mask_rule=t.mask_rule,
+                         mask_peak_fraction=t.mask_peak_fraction)
     meta.calibration = calibrated.to_record()
     folder.save_checkpoint(name, model, meta, optimizer)
 

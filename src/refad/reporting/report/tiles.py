@@ -76,7 +76,7 @@ def entry_tiles(row: dict[str, Any], result: ImageResult, thresholds: Thresholds
     else:  # said beside the gallery: each map on its own range
         floor, ceiling = float(np.nanmin(amap)), float(np.nanmax(amap))
     heat = heatmap_rgb(normalise_map(amap, floor, ceiling))
-    predicted = defect_mask(amap, thresholds.pixel_threshold)
+    predicted = defect_mask(amap, thresholds.defect_level(float(np.nanmax(amap))))
     tiles = [
         Tile("image", png_uri(image)),
         Tile("overlay", png_uri(overlay(image, heat, mask=predicted))),

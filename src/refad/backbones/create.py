@@ -16,16 +16,17 @@ from refad.errors import CheckpointError, ConfigError
 
 
 @contextlib.contextmanager
-def _hub_retries_quiet() -> Iterator[None]:
-    """Offline, the Hugging Face hub logged two lines per retry (twenty over 46 s) before the
-    one-line error; its warnings are held back while timm fetches weights."""
-    logger = logging.getLogger("huggingface_hub")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+def quiet_logger(name: str, level: int) -> Iterator[None]:
+    """Hold back a library's log records below `level` for the duration: offline, the Hugging
+    Face hub logged two lines per retry (twenty over 46 s) before the one-line error, and timm
+    logs each resampled position table, which a size change makes no news."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.setLevel(before)
 
 
 def create_timm_model(
@@ -37,7 +38,7 @@ def create_timm_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            with _hub_retries_quiet():
+            with quiet_logger("huggingface_hub", logging.ERROR):
                 return timm.create_model(name, pretrained=pretrained, **kwargs)
         except IndexError as exc:
             raise ConfigError(f"backbone.levels: {list(levels)} out of range for {name}") from exc

@@ -15,9 +15,8 @@ naming data.image_size.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -26,23 +25,11 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from refad.backbones.base import Backbone
-from refad.backbones.create import create_timm_model
+from refad.backbones.create import create_timm_model, quiet_logger
 from refad.backbones.weights import load_into, resolve_weights
 from refad.errors import ConfigError
 
 DEFAULT_BLOCKS: tuple[int, ...] = (5, 8)
-
-
-@contextlib.contextmanager
-def _timm_info_quiet() -> Iterator[None]:
-    """timm logs each resampled position table at INFO; a size change is not news here."""
-    logger = logging.getLogger("timm.layers.pos_embed")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 class VitBackbone(Backbone):
@@ -103,7 +90,7 @@ class VitBackbone(Backbone):
         model = self.model
         model.pos_embed = nn.Parameter(self.pos_table.clone(), requires_grad=False)
         model.patch_embed.set_input_size(img_size=self.table_size)
-        with _timm_info_quiet():
+        with quiet_logger("timm.layers.pos_embed", logging.WARNING):
             model.set_input_size(img_size=hw)
         self.input_size = hw
 

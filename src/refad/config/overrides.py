@@ -25,6 +25,8 @@ def _put(data: dict[str, Any], key: str, value: Any, where: str) -> None:
     node = data
     parts = key.split(".")
     for part in parts[:-1]:
+        if part in node and node[part] is None:  # an optional section that is off
+            node[part] = {}  # (`data.tiling.overlap=0.3` turns tiling on)
         if not isinstance(node.get(part), dict):
             raise ConfigError(f"{where}: {part!r} is not a config section")
         node = node[part]
@@ -34,6 +36,7 @@ def _put(data: dict[str, Any], key: str, value: Any, where: str) -> None:
 def with_fields(config: RunConfig, fields: Mapping[str, Any], where: str = "config") -> RunConfig:
     """A copy of `config` with `{"section.field": value}` set (Paths become strings)."""
     data = config.model_dump()
+    data["data"].setdefault("tiling", None)  # left out of the saved form while off
     if fields.get("method", config.method) != config.method:
         data["model"] = {}  # another method: its own model section, from its defaults
     for key, value in fields.items():

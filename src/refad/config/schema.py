@@ -12,7 +12,15 @@ from collections.abc import Sequence
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, SerializeAsAny, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    SerializeAsAny,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from refad.config.base import StrictModel, name_union_tags
 from refad.config.methods import METHOD_CONFIGS, MethodConfig, model_section
@@ -88,6 +96,25 @@ def check_kernel(kernel: int) -> int:
     return int(kernel)
 
 
+class TilingConfig(StrictModel):
+    """`data.tiling`: score (and train on) overlapping tiles of the model's input size cut
+    from the image at `scale` times its own resolution, instead of resizing the whole image
+    to the input size (`refad.pipeline.tiled`). A defect of a few pixels on a large image
+    keeps its pixels. Bounds: a tile's step stays >= 10% of its side (overlap <= 0.9), and a
+    scaled image stays within the image guards (checked per image when it is scored)."""
+
+    overlap: float = Field(0.25, ge=0, le=0.9)  # fraction of a tile shared with its neighbour
+    scale: float = Field(1.0, gt=0, le=4)  # the image is resized by this factor first
+
+
+def _omit_untiled(data: dict[str, Any], tiling: TilingConfig | None) -> dict[str, Any]:
+    """A run without tiling saves its data section as before tiling existed (config.json
+    byte for byte the same)."""
+    if tiling is None:
+        data.pop("tiling", None)
+    return data
+
+
 class _DataCommon(_InputSize, StrictModel):
     categories: list[str] | None = None  # None: all categories found
     image_size: ImageSizeField = 256  # pixels: N (square) or [height, width]
@@ -95,6 +122,12 @@ class _DataCommon(_InputSize, StrictModel):
     # "stretch" (resize to it) or "pad" (keep the aspect ratio, fill the rest)
     resize: ResizeRule = "stretch"
     num_workers: int = Field(0, ge=0, le=MAX_WORKERS)
+    # None: each image is resized to image_size; else tiles of image_size (TilingConfig)
+    tiling: TilingConfig | None = None
+
+    @model_serializer(mode="wrap")
+    def _serialise(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _omit_untiled(handler(self), self.tiling)
 
 
 class MVTecData(_DataCommon):
@@ -142,6 +175,11 @@ class FolderData(_InputSize, StrictModel):
     image_size: ImageSizeField = 256  # as in _DataCommon
     resize: ResizeRule = "stretch"
     num_workers: int = Field(0, ge=0, le=MAX_WORKERS)
+    tiling: TilingConfig | None = None  # as in _DataCommon
+
+    @model_serializer(mode="wrap")
+    def _serialise(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _omit_untiled(handler(self), self.tiling)
 
 
 DataConfig = Annotated[
@@ -332,6 +370,14 @@ class RunConfig(StrictModel):
                 f"train.calibration_images 'validation' needs a layout with its own validation "
                 f"images ({', '.join(LAYOUTS_WITH_VALIDATION)}); data.kind is "
                 f"{self.data.kind!r} (use held_out with train.val_fraction > 0)")
+        return self
+
+    @model_validator(mode="after")
+    def _tiles_are_not_resized(self) -> RunConfig:
+        if self.data.tiling is not None and self.data.resize != "stretch":
+            raise ValueError(
+                f"data.tiling cuts tiles of data.image_size from the image, so data.resize "
+                f"{self.data.resize!r} has nothing to resize; leave it 'stretch'")
         return self
 
     @model_validator(mode="after")

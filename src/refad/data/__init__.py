@@ -9,7 +9,8 @@ from __future__ import annotations
 from refad.lazy import lazy_attributes
 
 _EXPORTS = {
-    "ImageDataset": "dataset", "image_tensor": "dataset", "samples_fingerprint": "dataset",
+    "ImageDataset": "dataset", "TileDataset": "dataset", "image_tensor": "dataset",
+    "samples_fingerprint": "dataset",
     "folder_samples": "folder",
     "IMAGE_EXTENSIONS": "images", "image_size": "images", "read_image_rgb": "images",
     "read_mask": "images",

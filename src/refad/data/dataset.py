@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from refad.data.images import (
     check_regular_file,
     empty_mask_reason,
+    image_size,
     read_image_and_orientation,
     read_image_rgb,
     read_mask_levels,
@@ -21,6 +22,8 @@ from refad.data.images import (
 from refad.data.samples import Sample
 from refad.errors import ConfigError, DataError
 from refad.pipeline.preprocess import as_hw, check_rule, preprocess, resize_mask
+from refad.pipeline.tiled import Tiling, scaled_image
+from refad.pipeline.tiling import TileGrid, cut_tiles
 
 _FINGERPRINT_VERSION = "refad-samples-v2"  # v2: file contents, not size and mtime
 
@@ -59,6 +62,34 @@ def check_mask_label(sample: Sample, mask: np.ndarray) -> None:
         raise DataError(f"{sample.mask}: mask of a defective image is empty: {reason}")
 
 
+def sample_mask(
+    sample: Sample, image_hw: tuple[int, int], size: tuple[int, int], resize: str = "stretch"
+) -> tuple[torch.Tensor, int]:
+    """A sample's (1, H, W) mask at `size` (binarised at full resolution, then resized by the
+    rule, nearest neighbour; zeros without a mask file) and its count of soft pixels: the
+    one mask step of the untiled dataset and of tiled evaluation."""
+    if sample.mask is None:
+        return torch.zeros((1, *size), dtype=torch.float32), 0
+    full, soft = read_mask_levels(
+        sample.mask, image_hw, image=sample.image, label_map=sample.mask_is_label_map
+    )
+    check_mask_label(sample, full)
+    return torch.from_numpy(resize_mask(full, size, resize)[None]), soft
+
+
+def tiled_test_item(sample: Sample, tiling: Tiling) -> dict:
+    """A test image read whole for tiled scoring (`refad test` with `data.tiling`): its
+    (h, w, 3) uint8 pixels and its mask at the scaled image size, where its stitched map is."""
+    if sample.mask is None:
+        rgb, orientation = read_image_rgb(sample.image), 1
+    else:  # as ImageDataset: a mask drawn on the turned picture would not match the pixels
+        rgb, orientation = read_image_and_orientation(sample.image)
+    hw = (rgb.shape[0], rgb.shape[1])
+    mask, soft = sample_mask(sample, hw, tiling.scaled_hw(hw))
+    return {"rgb": rgb, "mask": mask, "soft_mask_pixels": soft,
+            "turned_mask": orientation != 1, "label": int(sample.label)}
+
+
 class ImageDataset(Dataset):
     """Images brought to ``size`` (an integer: square; else (height, width)) by the ``resize``
     rule of `refad.pipeline.preprocess` and normalised per channel.
@@ -93,13 +124,7 @@ class ImageDataset(Dataset):
 
     def _mask_tensor(self, sample: Sample, hw: tuple[int, int]) -> tuple[torch.Tensor, int]:
         """The mask at the model's size, and its count of soft (neither empty nor full) pixels."""
-        if sample.mask is None:
-            return torch.zeros((1, *self.size), dtype=torch.float32), 0
-        full, soft = read_mask_levels(
-            sample.mask, hw, image=sample.image, label_map=sample.mask_is_label_map
-        )
-        check_mask_label(sample, full)
-        return torch.from_numpy(resize_mask(full, self.size, self.resize)[None]), soft
+        return sample_mask(sample, hw, self.size, self.resize)
 
     def __getitem__(self, i: int) -> dict:
         index = operator.index(i)
@@ -122,6 +147,63 @@ class ImageDataset(Dataset):
             "category": sample.category,
             "path": str(sample.image),
             "index": index,
+        }
+
+
+class TileDataset(Dataset):
+    """The tiles of images (`data.tiling`), each one item: the normal images' tiles are the
+    training samples, as `refad.pipeline.tiled` cuts them when scoring. Items come image by
+    image in grid order (deterministic); `grids[i]` and `owners` say which tiles are whose.
+
+    Grids are planned from the files' headers; an item decodes its image once for all its
+    tiles while they are read in order (one image is kept), so a batch costs one decode.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        tiling: Tiling,
+        tile_size: int | Sequence[int],
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        self.samples: tuple[Sample, ...] = tuple(samples)
+        self.tiling = tiling
+        self.size: tuple[int, int] = as_hw(tile_size, "size")
+        self.mean = _channel_triplet("mean", mean)
+        self.std = _channel_triplet("std", std)
+        if np.any(self.std <= 0):
+            raise ConfigError(f"std: every value must be > 0, got {list(std)!r}")
+        self.grids: list[TileGrid] = [tiling.grid(image_size(s.image), self.size)
+                                      for s in self.samples]
+        self.owners: list[tuple[int, int]] = [(i, t) for i, grid in enumerate(self.grids)
+                                              for t in range(len(grid))]
+        self._held: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.owners)
+
+    def _scaled(self, index: int) -> np.ndarray:
+        if self._held is None or self._held[0] != index:
+            rgb = read_image_rgb(self.samples[index].image)
+            if rgb.shape[:2] != self.grids[index].image_hw and self.tiling.scale == 1:
+                raise DataError(f"{self.samples[index].image}: changed size while read")
+            self._held = (index, scaled_image(rgb, self.tiling))
+        return self._held[1]
+
+    def __getitem__(self, i: int) -> dict:
+        image, tile = self.owners[operator.index(i)]
+        grid = self.grids[image]
+        one = TileGrid(grid.image_hw, grid.tile_hw, (grid.origins[tile],))
+        pixels = next(cut_tiles(self._scaled(image), one))
+        sample = self.samples[image]
+        return {
+            "image": torch.from_numpy(preprocess(np.ascontiguousarray(pixels), self.size,
+                                                 self.mean, self.std)),
+            "label": int(sample.label),
+            "category": sample.category,
+            "path": str(sample.image),
+            "index": image,
         }
 
 

@@ -25,7 +25,8 @@ from refad.deploy.runtimes import RUNTIMES, open_runner
 from refad.errors import CheckpointError, ConfigError, DataError, require_at_least_one
 from refad.pipeline.calibration import Calibration, Thresholds
 from refad.pipeline.postprocess import Prediction, postprocess
-from refad.pipeline.preprocess import as_hw, content_size
+from refad.pipeline.preprocess import as_hw, content_maps
+from refad.pipeline.tiled import Tiling, score_tiled
 from refad.runs.layout import UNIFIED
 
 __all__ = ["Inferencer", "Prediction"]
@@ -74,6 +75,8 @@ class Inferencer:
         self.resize: str = self.meta["input"].get("resize_mode", "stretch")
         self.mean: list[float] = self.meta["input"]["mean"]
         self.std: list[float] = self.meta["input"]["std"]
+        # None: each image resized to the input; else scored by tiles (refad.pipeline.tiled)
+        self.tiling: Tiling | None = Tiling.of(self.meta["input"].get("tiling"))
         self.units: dict[str, dict[str, Any]] = self.meta["units"]
         for name, unit in self.units.items():
             verify_files(self.path, name, unit)
@@ -214,13 +217,26 @@ class Inferencer:
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             rgbs = [load_rgb(im, _name(im, start + i)) for i, im in enumerate(chunk)]
-            maps, scores = self._runner(unit)(
-                preprocess_batch(rgbs, self.hw, self.mean, self.std, self.resize)
-            )
-            out.extend(postprocess(rgb, amap, float(score), thresholds, category, unit,
-                                   content_size(rgb.shape[:2], self.hw, self.resize))
+            maps, scores = self.score_images(rgbs, category, batch_size)
+            out.extend(postprocess(rgb, amap, float(score), thresholds, category, unit)
                        for rgb, amap, score in zip(rgbs, maps, scores, strict=True))
         return out
+
+    def score_images(
+        self, rgbs: Sequence[np.ndarray], category: str | None = None, batch_size: int = 8
+    ) -> tuple[list[np.ndarray], list[float]]:
+        """(h, w, 3) uint8 images -> (maps, scores) by the export's input rule: each map at
+        the input size cut to its picture, or with tiling stitched at the scaled image size
+        from tiles run `batch_size` at a time (`refad.pipeline.tiled`, as the run does)."""
+        runner = self._runner(self._unit_for(category))
+        if self.tiling is not None:
+            pairs = [score_tiled(rgb, self.tiling, self.hw, self.mean, self.std, runner,
+                                 batch_size) for rgb in rgbs]
+            return [m for m, _ in pairs], [s for _, s in pairs]
+        maps, scores = runner(preprocess_batch(rgbs, self.hw, self.mean, self.std,
+                                               self.resize))
+        maps = content_maps(maps.astype(np.float32, copy=False), rgbs, self.hw, self.resize)
+        return list(maps), [float(v) for v in scores]
 
 
 def _check_batch(images: Any, batch_size: Any) -> None:

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from refad.atomic import file_sha256, read_json
-from refad.errors import CheckpointError
+from refad.errors import CheckpointError, ConfigError
 from refad.pipeline.calibration import Calibration
 from refad.pipeline.preprocess import RESIZE_RULES
+from refad.pipeline.tiled import Tiling
 from refad.runs.layout import UNIFIED
 from refad.runs.recorded import check_calibration, check_categories, check_file_name, finite_number
 
@@ -113,6 +114,10 @@ def validate(meta: Any, where: str) -> dict[str, Any]:
     if meta["input"].get("resize_mode", "stretch") not in RESIZE_RULES:
         raise CheckpointError(f"{where}: input.resize_mode must be one of "
                               f"{', '.join(RESIZE_RULES)}")
+    try:  # scored by tiles: the same bounds a run's config has
+        Tiling.of(meta["input"].get("tiling"))
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: input.{str(exc).split(chr(10))[0]}") from None
     size = max(sides)
     if size > MAX_INPUT_SIZE:  # images are resized to it before the graph can object
         raise CheckpointError(f"{where}: input.size: {size} is above {MAX_INPUT_SIZE}, the "

@@ -42,6 +42,7 @@ from refad.export.openvino import onnx_to_openvino
 from refad.export.parity import TOLERANCES, compare, finite_json, map_span, passes, worst
 from refad.models.base import AnomalyModel
 from refad.pipeline.preprocess import check_rule, rule_text, size_value
+from refad.pipeline.tiled import Tiling
 from refad.runs.layout import UNIFIED, is_run_folder
 from refad.runs.recorded import check_calibration, check_categories
 
@@ -266,6 +267,7 @@ def export_model(
     tolerance: Mapping[str, Any] | None = None,
     run_dir: str | Path | None = None,
     resize: str = "stretch",
+    tiling: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Export every unit's extractor + model to one graph each and write the metadata.
 
@@ -276,7 +278,8 @@ def export_model(
     calibration ones. `tolerance` overrides entries of the precision's parity limits
     (`parity.TOLERANCES`). `run_dir`: the run the models come from, never written into or
     above (`check_destination`). `resize`: the run's resize rule (`refad.pipeline.preprocess`),
-    written into the metadata for every runtime to apply. Returns the metadata written to
+    written into the metadata for every runtime to apply; `tiling`: the run's `data.tiling`
+    record (None: off), written there too. Returns the metadata written to
     `out_dir`/refad-deploy.json.
     """
     method, size = _check_inputs(extractor, models, format, precision)
@@ -347,6 +350,8 @@ def export_model(
                 # the rule by name where it is not the default "stretch" (so the metadata of
                 # a stretched export stays as it was written before rules existed)
                 **({} if resize == "stretch" else {"resize_mode": resize}),
+                # scored by overlapping tiles of `size` (refad.pipeline.tiled), where the run was
+                **({} if tiling is None else {"tiling": Tiling.of(tiling).to_record()}),
                 "batch": "dynamic",
             },
             "outputs": {

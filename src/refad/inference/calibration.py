@@ -31,6 +31,7 @@ import torch
 
 from refad.inference.scorer import Scorer
 from refad.pipeline.calibration import Calibration
+from refad.pipeline.tiled import TiledImages
 
 
 def calibrate(
@@ -41,14 +42,23 @@ def calibrate(
     quantile: float,
     source: str,
     rule: str = "empirical",
+    tiles: TiledImages | None = None,
 ) -> Calibration:
     """Global statistics of the normal images of `levels`, plus `categories`: the same
     statistics per category (`categories[i]` names the category of image i). Its
-    `to_record()` is what a checkpoint stores."""
+    `to_record()` is what a checkpoint stores. `tiles`: `levels` are the tiles of the images
+    (`data.tiling`), stitched into each image's map and max tile score as every scoring path
+    does, so the thresholds fit what `refad test` and `predict` see."""
     image_scores: list[np.ndarray] = []
     map_medians: list[np.ndarray] = []
     map_maxima: list[np.ndarray] = []
     for scores in scorer.score_cached(levels, batch_size):
+        if tiles is not None:
+            done = tiles.add(scores.maps.float().cpu().numpy(), scores.image.float().cpu())
+            image_scores.append(np.array([s for _, s in done], dtype=np.float32))
+            map_medians.append(np.array([np.median(m) for m, _ in done], dtype=np.float32))
+            map_maxima.append(np.array([m.max() for m, _ in done], dtype=np.float32))
+            continue
         image_scores.append(scores.image.float().cpu().numpy())
         flat = scores.maps.flatten(1).float()
         map_medians.append(flat.median(dim=1).values.cpu().numpy())

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from refad.config import DataConfig
 from refad.data import ImageDataset, by_category, load_split
+from refad.data.dataset import tiled_test_item
 from refad.data.samples import Sample
 from refad.device import amp_active
 from refad.errors import RefadError, require_at_least_one
@@ -41,6 +42,7 @@ from refad.metrics import (
 )
 from refad.models.base import Scores
 from refad.pipeline.calibration import Calibration, Thresholds
+from refad.pipeline.tiled import Tiling, score_tiled
 from refad.runs import TrainedRun, checkpoint_identity
 
 
@@ -112,6 +114,7 @@ def evaluate_run(
     data = data or run.config.data
     samples = load_split(data, "test")
     size = run.config.data.image_size
+    tiling = Tiling.of(run.config.data.tiling)
     per_category: dict[str, dict[str, float]] = {}
     counts: dict[str, tuple[int, int]] = {}
     scorers: dict[str, Scorer] = {}
@@ -137,17 +140,17 @@ def evaluate_run(
                 )
         scorer = scorers[unit]
         image_scores: list[np.ndarray] = []
-        dataset = ImageDataset(group, size, run.extractor.mean, run.extractor.std,
-                               run.config.data.resize)
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=data.num_workers)
-        acc = MetricAccumulator(mode=metrics_mode)
+        acc = MetricAccumulator(mode=metrics_mode, mixed_sizes=tiling is not None)
         decided = calibrations[unit].for_category(category)
         seg = _segmentation_counter(decided)
         soft_masks = turned_masks = 0
-        for batch in tqdm(loader, desc=f"test {category}", disable=not progress, leave=False):
+        batches = (_untiled_batches(run, group, batch_size, data.num_workers) if tiling is None
+                   else _tiled_batches(run, group, scorer, tiling, batch_size))
+        for batch in tqdm(batches, desc=f"test {category}", disable=not progress, leave=False,
+                          total=None if tiling is None else len(group)):
             soft_masks += int((batch["soft_mask_pixels"] > 0).sum())
             turned_masks += int(batch["turned_mask"].sum())
-            scores = scorer.images(batch["image"])
+            scores = batch["scores"] if tiling is not None else scorer.images(batch["image"])
             _check_finite(run, scores)
             image_scores.append(scores.image.float().cpu().numpy())
             masks = batch["mask"][:, 0].to(run.device) > 0.5
@@ -215,6 +218,34 @@ def evaluate_run(
         "images": images,
         **per_sample,
     }
+
+
+def _untiled_batches(run: TrainedRun, group: list[Sample], batch_size: int, workers: int
+                     ) -> DataLoader:
+    """Test images resized to the model's input, in batches (the DataLoader's)."""
+    dataset = ImageDataset(group, run.config.data.image_size, run.extractor.mean,
+                           run.extractor.std, run.config.data.resize)
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+
+
+def _tiled_batches(run: TrainedRun, group: list[Sample], scorer: Scorer, tiling: Tiling,
+                   batch_size: int) -> Iterator[dict[str, Any]]:
+    """One test image at a time, scored by tiles (`refad.pipeline.tiled`, as `predict` and
+    the exports): its stitched map and mask at the scaled image size, its max tile score.
+    Images may differ in size, so each is its own batch of one (metrics stream them)."""
+    mean, std = run.extractor.mean, run.extractor.std
+    for sample in group:
+        item = tiled_test_item(sample, tiling)
+        amap, value = score_tiled(item["rgb"], tiling, run.config.data.hw, mean, std,
+                                  scorer.tiles, batch_size)
+        yield {
+            "scores": Scores(maps=torch.from_numpy(amap)[None].to(run.device),
+                             image=torch.tensor([value], dtype=torch.float32)),
+            "mask": item["mask"][None],
+            "label": torch.tensor([item["label"]]),
+            "soft_mask_pixels": torch.tensor([item["soft_mask_pixels"]]),
+            "turned_mask": torch.tensor([item["turned_mask"]]),
+        }
 
 
 def _segmentation_counter(decided: Thresholds) -> SegmentationCounter | None:

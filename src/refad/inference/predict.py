@@ -18,6 +18,7 @@ from refad.inference.batches import PredictionBatch, scored_batches
 from refad.inference.scorer import Scorer
 from refad.pipeline.calibration import Thresholds
 from refad.pipeline.preprocess import content_maps
+from refad.pipeline.tiled import Tiling, score_tiled
 from refad.runs import UNIFIED, TrainedRun
 
 
@@ -53,15 +54,28 @@ def predict_images(
             f"category: {category!r} is not calibrated in {run.path} (known: {', '.join(known)})"
         )
     scorer = Scorer(model, run.device, run.extractor, amp, compile_mode)
-    size, resize = run.config.data.image_size, run.config.data.resize
-    mean, std = run.extractor.mean, run.extractor.std
 
     def score(images: list[np.ndarray]) -> tuple[Sequence[np.ndarray], list[float]]:
-        scores = scorer.images(
-            torch.stack([image_tensor(im, size, mean, std, resize) for im in images]))
-        maps = content_maps(scores.maps.float().cpu().numpy(), images, size, resize)
-        return maps, scores.image.float().cpu().tolist()
+        return score_rgbs(scorer, images, run, batch_size)
 
     return calibration.for_category(category), scored_batches(
         inputs, batch_size, score
     )
+
+
+def score_rgbs(
+    scorer: Scorer, images: Sequence[np.ndarray], run: TrainedRun, batch_size: int = 8
+) -> tuple[list[np.ndarray], list[float]]:
+    """(h, w, 3) uint8 images -> (maps, scores) by the run's input rule: each map at the model's
+    input size cut to its picture, or with `data.tiling` stitched at the scaled image size
+    from tiles scored `batch_size` at a time (`refad.pipeline.tiled`, as an export does)."""
+    data, mean, std = run.config.data, run.extractor.mean, run.extractor.std
+    tiling = Tiling.of(data.tiling)
+    if tiling is not None:
+        pairs = [score_tiled(im, tiling, data.hw, mean, std, scorer.tiles, batch_size)
+                 for im in images]
+        return [m for m, _ in pairs], [s for _, s in pairs]
+    scores = scorer.images(
+        torch.stack([image_tensor(im, data.hw, mean, std, data.resize) for im in images]))
+    maps = content_maps(scores.maps.float().cpu().numpy(), images, data.hw, data.resize)
+    return list(maps), scores.image.float().cpu().tolist()

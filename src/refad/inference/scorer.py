@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from refad.device import amp_active, autocast
@@ -115,6 +116,12 @@ class Scorer:
         """Normalised images (B, 3, S, S), any device -> Scores (backbone + model + maps)."""
         images = images.to(self.device, torch.float32, non_blocking=True)
         return self._run(self._images_fn, images)
+
+    def tiles(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Preprocessed (n, 3, th, tw) float32 tiles -> (maps, scores) as numpy: the
+        `score_tiles` of `refad.pipeline.tiled.score_tiled`, as an export's graph is."""
+        scores = self.images(torch.from_numpy(batch))
+        return scores.maps.float().cpu().numpy(), scores.image.float().cpu().numpy()
 
     def score_cached(self, levels: Sequence[torch.Tensor], batch_size: int) -> Iterator[Scores]:
         """Score cached levels (N, C, H, W) in batches of `batch_size`."""

@@ -78,6 +78,7 @@ class MetricAccumulator:
         fpr_limit: float = 0.3,
         run_size: int = DEFAULT_RUN_SIZE,
         group_size: int = DEFAULT_GROUP_SIZE,
+        mixed_sizes: bool = False,
     ) -> None:
         if mode not in ("exact", "binned"):
             raise ConfigError(f"metrics.mode: expected 'exact' or 'binned', got {mode!r}")
@@ -93,6 +94,9 @@ class MetricAccumulator:
         self._device = device
         self._run_size = run_size
         self._group_size = group_size
+        # maps may change size between updates (tiled images of several sizes, added one by
+        # one): the pixels pool as for one size; otherwise a change is a caller's mistake
+        self.mixed_sizes = mixed_sizes
         self.reset()
 
     def reset(self) -> None:
@@ -154,7 +158,8 @@ class MetricAccumulator:
                 f"MetricAccumulator.update: maps {tuple(m.shape)} and masks {tuple(g.shape)} "
                 f"must both be (B, H, W) with B = {batch} image scores"
             )
-        if self._map_shape is not None and tuple(m.shape[1:]) != self._map_shape:
+        if (not self.mixed_sizes and self._map_shape is not None
+                and tuple(m.shape[1:]) != self._map_shape):
             raise DataError(
                 f"MetricAccumulator.update: map size {tuple(m.shape[1:])} differs from the "
                 f"first batch's {self._map_shape}"

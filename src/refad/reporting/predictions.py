@@ -31,7 +31,6 @@ from refad.errors import ConfigError, RefadError, require_at_least_one
 from refad.inference.batches import ImageResult, PredictionBatch, scored_batches
 from refad.pipeline.calibration import Thresholds
 from refad.pipeline.postprocess import Prediction, postprocess
-from refad.pipeline.preprocess import content_maps
 from refad.runs.layout import CONFIG_FILE
 from refad.runs.lock import LOCK_FILE, folder_lock
 
@@ -302,19 +301,15 @@ def predict_exported(
 ) -> PredictReport:
     """`refad predict --model`: score with an exported folder (`refad.deploy.Inferencer`)
     and write the same files as `predict` does for a run folder."""
-    from refad.deploy import Inferencer, preprocess_batch
+    from refad.deploy import Inferencer
 
     with output_folder(inputs, out_dir, batch_size, overwrite) as out:
         inferencer = Inferencer(model_dir, runtime=runtime, device=device)
         thresholds = inferencer.thresholds(category)
 
-        def score(images: list[np.ndarray]) -> tuple[np.ndarray, list[float]]:
-            batch = preprocess_batch(images, inferencer.hw, inferencer.mean, inferencer.std,
-                                     inferencer.resize)
-            maps, values = inferencer.run(batch, category)
-            maps = content_maps(maps.astype(np.float32, copy=False), images, inferencer.hw,
-                                inferencer.resize)
-            return maps, [float(v) for v in values]
+        def score(images: list[np.ndarray]) -> tuple[list[np.ndarray], list[float]]:
+            # the export's input rule (tiles where it records tiling), as Inferencer.predict
+            return inferencer.score_images(images, category, batch_size)
 
         return write_predictions(
             out, thresholds, scored_batches(inputs, batch_size, score), category,

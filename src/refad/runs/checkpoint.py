@@ -246,13 +246,16 @@ def load_model(
 
 
 def backbone_identity(
-    extractor: Any, image_size: int | list[int], resize: str = "stretch"
+    extractor: Any, image_size: int | list[int], resize: str = "stretch",
+    tiling: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """What a checkpoint records of its backbone, so a reload can check it gets the same one.
-    (A ViT's kind and a resize rule other than "stretch" are added; the CNN, stretched
-    identity stays as it was written before both existed.)"""
+    (A ViT's kind, a resize rule other than "stretch" and the tiling are added; the CNN,
+    stretched, untiled identity stays as it was written before they existed.)"""
     extra = {k: v for k, v in (("kind", getattr(extractor, "kind", "cnn")), ("resize", resize))
              if v not in ("cnn", "stretch")}
+    if tiling is not None:  # the model saw tiles at this scale: part of what it is
+        extra["tiling"] = dict(tiling)
     return {
         "name": extractor.name,
         "levels": list(extractor.levels),

@@ -19,6 +19,7 @@ from refad.device import resolve_device
 from refad.errors import CheckpointError, ConfigError, DataError
 from refad.models.base import AnomalyModel
 from refad.pipeline.preprocess import as_hw, size_value
+from refad.pipeline.tiled import Tiling
 from refad.runs import checkpoint as ckpt
 from refad.runs.file_schemas import EVALUATION_ID, METRICS, SCORE_ROW, check_file
 from refad.runs.layout import (
@@ -313,6 +314,7 @@ def cross_check(config: RunConfig, meta: ckpt.CheckpointMeta, where: Path) -> No
                             size_value(as_hw(b.get("image_size", meta.spec["image_size"])))),
         "data.resize": (config.data.resize, b.get("resize", "stretch")),
         "backbone.kind": (config.backbone.kind, b.get("kind", "cnn")),
+        "data.tiling": (_tiling_record(config), b.get("tiling")),
     }
     for field_name, (in_config, in_checkpoint) in pairs.items():
         if in_config != in_checkpoint:
@@ -321,6 +323,12 @@ def cross_check(config: RunConfig, meta: ckpt.CheckpointMeta, where: Path) -> No
                 f"trained with {in_checkpoint!r} (edited or foreign run folder)"
             )
     _check_model_config(config, meta, where)
+
+
+def _tiling_record(config: RunConfig) -> dict[str, float] | None:
+    """config.json's tiling as the checkpoint records it (None: off)."""
+    tiling = config.data.tiling
+    return None if tiling is None else Tiling.of(tiling).to_record()  # type: ignore[union-attr]
 
 
 def _check_model_config(config: RunConfig, meta: ckpt.CheckpointMeta, where: Path) -> None:

@@ -11,15 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 import refad
-from refad.data import image_tensor
 from refad.device import set_cpu_threads
 from refad.inference import Scorer
+from refad.inference.predict import score_rgbs
 from refad.pipeline.calibration import Calibration
 from refad.pipeline.postprocess import Prediction, postprocess
-from refad.pipeline.preprocess import content_size
 from refad.runs import UNIFIED, TrainedRun, open_run
 from refad.serve.backend import (
     Categories,
@@ -108,20 +106,14 @@ class TorchBackend:
         for i, category in enumerate(categories):
             groups[self._unit(category)].append(i)
         results: list[Prediction | None] = [None] * len(images)
-        extractor = self._run.extractor
         for unit, idx in groups.items():
-            batch = torch.stack(
-                [image_tensor(images[i], self._hw, extractor.mean, extractor.std, self._resize)
-                 for i in idx]
-            )
-            scores = self._scorers[unit].images(batch)
-            maps = scores.maps.float().cpu().numpy()
-            values = scores.image.float().cpu().tolist()
+            # the run's input rule (tiles where data.tiling is set), as `refad predict --run`;
+            # maps come cut to their pictures
+            maps, values = score_rgbs(self._scorers[unit], [images[i] for i in idx], self._run)
             for j, i in enumerate(idx):
                 category = categories[i]
                 applied = request_thresholds(
                     self._calibration[unit].for_category(category), thresholds[i])
                 results[i] = postprocess(images[i], maps[j], float(values[j]), applied,
-                                         category, unit,
-                                         content_size(images[i].shape[:2], self._hw, self._resize))
+                                         category, unit)
         return [r for r in results if r is not None]

@@ -29,6 +29,7 @@ from refad.config import RunConfig
 from refad.data import (
     ImageDataset,
     Sample,
+    TileDataset,
     by_category,
     load_split,
     samples_fingerprint,
@@ -46,6 +47,8 @@ from refad.models.base import (
     load_state_checked,
 )
 from refad.models.registry import build_model
+from refad.pipeline.tiled import TiledImages, Tiling
+from refad.pipeline.tiling import TileGrid
 from refad.runs import UNIFIED, CheckpointMeta, RunDir, backbone_identity, spec_to_dict
 from refad.training.distributed import DistContext, init_distributed
 from refad.training.loop import (
@@ -67,6 +70,12 @@ class UnitResult:
     seconds: float
 
 
+def tiling_record(config: RunConfig) -> dict[str, float] | None:
+    """The run's `data.tiling` as checkpoints and cache keys record it (None: off)."""
+    tiling = Tiling.of(config.data.tiling)
+    return None if tiling is None else tiling.to_record()
+
+
 def extract_features(
     extractor: Backbone,
     samples: list[Sample],
@@ -75,14 +84,23 @@ def extract_features(
     cache: FeatureCache,
     progress: bool,
 ) -> list[torch.Tensor]:
-    """Backbone levels of `samples` (N, C, H, W), computed once and cached by content key."""
+    """Backbone levels of `samples` (N, C, H, W), computed once and cached by content key;
+    with `data.tiling`, of every image's tiles in order (N = all tiles; `tile_grids` says
+    which are whose)."""
     size, resize = config.data.image_size, config.data.resize
-    dataset = ImageDataset(samples, size, extractor.mean, extractor.std, resize)
+    tiling = Tiling.of(config.data.tiling)
+    dataset: ImageDataset | TileDataset
+    if tiling is None:
+        dataset = ImageDataset(samples, size, extractor.mean, extractor.std, resize)
+        extra: dict[str, float] = {}
+    else:
+        dataset = TileDataset(samples, tiling, size, extractor.mean, extractor.std)
+        extra = {f"tiling_{k}": v for k, v in tiling.to_record().items()}
     # the batch and the device change the features in their last bits (other kernels): a
     # run that reads a cache written by another must be the run it would have been uncached
     key = feature_cache_key(extractor, samples_fingerprint(samples), size, resize,
                             feature_batch_size=config.train.feature_batch_size,
-                            device=device.type)
+                            device=device.type, **extra)
     return cache.get_or_compute(
         key,
         lambda: compute_features(
@@ -96,13 +114,23 @@ def extract_features(
     )
 
 
+def tile_grids(samples: list[Sample], config: RunConfig) -> list[TileGrid] | None:
+    """Each image's tiles under `data.tiling`, as `extract_features` cuts them (None: off)."""
+    tiling = Tiling.of(config.data.tiling)
+    if tiling is None:
+        return None
+    return TileDataset(samples, tiling, config.data.image_size, (0, 0, 0), (1, 1, 1)).grids
+
+
 @dataclass
 class CalibrationSet:
-    """The normal images that set a unit's thresholds: their levels, categories and origin."""
+    """The normal images that set a unit's thresholds: their levels, categories and origin;
+    with tiling, `levels` are their tiles and `grids` say which are whose."""
 
     levels: list[torch.Tensor]
     categories: list[str]
     source: str  # "validation-normal" (held out), "dataset-validation" or "train-normal"
+    grids: list[TileGrid] | None = None
 
 
 def train_unit(
@@ -135,7 +163,8 @@ def train_unit(
         model = build_model(config.method, spec, config.model, device)
     meta = CheckpointMeta(
         method=config.method, epoch=0, epochs=config.train.epochs, spec=spec_to_dict(spec),
-        backbone=backbone_identity(extractor, config.data.image_size, config.data.resize),
+        backbone=backbone_identity(extractor, config.data.image_size, config.data.resize,
+                                   tiling_record(config)),
         model_config=config.model.model_dump(),
     )
     t_start = time.perf_counter()
@@ -253,9 +282,13 @@ def calibrate_unit(
     meta = folder.read_meta(name)
     if meta.calibration is not None:
         return
+    tiling = Tiling.of(config.data.tiling)
+    tiles = None if tiling is None or calibration.grids is None else TiledImages(
+        calibration.grids, tiling.overlap)
     calibrated = calibrate(
         Scorer(model, device), calibration.levels, calibration.categories,
         t.feature_batch_size, t.threshold_quantile, calibration.source, t.threshold_rule,
+        tiles,
     )
     if calibrated.threshold is None:  # NaN or infinite
         raise TrainingError(
@@ -363,7 +396,8 @@ def _fit_units(
             source = "validation-normal" if calibration_set == "held_out" else "dataset-validation"
         else:
             calib, calib_samples, source = levels, unit_samples, "train-normal"
-        calibration = CalibrationSet(calib, [s.category for s in calib_samples], source)
+        calibration = CalibrationSet(calib, [s.category for s in calib_samples], source,
+                                     tile_grids(calib_samples, config))
         results.append(
             train_unit(name, levels, calibration, config, extractor, folder, device, resume,
                        progress, dctx)

@@ -242,3 +242,43 @@ def test_tiled_training_features_are_cached_under_their_own_key(
     untiled = extract_features(run.extractor, samples, plain, torch.device("cpu"), cache, False)
     assert untiled[0].shape[0] == 2
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+
+
+def test_training_tiles_are_the_tiles_scoring_cuts(wide_root: Path) -> None:
+    """One sample per tile, in image and grid order, the same pixels `score_tiled` feeds the
+    model (so a model is trained on what it scores), deterministic."""
+    from refad.data import TileDataset, load_split, read_image_rgb
+
+    config = apply_overrides(RunConfig(), [f"data.root={wide_root}", f"data.image_size={TILE}",
+                                           "data.categories=[fabric]", "data.tiling.scale=0.8"])
+    samples = load_split(config.data, "train")[:2]
+    tiling = Tiling.of(config.data.tiling)
+    assert tiling is not None
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.3, 0.4)
+    dataset = TileDataset(samples, tiling, TILE, mean, std)
+    expected = []
+    for s in samples:
+        _, batches = tile_batches(read_image_rgb(s.image), tiling, (TILE, TILE), mean, std, 5)
+        expected.extend(t for b in batches for t in b)
+    assert len(dataset) == len(expected) == sum(len(g) for g in dataset.grids)
+    for i, tile in enumerate(expected):
+        np.testing.assert_array_equal(dataset[i]["image"].numpy(), tile)
+    assert [dataset[i]["index"] for i in range(len(dataset))] == [
+        i for i, g in enumerate(dataset.grids) for _ in range(len(g))]
+
+
+def test_calibration_sees_the_stitched_maps_that_scoring_gives(tiled_run: Path) -> None:
+    """Thresholds are set on each calibration image's stitched map and max tile score, as
+    `predict` scores it: the largest normal score recorded is the largest one predicted."""
+    from refad.data import load_split, read_image_rgb
+    from refad.inference import Scorer
+    from refad.inference.predict import score_rgbs
+    from refad.runs import open_run
+
+    run = open_run(tiled_run, "cpu")
+    model, meta = run.model("unified")
+    rgbs = [read_image_rgb(s.image) for s in load_split(run.config.data, "train")]
+    maps, scores = score_rgbs(Scorer(model, "cpu", run.extractor), rgbs, run)
+    recorded = meta.calibration
+    assert recorded["image_score_max"] == pytest.approx(max(scores), rel=1e-5)
+    assert recorded["map_ceiling"] == pytest.approx(max(float(m.max()) for m in maps), rel=1e-5)

@@ -26,7 +26,7 @@ from refad.errors import CheckpointError, ConfigError, DataError, require_at_lea
 from refad.pipeline.calibration import Calibration, Thresholds
 from refad.pipeline.postprocess import Prediction, postprocess
 from refad.pipeline.preprocess import as_hw, content_maps
-from refad.pipeline.tiled import Tiling, score_tiled
+from refad.pipeline.tiled import TILE_BATCH, Tiling, score_tiled
 from refad.runs.layout import UNIFIED
 
 __all__ = ["Inferencer", "Prediction"]
@@ -217,13 +217,16 @@ class Inferencer:
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             rgbs = [load_rgb(im, _name(im, start + i)) for i, im in enumerate(chunk)]
-            maps, scores = self.score_images(rgbs, category, batch_size)
+            # tiles go TILE_BATCH or batch_size at a time (a server's request of one image
+            # still scores its tiles in batches)
+            maps, scores = self.score_images(rgbs, category, max(batch_size, TILE_BATCH))
             out.extend(postprocess(rgb, amap, float(score), thresholds, category, unit)
                        for rgb, amap, score in zip(rgbs, maps, scores, strict=True))
         return out
 
     def score_images(
-        self, rgbs: Sequence[np.ndarray], category: str | None = None, batch_size: int = 8
+        self, rgbs: Sequence[np.ndarray], category: str | None = None,
+        batch_size: int = TILE_BATCH,
     ) -> tuple[list[np.ndarray], list[float]]:
         """(h, w, 3) uint8 images -> (maps, scores) by the export's input rule: each map at
         the input size cut to its picture, or with tiling stitched at the scaled image size

@@ -18,7 +18,7 @@ from refad.inference.batches import PredictionBatch, scored_batches
 from refad.inference.scorer import Scorer
 from refad.pipeline.calibration import Thresholds
 from refad.pipeline.preprocess import content_maps
-from refad.pipeline.tiled import Tiling, score_tiled
+from refad.pipeline.tiled import TILE_BATCH, Tiling, score_tiled
 from refad.runs import UNIFIED, TrainedRun
 
 
@@ -64,7 +64,8 @@ def predict_images(
 
 
 def score_rgbs(
-    scorer: Scorer, images: Sequence[np.ndarray], run: TrainedRun, batch_size: int = 8
+    scorer: Scorer, images: Sequence[np.ndarray], run: TrainedRun,
+    batch_size: int = TILE_BATCH,
 ) -> tuple[list[np.ndarray], list[float]]:
     """(h, w, 3) uint8 images -> (maps, scores) by the run's input rule: each map at the model's
     input size cut to its picture, or with `data.tiling` stitched at the scaled image size

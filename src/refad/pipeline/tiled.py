@@ -31,6 +31,8 @@ MAX_SCALED_PIXELS = 100_000_000
 # 0.5 overlap is about 6,000); a 32-px tile at 0.9 overlap on such an image is refused.
 MAX_TILES = 200_000
 MAX_OVERLAP, MAX_SCALE = 0.9, 4.0
+# Tiles per model call where the caller names no batch (a server request of one image)
+TILE_BATCH = 8
 
 TileScorer = Callable[[np.ndarray], tuple[Any, Any]]
 """(n, 3, th, tw) float32 preprocessed tiles -> (maps (n, th, tw), scores (n,))."""
@@ -168,7 +170,7 @@ def score_tiled(
     mean: Sequence[float],
     std: Sequence[float],
     score_tiles: TileScorer,
-    batch_size: int = 8,
+    batch_size: int = TILE_BATCH,
 ) -> tuple[np.ndarray, float]:
     """One (h, w, 3) uint8 image -> (its stitched (H, W) float32 map at the scaled size, its
     score: the maximum of the tiles' scores). `score_tiles` is the model: the torch Scorer or

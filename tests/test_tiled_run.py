@@ -200,6 +200,8 @@ def test_a_tiled_run_trains_tests_predicts_exports_and_serves_alike(
             out = r.json()["results"][0]
             assert (out["width"], out["height"]) == (WIDTH, HEIGHT)
             scores.append(out["score"])
+            card = httpx.get(server.url + "/v1/model", timeout=30).json()
+            assert card["tiling"] == {"overlap": 0.25, "scale": 1.0}
     assert scores[0] == pytest.approx(scores[1], rel=1e-5)
     assert scores[0] == pytest.approx(reference.score, rel=1e-6)
 

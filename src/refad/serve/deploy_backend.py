@@ -48,6 +48,7 @@ class DeployBackend:
             "method": meta["method"],
             "backbone": meta["backbone"].get("name", "unknown"),
             "input_size": self._inf.size,  # an integer: square; else [height, width]
+            **({} if self._inf.tiling is None else {"tiling": self._inf.tiling.to_record()}),
             "mode": meta["mode"],
             "categories": self._inf.categories,
             "category_required": not unified and len(units) > 1,

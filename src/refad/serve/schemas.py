@@ -78,6 +78,9 @@ class ModelCard(BaseModel):
     backbone: str
     input_size: int | list[int] = Field(description=(
         "The model's input size in pixels: an integer for a square, else [height, width]."))
+    tiling: dict[str, float] | None = Field(None, description=(
+        "Where the model scores overlapping tiles of input_size cut from the image scaled by "
+        "`scale` (refad.pipeline.tiled): {overlap, scale}; absent: the image is resized."))
     mode: str
     categories: list[str]
     category_required: bool

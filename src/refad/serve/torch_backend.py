@@ -18,6 +18,7 @@ from refad.inference import Scorer
 from refad.inference.predict import score_rgbs
 from refad.pipeline.calibration import Calibration
 from refad.pipeline.postprocess import Prediction, postprocess
+from refad.pipeline.tiled import Tiling
 from refad.runs import UNIFIED, TrainedRun, open_run
 from refad.serve.backend import (
     Categories,
@@ -49,6 +50,7 @@ class TorchBackend:
         self._amp = amp
         data = self._run.config.data
         self._size, self._hw, self._resize = data.image_size, data.hw, data.resize
+        self._tiling = Tiling.of(data.tiling)
         self._models = {unit: self._run.model(unit) for unit in self._run.units}
         self._scorers = {
             unit: Scorer(model, self._run.device, self._run.extractor, amp)
@@ -67,6 +69,7 @@ class TorchBackend:
             "method": cfg.method,
             "backbone": cfg.backbone.name,
             "input_size": self._size,
+            **({} if self._tiling is None else {"tiling": self._tiling.to_record()}),
             "mode": cfg.train.mode,
             "categories": _run_categories(self._run, cal[UNIFIED] if unified else Calibration()),
             # one model per category: name it, unless there is only one (as an export of the

@@ -159,6 +159,8 @@ def test_a_tiled_run_trains_tests_predicts_exports_and_serves_alike(
     invoke("test", "--run", str(run), "--device", "cpu", "--no-progress")
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0 <= metrics["mean"]["p_auroc"] <= 1
+    assert metrics["tiling"] == {"overlap": 0.25, "scale": 1.0}
+    assert any("scored by tiles of 64 px" in note for note in metrics["notes"])
 
     images = wide_root / "fabric" / "test"
     invoke("predict", "--run", str(run), str(images), "--out", str(tmp_path / "by-run"),

@@ -42,6 +42,7 @@ from refad.metrics import (
 )
 from refad.models.base import Scores
 from refad.pipeline.calibration import Calibration, Thresholds
+from refad.pipeline.preprocess import size_label
 from refad.pipeline.tiled import Tiling, score_tiled
 from refad.runs import TrainedRun, checkpoint_identity
 
@@ -186,6 +187,10 @@ def evaluate_run(
                 "stored pixels, not the picture a viewer turns (check them)"
             )
     mean, mean_categories, notes = summarise(per_category, counts)
+    if tiling is not None:  # the pixel metrics count the pixels of the scaled images
+        notes.append(f"scored by tiles of {size_label(size)} px (overlap {tiling.overlap:g}) "
+                     f"cut from each image scaled by {tiling.scale:g}; maps, masks and pixel "
+                     "metrics at the scaled image size")
     notes += extra_notes
     undecided = sorted(set(per_category) - set(decisions))
     if undecided:
@@ -200,6 +205,7 @@ def evaluate_run(
         "backbone": run.config.backbone.name,
         "levels": run.config.backbone.levels,
         "image_size": size,
+        **({} if tiling is None else {"tiling": tiling.to_record()}),
         "metrics_mode": metrics_mode,
         "amp": amp_active(run.device, amp),
         "compile": compile_mode or "none",

@@ -126,9 +126,9 @@ def decisions_caption(result: dict[str, Any]) -> str:
     text = (f"At the calibrated threshold ({own}; anomalous = score > threshold), "
             f"set on normal images only (calibration images: {images}); never on test images.")
     if any("seg_f1" in d for d in (decisions.get("categories") or {}).values()):
-        text += (" SegF1: pixel F1 at the calibrated pixel threshold over all test pixels of "
-                 "the category; area ratio: predicted / true defect pixels, mean over "
-                 "defective images (1 = the right size).")
+        text += (" SegF1: pixel F1 of the defect masks (drawn at the calibrated level, by the "
+                 "run's mask rule) over all test pixels of the category; area ratio: predicted / "
+                 "true defect pixels, mean over defective images (1 = the right size).")
     return text
 
 

@@ -57,3 +57,16 @@ def make_mvtec_category(
             write_mask(cat / "ground_truth" / defect / f"{i:03d}{mask_suffix}.png",
                        box_mask(hw, top=1 + i))
     return cat
+
+
+# The CLI's tiny RLR training flags, and the one-line refusal every bad input must give.
+TINY = ["--image-size", "64", "--backbone", "tf_efficientnet_lite2", "--weights", "none",
+        "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--no-progress",
+        "--set", "model.num_layers=1", "--set", "model.hidden_dims=[32, 64]"]
+
+
+def one_error_line(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    return lines[0]

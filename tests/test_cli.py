@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers_data import TINY, one_error_line
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -14,16 +15,6 @@ import refad.api
 from refad.cli.main import app
 
 runner = CliRunner()
-TINY = ["--image-size", "64", "--backbone", "tf_efficientnet_lite2", "--weights", "none",
-        "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--no-progress",
-        "--set", "model.num_layers=1", "--set", "model.hidden_dims=[32, 64]"]
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    return lines[0]
 
 
 def test_corrupt_training_image_is_named(demo_root: Path, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_data import TINY, one_error_line
 from helpers_layouts import make_mvtec_ad2, make_real_iad
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
@@ -20,16 +21,6 @@ from refad.data.real_iad import view_of
 from refad.errors import ConfigError, DataError
 
 runner = CliRunner()
-TINY = ["--image-size", "64", "--backbone", "tf_efficientnet_lite2", "--weights", "none",
-        "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--no-progress",
-        "--set", "model.num_layers=1", "--set", "model.hidden_dims=[32, 64]"]
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,9 @@ LAYERS: dict[str, int] = {
 # Same-layer packages that may use each other (one direction each).
 PEERS = {("backbones", "data"), ("data", "pipeline"), ("metrics", "pipeline")}
 PEERS.add(("backbones", "pipeline"))  # the feature cache keys sizes as the preprocess does
+# The one upward import: the method registry imports the method folders the first time it is
+# read (refad.config.methods.import_method_folders), as a plugin system discovers its plugins.
+PLUGIN_DISCOVERY = {("config/methods.py", "models")}
 # Packages that must stay importable without torch (edge boxes run them on onnxruntime).
 TORCH_FREE = {"deploy", "pipeline"}
 
@@ -154,6 +157,8 @@ def test_imports_point_down() -> None:
         for line, target in refad_imports(path):
             if target == owner or (owner, target) in PEERS:
                 continue
+            if (str(path.relative_to(SRC)), target) in PLUGIN_DISCOVERY:
+                continue
             if target not in LAYERS or LAYERS[target] >= LAYERS[owner]:
                 wrong.append(f"{path.relative_to(SRC)}:{line} imports refad.{target}")
     assert not wrong, "\n".join(wrong)
@@ -228,3 +233,18 @@ def test_importing_the_api_needs_no_torch() -> None:
 def test_the_import_reader_sees_names_loaded_on_first_use() -> None:
     names = {n for _, n in imported_modules(SRC / "api.py")}
     assert {"refad.training", "refad.export", "refad.serve.server"} <= names
+
+
+def test_the_deploy_path_loads_no_method_configuration() -> None:
+    """Importing refad (or its torch-free deploy package) imports no method folder: the
+    registry loads them when it is first read, not on every `import refad`."""
+    import subprocess
+    import sys
+
+    code = ("import sys, refad.deploy, refad.errors\n"
+            "assert 'refad.models' not in sys.modules, 'method folders imported'\n"
+            "from refad.config import METHODS\n"
+            "assert 'rlr' in METHODS and 'refad.models.rlr.config' in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr

@@ -2,16 +2,18 @@
 
 Each method lives in its own folder, `refad.models.<method>`, whose `config.py` defines a
 `MethodConfig` subclass and registers it with `register_method` (as a timm model family
-registers its models). Importing `refad` loads every method folder's config, so the registry
-is complete before any configuration is read; the networks themselves (torch) load only when a
-model is built. What used to be written out per method - the union of configs and its tags,
-the CLI's method list, export's per-method settings, the tests' parametrisation - is derived
-from here.
+registers its models). The registry imports the method folders (`refad.models`) the first
+time it is read, so it is complete before any configuration is read, and code that never reads
+a configuration (the torch-free deploy path) never loads them; the networks themselves (torch)
+load only when a model is built. What used to be written out per method - the union of
+configs and its tags, the CLI's method list, export's per-method settings, the tests'
+parametrisation - is derived from here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import importlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -86,8 +88,59 @@ class MethodEntry:
     tiny: Mapping[str, Any] = field(default_factory=dict)
 
 
-METHODS: dict[str, MethodEntry] = {}
-METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
+_FOLDERS_IMPORTED: list[bool] = []
+
+
+def import_method_folders() -> None:
+    """Import `refad.models` once, whose method folders register themselves here. Plugin
+    discovery, the one import of a higher layer the layering test allows: the configuration
+    must know every method, and the methods live in their folders."""
+    if not _FOLDERS_IMPORTED:
+        _FOLDERS_IMPORTED.append(True)  # before the import: a folder may read the registry
+        importlib.import_module("refad.models")
+
+
+V = TypeVar("V")
+
+
+class Registry(dict[str, V]):
+    """A name -> entry table that the method folders fill: reading it imports them first."""
+
+    def __getitem__(self, key: str) -> V:
+        import_method_folders()
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        import_method_folders()
+        return super().__contains__(key)
+
+    def __iter__(self) -> Iterator[str]:
+        import_method_folders()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        import_method_folders()
+        return super().__len__()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        import_method_folders()
+        return super().get(key, default)
+
+    def keys(self) -> Any:
+        import_method_folders()
+        return super().keys()
+
+    def values(self) -> Any:
+        import_method_folders()
+        return super().values()
+
+    def items(self) -> Any:
+        import_method_folders()
+        return super().items()
+
+
+METHODS: Registry[MethodEntry] = Registry()
+METHOD_CONFIGS: Registry[type[MethodConfig]] = Registry()
 
 
 def register_method(
@@ -102,7 +155,8 @@ def register_method(
     """Class decorator of a method's config: adds the method to the registry."""
 
     def register(cls: C) -> C:
-        if name in METHODS and METHODS[name].config is not cls:
+        known = dict.get(METHODS, name)  # the plain lookup: registering imports no folder
+        if known is not None and known.config is not cls:
             raise ConfigError(f"method {name!r} is registered twice")
         METHODS[name] = MethodEntry(name, cls, model, summary, quantise_as, authors,
                                     dict(tiny or {}))

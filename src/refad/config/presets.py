@@ -8,10 +8,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+from refad.config.methods import Registry
 from refad.config.schema import RunConfig
 from refad.errors import ConfigError
 
-PRESETS: dict[str, Callable[[], RunConfig]] = {}
+PRESETS: Registry[Callable[[], RunConfig]] = Registry()  # filled by the method folders
 F = TypeVar("F", bound=Callable[[], RunConfig])
 
 
@@ -19,7 +20,7 @@ def register_preset(name: str) -> Callable[[F], F]:
     """Function decorator: `name` (a method, or a variant of one) gives this RunConfig."""
 
     def register(make: F) -> F:
-        if name in PRESETS and PRESETS[name] is not make:
+        if dict.get(PRESETS, name) not in (None, make):  # plain lookup: imports no folder
             raise ConfigError(f"preset {name!r} is registered twice")
         PRESETS[name] = make
         return make

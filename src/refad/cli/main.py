@@ -599,21 +599,37 @@ def serve(
 @app.command()
 @user_errors
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for demo data and run.")] = Path("refad-demo"),
+    out: Annotated[Path | None, typer.Option(
+        help="Folder for demo data and runs (default ./refad-demo, with --hires "
+        "./refad-demo-hires).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Default: the demo's schedule.")] = None,
     image_size: Annotated[int | None, typer.Option(help="Default: the demo's size.")] = None,
     device: Annotated[str, typer.Option()] = "auto",
     progress: Annotated[bool, typer.Option()] = True,
+    hires: Annotated[bool, typer.Option(
+        "--hires", help="The high-resolution product instead (wafer, 1024 px, defects of "
+        "10-30 px): PatchCore resized to 256 px against 256-px tiles at native resolution."
+    )] = False,
 ) -> None:
     """Offline demo: generate products, train RLR on Lite2, evaluate, decide per product,
     draw heatmaps and defect masks, write the HTML report."""
     for flag, value in (("--epochs", epochs), ("--image-size", image_size)):
         if value is not None:
             require_at_least_one(flag, value)
+            if hires:
+                raise RefadError(f"{flag}: not used by --hires (PatchCore has no epochs; its "
+                                 "input is 256 px, tiled or resized)")
     _torch_threads()
+    if hires:
+        from refad.api import run_hires_demo
+
+        run_hires_demo(out or Path("refad-demo-hires"), device=device, progress=progress,
+                       echo=lambda s: console.print(s, highlight=False))
+        return
     from refad.api import run_demo
 
-    run_demo(out, epochs=epochs, image_size=image_size, device=device, progress=progress,
+    run_demo(out or Path("refad-demo"), epochs=epochs, image_size=image_size, device=device,
+             progress=progress,
              echo=lambda s: console.print(s, highlight=False))
 
 

@@ -96,8 +96,11 @@ class OnePassModel(AnomalyModel):
     fit_kind: ClassVar[FitKind] = "one_pass"
 
     @abstractmethod
-    def fit(self, batches: Iterable[list[torch.Tensor]], seed: int) -> None:
-        """Take in batches of normal training levels (each (B, C_l, H_l, W_l)), seen once."""
+    def fit(self, batches: Iterable[list[torch.Tensor]], seed: int,
+            groups: torch.Tensor | None = None) -> None:
+        """Take in batches of normal training levels (each (B, C_l, H_l, W_l)), seen once.
+        `groups` (optional) holds one integer per image (or tile) in batch order: which
+        product it shows, for a method that keeps products apart; others ignore it."""
 
 
 class ReconstructionModel(AnomalyModel):

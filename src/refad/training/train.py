@@ -122,6 +122,17 @@ def tile_grids(samples: list[Sample], config: RunConfig) -> list[TileGrid] | Non
     return TileDataset(samples, tiling, config.data.image_size, (0, 0, 0), (1, 1, 1)).grids
 
 
+def product_groups(samples: list[Sample], config: RunConfig) -> torch.Tensor:
+    """Each level row's product: the index of its picture's category among the unit's sorted
+    categories, once per tile under `data.tiling`."""
+    names = sorted({s.category for s in samples})
+    ids = torch.tensor([names.index(s.category) for s in samples], dtype=torch.long)
+    grids = tile_grids(samples, config)
+    if grids is None:
+        return ids
+    return ids.repeat_interleave(torch.tensor([len(g) for g in grids], dtype=torch.long))
+
+
 @dataclass
 class CalibrationSet:
     """The normal images that set a unit's thresholds: their levels, categories and origin;
@@ -144,8 +155,10 @@ def train_unit(
     resume: bool,
     progress: bool,
     dctx: DistContext | None = None,
+    groups: torch.Tensor | None = None,
 ) -> UnitResult:
     """Fit one model on cached levels (the method's way), checkpointing; calibrate at the end.
+    `groups` gives each level row's product (index into the unit's sorted categories).
 
     Under torchrun every rank runs this with the same data; each takes its shard of every
     global batch (see `refad.training.distributed`) and only rank 0 writes files.
@@ -171,7 +184,7 @@ def train_unit(
     optimizer = None
     if isinstance(model, OnePassModel):
         loss_value = fit_one_pass(name, model, levels, meta, config, folder, resume, progress,
-                                  dctx)
+                                  dctx, groups)
     else:
         optimizer = make_optimizer(model, config, device)
         loss_value = fit_gradient(name, model, optimizer, levels, meta, config, folder, device,
@@ -244,10 +257,12 @@ def fit_one_pass(
     resume: bool,
     progress: bool,
     dctx: DistContext,
+    groups: torch.Tensor | None = None,
 ) -> float:
     """A one-pass method sees the normal levels once, in chunks, and is saved as its only
     epoch (no optimiser file). A resume of a fitted unit reloads it; an unfitted one is fitted
-    again from the start (the fit is cheap and deterministic). Returns NaN: there is no loss."""
+    again from the start (the fit is cheap and deterministic). `groups`: each level row's
+    product index. Returns NaN: there is no loss."""
     device = next(iter(model.buffers())).device
     if resume and folder.has_checkpoint(name):
         loaded, _ = folder.load_model(name, device)
@@ -260,7 +275,7 @@ def fit_one_pass(
         [lvl[i : i + chunk].to(device, torch.float32) for lvl in levels]
         for i in tqdm(starts, desc=f"fit {name}", unit="batch", disable=not progress)
     )
-    model.fit(batches, seed=config.train.seed)
+    model.fit(batches, seed=config.train.seed, groups=groups)
     meta.epoch, meta.epochs, meta.history = 1, 1, []  # no loss to record
     if dctx.is_main:
         folder.save_checkpoint(name, model, meta)
@@ -400,6 +415,6 @@ def _fit_units(
                                      tile_grids(calib_samples, config))
         results.append(
             train_unit(name, levels, calibration, config, extractor, folder, device, resume,
-                       progress, dctx)
+                       progress, dctx, product_groups(unit_samples, config))
         )
     return results

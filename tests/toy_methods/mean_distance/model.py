@@ -23,7 +23,8 @@ class MeanDistance(OnePassModel):
     def _mean(self, i: int) -> torch.Tensor:
         return getattr(self, f"mean_{i}")
 
-    def fit(self, batches: Iterable[list[torch.Tensor]], seed: int) -> None:
+    def fit(self, batches: Iterable[list[torch.Tensor]], seed: int,
+            groups: torch.Tensor | None = None) -> None:
         sums = [torch.zeros_like(self._mean(i), dtype=torch.float64)
                 for i in range(len(self.spec.channels))]
         count = [0] * len(sums)

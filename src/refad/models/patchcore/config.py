@@ -28,6 +28,10 @@ class PatchCoreConfig(MethodConfig):
     image_score: Literal["max", "reweighted"] = "max"  # max of the smoothed map, or the paper's
     reweight_neighbours: int = Field(9, ge=1, le=1000)
     query_chunk: int = Field(4096, ge=1, le=1 << 20)  # test patches per distance matmul
+    # unified runs: score each picture against the bank rows of one product only - the
+    # product of its nearest training picture by mean patch feature (no label needed when
+    # scoring), so a defect cannot find a look-alike among another product's normal patches
+    route: bool = False
 
 
 @register_preset("patchcore")

@@ -53,7 +53,8 @@ def greedy_k_center(points: torch.Tensor, k: int, seed: int) -> torch.Tensor:
 
 class StreamingCoreset:
     """Two-stage greedy k-center over patch chunks (module doc). Feed chunks with `add`, then
-    `select` returns the final coreset (full-dimensional rows, float32, CPU)."""
+    `select` returns the final coreset (full-dimensional rows, float32, CPU) and the integer
+    label that came with each row."""
 
     def __init__(self, ratio: float, dim: int, projection_dim: int, oversample: float,
                  seed: int) -> None:
@@ -63,25 +64,31 @@ class StreamingCoreset:
         self.projection = random_projection(dim, projection_dim, seed)
         self.total = 0
         self._picks: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
 
     def _project(self, rows: torch.Tensor) -> torch.Tensor:
         return rows if self.projection is None else rows @ self.projection
 
-    def add(self, rows: torch.Tensor) -> None:
-        """One chunk of patches (N, D): keep its greedy picks, `oversample` x its share."""
+    def add(self, rows: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        """One chunk of patches (N, D) and their labels (N,) (default 0): keep its greedy
+        picks, `oversample` x its share."""
         rows = rows.detach().to("cpu", torch.float32)
+        labels = (torch.zeros(rows.shape[0], dtype=torch.long) if labels is None
+                  else labels.detach().to("cpu", torch.long))
         self.total += rows.shape[0]
         keep = min(rows.shape[0], math.ceil(self.oversample * self.ratio * rows.shape[0]))
         picked = greedy_k_center(self._project(rows), keep, self.seed + len(self._picks))
         self._picks.append(rows[picked])
+        self._labels.append(labels[picked])
 
-    def select(self) -> torch.Tensor:
-        """The final coreset: `ratio` of all patches added (at least one)."""
+    def select(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The final coreset: `ratio` of all patches added (at least one), and their labels."""
         if not self._picks:
             raise ValueError("coreset: no patches were added")
-        union = torch.cat(self._picks)
-        self._picks = [union]
+        union, labels = torch.cat(self._picks), torch.cat(self._labels)
+        self._picks, self._labels = [union], [labels]
         k = max(1, round(self.ratio * self.total))
         if k >= union.shape[0]:
-            return union
-        return union[greedy_k_center(self._project(union), k, self.seed)]
+            return union, labels
+        chosen = greedy_k_center(self._project(union), k, self.seed)
+        return union[chosen], labels[chosen]

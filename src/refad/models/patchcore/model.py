@@ -4,9 +4,11 @@ Fit: every training image's locally aggregated levels (the extractor's k x k ave
 PatchCore's neighbourhood aggregation) are resized to one grid and concatenated into one
 feature per patch; greedy k-center coreset selection keeps `coreset_ratio` of all patches of
 all categories (`coreset.py`). Score: each test patch's distance to its nearest bank patch is
-its anomaly score; the map is upsampled to the input size and Gaussian-smoothed like the other
-methods' maps; the image score is the smoothed map's maximum or, optionally, PatchCore's
-reweighted maximum. No optimiser, no epochs: the fit is one pass over the normal features.
+its anomaly score (with `route`, nearest among the rows of the picture's product, found from
+its nearest training picture's mean patch feature); the map is upsampled to the input size
+and Gaussian-smoothed like the other methods' maps; the image score is the smoothed map's
+maximum or, optionally, PatchCore's reweighted maximum. No optimiser, no epochs: the fit is
+one pass over the normal features.
 """
 
 from __future__ import annotations
@@ -52,6 +54,13 @@ class PatchCore(OnePassModel):
                                                                             self.embed_dim)
         self.register_buffer("channel_pool", pool, persistent=False)
         self.register_buffer("bank", torch.zeros(0, self.embed_dim))
+        # routing (config.route): each bank row's product, and every training picture's
+        # mean patch feature with its product; saved only by routed runs
+        self.register_buffer("bank_group", torch.zeros(0, dtype=torch.long),
+                             persistent=config.route)
+        self.register_buffer("routes", torch.zeros(0, self.embed_dim), persistent=config.route)
+        self.register_buffer("route_group", torch.zeros(0, dtype=torch.long),
+                             persistent=config.route)
 
     def embed(self, levels: list[torch.Tensor]) -> torch.Tensor:
         """Levels -> (B, H, W, D) patch features on the grid of `grid_level`."""
@@ -59,27 +68,48 @@ class PatchCore(OnePassModel):
                                pool_finer=True).permute(0, 2, 3, 1)
         return feats if self.channel_pool is None else feats @ self.channel_pool
 
-    def fit(self, batches: Iterable[list[torch.Tensor]], seed: int) -> None:
+    def fit(self, batches: Iterable[list[torch.Tensor]], seed: int,
+            groups: torch.Tensor | None = None) -> None:
         """Stream batches of normal levels through the coreset, `chunk_patches` patches at a
         time whatever the batch size (a chunk's greedy pass stays in the CPU's caches); the
-        bank is the coreset's selection."""
+        bank is the coreset's selection. With `route`, `groups` (one per picture; None: all
+        one product) label the bank rows and the pictures' mean features."""
         cfg = self.config
         coreset = StreamingCoreset(cfg.coreset_ratio, self.embed_dim, cfg.projection_dim,
                                    cfg.oversample, seed)
         pending: list[torch.Tensor] = []
-        size = 0
+        pending_groups: list[torch.Tensor] = []
+        routes: list[torch.Tensor] = []
+        seen = size = 0
         with torch.no_grad():
             for levels in batches:
-                rows = self.embed(levels).reshape(-1, self.embed_dim)
-                pending.append(rows)
-                size += rows.shape[0]
+                feats = self.embed(levels)
+                b = feats.shape[0]
+                group = (torch.zeros(b, dtype=torch.long) if groups is None
+                         else groups[seen : seen + b].to("cpu", torch.long))
+                if group.shape[0] != b:
+                    raise ValueError(f"patchcore: {groups.shape[0]} groups for more pictures")
+                seen += b
+                routes.append(feats.mean(dim=(1, 2)).to("cpu", torch.float32))
+                pending.append(feats.reshape(-1, self.embed_dim))
+                pending_groups.append(group.repeat_interleave(feats.shape[1] * feats.shape[2]))
+                size += pending[-1].shape[0]
                 while size >= cfg.chunk_patches:
-                    rows = torch.cat(pending)
-                    coreset.add(rows[: cfg.chunk_patches])
-                    pending, size = [rows[cfg.chunk_patches :]], rows.shape[0] - cfg.chunk_patches
+                    rows, labels = torch.cat(pending), torch.cat(pending_groups)
+                    coreset.add(rows[: cfg.chunk_patches], labels[: cfg.chunk_patches])
+                    pending, pending_groups = ([rows[cfg.chunk_patches :]],
+                                               [labels[cfg.chunk_patches :]])
+                    size = rows.shape[0] - cfg.chunk_patches
             if size:
-                coreset.add(torch.cat(pending))
-            self.bank = coreset.select().to(self.bank.device)
+                coreset.add(torch.cat(pending), torch.cat(pending_groups))
+            bank, bank_group = coreset.select()
+            device = self.bank.device
+            self.bank = bank.to(device)
+            if cfg.route:
+                self.bank_group = bank_group.to(device)
+                self.routes = torch.cat(routes).to(device)
+                self.route_group = (torch.zeros(seen, dtype=torch.long) if groups is None
+                                    else groups[:seen].to("cpu", torch.long)).to(device)
 
     def adopt_state_shapes(self, state: dict[str, torch.Tensor], where: str) -> None:
         bank = state.get("bank")
@@ -91,9 +121,35 @@ class PatchCore(OnePassModel):
                 f"{self.embed_dim}) (patchcore)"
             )
         self.bank = torch.empty(bank.shape, dtype=self.bank.dtype, device=self.bank.device)
+        if not self.config.route:
+            return
+        routes, bank_group, route_group = (state.get(k) for k in
+                                           ("routes", "bank_group", "route_group"))
+        if routes is None or bank_group is None or route_group is None:
+            return  # the strict load names the missing key
+        if (bank_group.shape != bank.shape[:1] or routes.ndim != 2
+                or routes.shape[1] != self.embed_dim or route_group.shape != routes.shape[:1]
+                or routes.shape[0] < 1):
+            raise CheckpointError(
+                f"{where}: routing tables of shapes {tuple(bank_group.shape)}, "
+                f"{tuple(routes.shape)}, {tuple(route_group.shape)} do not fit a bank of "
+                f"{bank.shape[0]} rows (patchcore)")
+        self.bank_group = torch.empty_like(bank_group, device=self.bank.device)
+        self.routes = torch.empty(routes.shape, dtype=self.routes.dtype, device=self.bank.device)
+        self.route_group = torch.empty_like(route_group, device=self.bank.device)
 
-    def nearest(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(M, D) queries -> Euclidean distance to their nearest bank row and its index.
+    def route(self, feats: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, D) features -> (B,) product of each picture's nearest training picture
+        by mean patch feature."""
+        means = feats.mean(dim=(1, 2))
+        d = (means.pow(2).sum(1, keepdim=True) - 2.0 * means @ self.routes.T
+             + self.routes.pow(2).sum(1)[None])
+        return self.route_group[d.argmin(dim=1)]
+
+    def nearest(self, queries: torch.Tensor,
+                groups: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, M, D) queries -> (B, M) Euclidean distance to their nearest bank row and its
+        index; with `groups` (B,), among the rows of each picture's group only.
 
         The search is exact, by |q|^2 - 2 q.b + |b|^2 (one matmul per chunk of queries in
         eager mode, bounded memory for any batch; one matmul in an exported graph, whose batch
@@ -102,11 +158,23 @@ class PatchCore(OnePassModel):
         again directly: every runtime then gives the same value to float tolerance."""
         bank_sq = self.bank.pow(2).sum(dim=1)
         chunk = self.config.query_chunk
-        pieces = [queries] if _exporting() else queries.split(chunk)
-        idx = torch.cat([
-            (bank_sq - 2.0 * (q @ self.bank.T)).argmin(dim=1) for q in pieces
-        ])
-        dist = (queries - self.bank[idx]).pow(2).sum(dim=1).sqrt()
+        b, d = queries.shape[0], queries.shape[2]
+        if groups is None:
+            flat = queries.reshape(-1, d)
+            pieces = [flat] if _exporting() else flat.split(chunk)
+            idx = torch.cat([(bank_sq - 2.0 * (q @ self.bank.T)).argmin(dim=1)
+                             for q in pieces]).reshape(queries.shape[:2])
+        else:  # another product's rows are out of reach
+            reach = torch.where(self.bank_group[None] == groups[:, None], bank_sq[None],
+                                torch.full_like(bank_sq, 1e30)[None])
+            if _exporting():
+                idx = (reach[:, None] - 2.0 * (queries @ self.bank.T)).argmin(dim=2)
+            else:
+                idx = torch.stack([
+                    torch.cat([(reach[i] - 2.0 * (q @ self.bank.T)).argmin(dim=1)
+                               for q in queries[i].split(chunk)])
+                    for i in range(b)])
+        dist = (queries - self.bank[idx]).pow(2).sum(dim=-1).sqrt()
         return dist, idx
 
     def score(self, levels: list[torch.Tensor]) -> Scores:
@@ -114,15 +182,14 @@ class PatchCore(OnePassModel):
             raise RuntimeError("patchcore: the memory bank is empty (fit the model first)")
         feats = self.embed(levels)
         b, h, w, d = feats.shape
-        queries = feats.reshape(-1, d)
-        dist, idx = self.nearest(queries)
+        queries = feats.reshape(b, h * w, d)
+        dist, idx = self.nearest(queries, self.route(feats) if self.config.route else None)
         patch = dist.view(b, h, w)
         maps = upsample_maps(patch, self.spec.image_size)
         maps = gaussian_blur(maps, self.config.gaussian_sigma)
         if self.config.image_score == "max":
             return Scores(maps=maps, image=max_score(maps))
-        return Scores(maps=maps, image=self.reweighted(patch, queries.view(b, h * w, d),
-                                                       idx.view(b, h * w)))
+        return Scores(maps=maps, image=self.reweighted(patch, queries, idx))
 
     def reweighted(self, patch: torch.Tensor, queries: torch.Tensor,
                    idx: torch.Tensor) -> torch.Tensor:

@@ -303,3 +303,12 @@ def test_a_routed_run_labels_its_bank_by_product(demo_root: Path, tmp_path: Path
     assert model.routes.shape == (model.route_group.shape[0], model.bank.shape[1])
     result = CliRunner().invoke(app, ["test", "--run", str(run), "--no-report"])
     assert result.exit_code == 0, result.output
+
+
+def test_every_product_keeps_a_bank_row_however_small_the_coreset() -> None:
+    levels = two_products(2, seed=4)
+    model = PatchCore(SPEC, PatchCoreConfig(coreset_ratio=1e-6, route=True))
+    model.fit([levels], seed=0, groups=torch.tensor([0, 0, 1, 1]))
+    assert sorted(model.bank_group.tolist()) == [0, 1] and model.bank.shape[0] == 2
+    scores = model.eval().score(two_products(1, seed=5))
+    assert torch.isfinite(scores.maps).all()

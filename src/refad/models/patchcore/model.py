@@ -106,10 +106,20 @@ class PatchCore(OnePassModel):
             device = self.bank.device
             self.bank = bank.to(device)
             if cfg.route:
+                routes_t = torch.cat(routes)
+                route_group = (torch.zeros(seen, dtype=torch.long) if groups is None
+                               else groups[:seen].to("cpu", torch.long))
+                # a product whose patches the coreset all dropped keeps one row: the mean
+                # patch feature of its first picture (so its pictures always have rows)
+                missing = [int(g) for g in route_group.unique() if not (bank_group == g).any()]
+                if missing:
+                    first = [int((route_group == g).nonzero()[0, 0]) for g in missing]
+                    bank = torch.cat([bank, routes_t[first]])
+                    bank_group = torch.cat([bank_group, torch.tensor(missing)])
+                    self.bank = bank.to(device)
                 self.bank_group = bank_group.to(device)
-                self.routes = torch.cat(routes).to(device)
-                self.route_group = (torch.zeros(seen, dtype=torch.long) if groups is None
-                                    else groups[:seen].to("cpu", torch.long)).to(device)
+                self.routes = routes_t.to(device)
+                self.route_group = route_group.to(device)
 
     def adopt_state_shapes(self, state: dict[str, torch.Tensor], where: str) -> None:
         bank = state.get("bank")
@@ -158,22 +168,26 @@ class PatchCore(OnePassModel):
         again directly: every runtime then gives the same value to float tolerance."""
         bank_sq = self.bank.pow(2).sum(dim=1)
         chunk = self.config.query_chunk
-        b, d = queries.shape[0], queries.shape[2]
+        d = queries.shape[2]
         if groups is None:
             flat = queries.reshape(-1, d)
             pieces = [flat] if _exporting() else flat.split(chunk)
             idx = torch.cat([(bank_sq - 2.0 * (q @ self.bank.T)).argmin(dim=1)
                              for q in pieces]).reshape(queries.shape[:2])
-        else:  # another product's rows are out of reach
+        elif _exporting():  # another product's rows are out of reach: one masked matmul
             reach = torch.where(self.bank_group[None] == groups[:, None], bank_sq[None],
                                 torch.full_like(bank_sq, 1e30)[None])
-            if _exporting():
-                idx = (reach[:, None] - 2.0 * (queries @ self.bank.T)).argmin(dim=2)
-            else:
-                idx = torch.stack([
-                    torch.cat([(reach[i] - 2.0 * (q @ self.bank.T)).argmin(dim=1)
-                               for q in queries[i].split(chunk)])
-                    for i in range(b)])
+            idx = (reach[:, None] - 2.0 * (queries @ self.bank.T)).argmin(dim=2)
+        else:  # eager: each product's pictures against that product's rows only
+            idx = torch.empty(queries.shape[:2], dtype=torch.long, device=queries.device)
+            for group in groups.unique():
+                pictures = groups == group
+                rows = (self.bank_group == group).nonzero()[:, 0]  # never empty (fit)
+                sub = self.bank[rows]
+                flat = queries[pictures].reshape(-1, d)
+                found = torch.cat([(bank_sq[rows] - 2.0 * (q @ sub.T)).argmin(dim=1)
+                                   for q in flat.split(chunk)])
+                idx[pictures] = rows[found].view(-1, queries.shape[1])
         dist = (queries - self.bank[idx]).pow(2).sum(dim=-1).sqrt()
         return dist, idx
 

@@ -156,8 +156,14 @@ def describe_schedule(cfg: RunConfig, n_train: int) -> str:
     t = cfg.train
     if cfg.method == "patchcore":
         m = cfg.model
-        return (f"1 pass (no optimiser), {m.coreset_ratio:g} greedy coreset, image score "
-                f"{m.image_score}, seed {t.seed}; {n_train} training images in the bank")
+        tiling = cfg.data.tiling
+        return (f"1 pass (no optimiser), {m.coreset_ratio:g} greedy coreset"
+                + (f" (oversample {m.oversample:g})" if m.oversample != 4 else "")
+                + (", routed by product" if m.route else "")
+                + (f", {cfg.data.image_size}-px tiles at {tiling.scale:g} x native resolution "
+                   f"(overlap {tiling.overlap:g})" if tiling else "")
+                + f", image score {m.image_score}, seed {t.seed}; {n_train} training images "
+                "in the bank")
     text = (f"{t.epochs} epoch{'s' if t.epochs != 1 else ''}, batch {t.batch_size}, "
             f"{t.optimizer} lr {t.lr:g}" + (f" wd {t.weight_decay:g}" if t.weight_decay else ""))
     if t.lr_step_epoch is not None:
@@ -221,7 +227,8 @@ def render(report: dict, notes: str) -> str:
         eval_s = secs["eval"] if isinstance(secs, dict) else secs
         schedule = entry.get("schedule", f"{entry.get('bank_fraction', 0):.0%} random bank")
         lines.append(
-            f"| {label} | {entry['levels']} | {entry['image_size']} | {schedule} | "
+            f"| {label} | {entry['levels']} | "
+            f"{entry['image_size']}{' tiles' if 'tiles at' in schedule else ''} | {schedule} | "
             f"{train_s} | {eval_s:.0f} | "
             + " | ".join(f"{100 * mean[n]:.1f}" for n in METRIC_NAMES) + " |"
         )
@@ -378,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     result = evaluate(run_dir, device=device)
     t_eval = time.perf_counter() - tic
     montage = args.out.with_name(f"{args.out.stem}_heatmaps_{key}.png")
-    if not args.per_category:  # the montage scores with the unified model
+    if not args.per_category and cfg.data.tiling is None:  # scores resized pictures
         heatmap_montage(run_dir, montage, device)
     n_train = len(split_validation(load_split(cfg.data, "train"), cfg.train.val_fraction,
                                    cfg.train.seed)[0])

@@ -246,7 +246,8 @@ def render(report: dict, notes: str) -> str:
             *([f"- Data: {entry['data']}."] if entry.get("data") else []),
             *([f"- Note: {entry['note']}."] if entry.get("note") else []),
             *([f"- Heatmaps (image | ground truth | overlay), two defects per category: "
-               f"`{entry['heatmaps']}`"] if not entry.get("per_category") else []),
+               f"`{entry['heatmaps']}`"] if (Path(__file__).parent / entry["heatmaps"]).exists()
+              else []),
             *([f"- Peak memory (resident): {entry['peak_rss_mb']['fit']:.0f} MB after the fit, "
                f"{entry['peak_rss_mb']['total']:.0f} MB with the evaluation."]
               if entry.get("peak_rss_mb") else []),

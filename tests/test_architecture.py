@@ -214,20 +214,25 @@ def test_the_cli_reaches_every_verb_through_the_api() -> None:
     assert direct <= allowed, sorted(direct - allowed)
 
 
-def test_importing_the_api_needs_no_torch() -> None:
-    """The torch-free verbs (predict and serve on an exported folder) are usable from the API
-    on a deploy install: the api module loads torch-backed names on first use."""
+def run_in_fresh_interpreter(code: str) -> None:
+    """Run `code` in a new Python process (nothing imported yet) and require it to pass."""
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "import refad.api as api\n"
-            "assert callable(api.predict_exported) and callable(api.serve)\n"
-            "assert not [m for m, v in sys.modules.items() if v is not None and "
-            "m.split('.')[0] in ('torch', 'timm', 'torchvision')]\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_importing_the_api_needs_no_torch() -> None:
+    """The torch-free verbs (predict and serve on an exported folder) are usable from the API
+    on a deploy install: the api module loads torch-backed names on first use."""
+    run_in_fresh_interpreter(
+        "import sys; sys.modules['torch'] = None\n"
+        "import refad.api as api\n"
+        "assert callable(api.predict_exported) and callable(api.serve)\n"
+        "assert not [m for m, v in sys.modules.items() if v is not None and "
+        "m.split('.')[0] in ('torch', 'timm', 'torchvision')]\n")
 
 
 def test_the_import_reader_sees_names_loaded_on_first_use() -> None:
@@ -238,13 +243,8 @@ def test_the_import_reader_sees_names_loaded_on_first_use() -> None:
 def test_the_deploy_path_loads_no_method_configuration() -> None:
     """Importing refad (or its torch-free deploy package) imports no method folder: the
     registry loads them when it is first read, not on every `import refad`."""
-    import subprocess
-    import sys
-
-    code = ("import sys, refad.deploy, refad.errors\n"
-            "assert 'refad.models' not in sys.modules, 'method folders imported'\n"
-            "from refad.config import METHODS\n"
-            "assert 'rlr' in METHODS and 'refad.models.rlr.config' in sys.modules\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    run_in_fresh_interpreter(
+        "import sys, refad.deploy, refad.errors\n"
+        "assert 'refad.models' not in sys.modules, 'method folders imported'\n"
+        "from refad.config import METHODS\n"
+        "assert 'rlr' in METHODS and 'refad.models.rlr.config' in sys.modules\n")
